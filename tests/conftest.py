@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny in-memory models, offline hubs, a shared build cache."""
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RLWORK_CACHE", str(ROOT / ".cache" / "rlwork"))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    """The embedded block-causal tiny coder (Stable-DiffCoder layout)."""
+    from rlwork.models import load_diffusion_lm
+
+    return load_diffusion_lm("tiny", "stable-diffcoder")
+
+
+@pytest.fixture(scope="session")
+def tiny_bidir_lm():
+    """The embedded bidirectional tiny coder."""
+    from rlwork.models import load_diffusion_lm
+
+    return load_diffusion_lm("tiny-bidirectional", "masked-diffusion")
