@@ -149,7 +149,7 @@ def allowed_attention(
 
     key_mask: [N, K] bool over cached + current tokens (HF's 2-D convention, padding = False).
     Block-causal: a query in block b sees real keys in blocks <= b, blocks counted from the first real token.
-    Bidirectional: a query sees every real key. A padding query sees itself, so no softmax row is empty.
+    Bidirectional: a query sees every real key. A padding query sees only itself, so no softmax row is empty.
     Returns [N, 1, query_len, K] bool.
     """
     n, k = key_mask.shape
@@ -164,8 +164,8 @@ def allowed_attention(
         raise ValueError(f"unknown attention kind '{attention}'")
     own = torch.zeros(query_len, k, dtype=torch.bool, device=key_mask.device)
     own[torch.arange(query_len), torch.arange(k - query_len, k)] = True
-    pad_query = ~key_mask[:, k - query_len:]  # [N, T]
-    allowed = allowed | (own[None] & pad_query[:, :, None])
+    pad_query = ~key_mask[:, k - query_len:, None]  # [N, T, 1]
+    allowed = torch.where(pad_query, own[None], allowed)
     return allowed[:, None]
 
 

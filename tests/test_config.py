@@ -1,0 +1,76 @@
+"""Typed configs: defaults, YAML and dotted overrides, and errors that name the key and the fix."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from rlwork.config import ConfigError, RunConfig, build, load_config, parse_overrides, to_dict
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("**/*.yaml"))
+
+
+def test_defaults_are_the_dataclass_defaults():
+    cfg = load_config()
+    assert cfg == RunConfig()
+    assert cfg.model.path == "tiny" and cfg.model.family == "stable-diffcoder"
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("# rlwork train --config run.yaml\nseed: 3\nmodel:\n  dtype: bfloat16\n  device: cpu\n")
+    cfg = load_config(path, ["model.dtype=float32", "seed=7", "model.block_size=4"])
+    assert (cfg.seed, cfg.model.dtype, cfg.model.block_size) == (7, "float32", 4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model.famliy=llada"], "unknown config key 'model.famliy': did you mean 'model.family'"),
+        (["modle.path=x"], "unknown config key 'modle': did you mean 'model'"),
+        (["seed=abc"], "seed='abc': expected an integer"),
+        (["seed=true"], "seed=True: expected an integer"),
+        (["model.family=gpt2"], "model.family='gpt2': choose one of 'stable-diffcoder'"),
+        (["model.trust_remote_code=1"], "model.trust_remote_code=1: expected true or false"),
+        (["model.block_size=0"], "model.block_size=0: use a positive block size"),
+        (["model=3"], "model: expected a mapping"),
+        (["seed"], "write it as key=value"),
+        (["seed.x=1"], "seed=.*expected an integer"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_fix(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_missing_or_broken_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(bad)
+
+
+def test_overrides_parse_yaml_scalars_and_lists():
+    assert parse_overrides(["a.b=0.01", "a.c=[1, 2]", "d=null", "e=hello"]) == {
+        "a": {"b": 0.01, "c": [1, 2]}, "d": None, "e": "hello"
+    }
+
+
+def test_round_trip_through_plain_dict():
+    cfg = load_config(None, ["seed=5"])
+    assert build(RunConfig, to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_yaml_loads_and_validates(path):
+    text = path.read_text()
+    assert text.startswith("#"), f"{path.name}: start with a comment giving the exact launch command"
+    load_config(path)
+
+
+def test_configs_are_shipped():
+    assert CONFIGS, "configs/ has no YAML recipes"
