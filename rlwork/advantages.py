@@ -200,3 +200,30 @@ def rows_with_signal(rewards: Tensor, num_generations: int, atol: float = 0.0) -
     """
     keep = ~zero_std_groups(rewards, num_generations, atol)  # [B]
     return torch.nonzero(keep.repeat_interleave(num_generations), as_tuple=False).flatten()
+
+
+def reward_metrics(
+    rewards: Tensor,
+    num_generations: int,
+    rewards_per_func: Tensor | None = None,
+    reward_names: list[str] | None = None,
+) -> dict[str, Tensor]:
+    """Step metrics for the logger, as 0-d tensors (reduce across ranks before logging).
+
+    rewards: [N] combined reward (NaN = unscorable); rewards_per_func: [N, R] with ``reward_names`` (R names).
+    Keys: ``reward/mean`` and ``reward/std`` over scorable rows (NaN if none), ``reward/frac_unscorable``,
+    ``reward/frac_zero_std``, and ``reward/<name>/mean`` over the rows that function scored (NaN if none).
+    """
+    scorable = ~torch.isnan(rewards)
+    metrics = {
+        "reward/mean": rewards[scorable].mean(),
+        "reward/std": batch_std(rewards),
+        "reward/frac_unscorable": (~scorable).float().mean(),
+        "reward/frac_zero_std": frac_zero_std(rewards, num_generations),
+    }
+    if rewards_per_func is not None:
+        if reward_names is None or len(reward_names) != rewards_per_func.shape[1]:
+            raise ValueError(f"reward_names={reward_names}: give one name per column of rewards_per_func")
+        for name, column in zip(reward_names, rewards_per_func.unbind(dim=1), strict=True):
+            metrics[f"reward/{name}/mean"] = torch.nanmean(column)
+    return metrics

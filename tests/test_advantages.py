@@ -11,6 +11,7 @@ from rlwork.advantages import (
     frac_zero_std,
     group_stats,
     grpo_advantages,
+    reward_metrics,
     rloo_advantages,
     rows_with_signal,
     weighted_reward_sum,
@@ -191,3 +192,17 @@ def test_advantages_sum_to_zero_per_group_without_nan():
     for estimator in ("grpo", "dr_grpo", "rloo"):
         adv = compute_advantages(rewards, 8, estimator=estimator)
         torch.testing.assert_close(adv.view(5, 8).sum(1), torch.zeros(5, dtype=torch.float64))
+
+
+def test_reward_metrics_hand_case():
+    per_func = t([[1, 0.5], [0, NAN], [NAN, NAN], [1, 0.5]])
+    rewards = weighted_reward_sum(per_func)  # [1.5, 0, nan, 1.5]
+    m = reward_metrics(rewards, 2, per_func, ["unit_tests", "format"])
+    assert m["reward/mean"].item() == 1.0
+    torch.testing.assert_close(m["reward/std"], t(math.sqrt(0.75)))  # devs 0.5, -1, 0.5 -> 1.5 / 2
+    assert m["reward/frac_unscorable"].item() == 0.25
+    assert m["reward/frac_zero_std"].item() == 0.5  # group 1 has one scorable row
+    assert m["reward/unit_tests/mean"].item() == pytest.approx(2 / 3)
+    assert m["reward/format/mean"].item() == 0.5
+    with pytest.raises(ValueError, match="one name per column"):
+        reward_metrics(rewards, 2, per_func, ["unit_tests"])
