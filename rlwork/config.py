@@ -52,6 +52,215 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class LoraConfig:
+    enabled: bool = True
+    """Train LoRA adapters (peft); false = full fine-tuning of every weight."""
+    r: int = 16
+    """Adapter rank."""
+    alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    """Module names that get adapters (Llama naming)."""
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha <= 0:
+            raise ConfigError(f"lora.r={self.r}, lora.alpha={self.alpha}: both must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout={self.dropout}: use a probability in [0, 1)")
+        if self.enabled and not self.target_modules:
+            raise ConfigError("lora.target_modules is empty: name at least one module, e.g. [q_proj, v_proj]")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    dataset: str = "synthetic"
+    """Adapter: synthetic, humaneval, mbpp, mbpp_plus, apps, codecontests, acecode, kodcode (see rlwork.data)."""
+    data_files: tuple[str, ...] = ()
+    """Local JSONL/parquet files (or a hub name in `hub_name`) for file-based adapters."""
+    hub_name: str | None = None
+    """A datasets hub name, for users with network access."""
+    split: str = "train"
+    """Split to read."""
+    columns: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Column mapping onto our schema, e.g. {prompt: question, tests: test_list}."""
+    chat: bool = True
+    """Render prompts through the tokenizer's chat template (Instruct-style)."""
+    skip_malformed: bool = False
+    """Skip (and count) malformed rows instead of failing on the first one."""
+    synthetic_train: int = 256
+    """Synthetic family: number of training tasks."""
+    synthetic_heldout: int = 64
+    """Synthetic family: number of held-out tasks (new compositions, never seen in training)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplerConfig:
+    max_new_tokens: int = 64
+    """Completion budget in tokens (rounded up to whole blocks)."""
+    steps_per_block: int = 4
+    """Denoising steps per block (block 4 with 4 steps = one token per step)."""
+    temperature: float = 1.0
+    """0 = greedy; > 0 adds float64 Gumbel noise."""
+    top_k: int | None = None
+    """Keep only the k most likely tokens before sampling."""
+    top_p: float | None = None
+    """Nucleus sampling threshold."""
+    remasking: Literal["low_confidence", "random", "margin", "entropy"] = "low_confidence"
+    """Which masked positions to commit first."""
+    threshold: float | None = None
+    """Confidence-threshold parallel decoding: commit every token above it (at least one per step)."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.steps_per_block < 1:
+            raise ConfigError("sampler.max_new_tokens and sampler.steps_per_block must be positive")
+        if self.temperature < 0:
+            raise ConfigError(f"sampler.temperature={self.temperature}: use 0 (greedy) or a positive value")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"sampler.top_p={self.top_p}: use a value in (0, 1] or null")
+        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"sampler.threshold={self.threshold}: use a probability in (0, 1] or null")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RewardsConfig:
+    functions: tuple[str, ...] = ("unit_tests", "format")
+    """Reward names from rewards.registry, or dotted import paths (`pkg.mod:fn`)."""
+    weights: tuple[float, ...] = (1.0, 0.1)
+    """One weight per function; the scalar reward is their weighted sum."""
+    timeout_s: float = 5.0
+    """Wall-clock limit per program in the sandbox."""
+    workers: int | None = None
+    """Sandbox pool size; null = sized to the machine."""
+    allow_weak_isolation: bool = False
+    """Run without the strong sandbox layers when the kernel lacks them (logged loudly)."""
+
+    def __post_init__(self) -> None:
+        if not self.functions:
+            raise ConfigError("rewards.functions is empty: name at least one reward, e.g. [unit_tests]")
+        if len(self.weights) != len(self.functions):
+            raise ConfigError(
+                f"rewards.weights has {len(self.weights)} values for {len(self.functions)} functions: give one each"
+            )
+        if self.timeout_s <= 0:
+            raise ConfigError(f"rewards.timeout_s={self.timeout_s}: use a positive number of seconds")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AlgoConfig:
+    preset: Literal["coupled_grpo", "espo", "d1"] | None = None
+    """Published recipe whose values sit under this file's (see PRESETS); null = dataclass defaults only."""
+    num_generations: int = 8
+    """G completions per prompt (TRL's name)."""
+    elbo_estimator: Literal["mc", "coupled", "stratified", "one_step"] = "coupled"
+    """Likelihood estimator; one_step is d1's biased baseline."""
+    elbo_samples: int = 1
+    """Mask draws per completion (pairs for coupled/stratified)."""
+    prompt_mask_prob: float = 0.0
+    """Also mask prompt tokens with this probability (d1 uses 0.15)."""
+    advantage: Literal["grpo", "dr_grpo", "rloo"] = "rloo"
+    """Advantage estimator."""
+    scale_rewards: Literal["group", "batch", "none"] | None = None
+    """Std scaling of advantages; null = the estimator's paper default."""
+    epsilon: float = 0.2
+    """Lower clip range of the ratio."""
+    epsilon_high: float | None = None
+    """Upper clip range (DAPO clip-higher); null = epsilon."""
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    """Token ratios, or one sequence ratio exp((ELBO_new - ELBO_old)/L) (ESPO/GSPO)."""
+    loss_type: Literal["grpo", "dr_grpo", "dapo"] = "grpo"
+    """Loss aggregation over tokens and rows."""
+    beta: float = 0.01
+    """KL coefficient to the reference (the adapter-disabled base)."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """KL estimator per token."""
+    num_iterations: int = 1
+    """Policy updates per rollout batch (mu)."""
+    resample_masks_per_iteration: bool = False
+    """New mask draws for each iteration (d1); false = one draw shared by old/ref/current (DiffuCoder, ESPO)."""
+    dynamic_sampling: Literal["off", "skip", "resample"] = "skip"
+    """Groups whose rewards are all equal carry no signal: keep them, drop them, or generate more prompts (DAPO)."""
+    max_resample_rounds: int = 2
+    """With dynamic_sampling=resample: extra rollout rounds at most per step."""
+
+    def __post_init__(self) -> None:
+        if self.num_generations < 2:
+            raise ConfigError(
+                f"algo.num_generations={self.num_generations}: group advantages need >= 2 completions per prompt"
+            )
+        if self.elbo_samples < 1 or self.num_iterations < 1:
+            raise ConfigError("algo.elbo_samples and algo.num_iterations must be >= 1")
+        if self.epsilon <= 0 or (self.epsilon_high is not None and self.epsilon_high <= 0):
+            raise ConfigError("algo.epsilon / algo.epsilon_high must be positive")
+        if not 0.0 <= self.prompt_mask_prob < 1.0:
+            raise ConfigError(f"algo.prompt_mask_prob={self.prompt_mask_prob}: use a probability in [0, 1)")
+        if self.beta < 0:
+            raise ConfigError(f"algo.beta={self.beta}: use 0 (no KL) or a positive coefficient")
+        if self.advantage == "dr_grpo" and self.scale_rewards not in (None, "none"):
+            raise ConfigError("algo.advantage=dr_grpo is unscaled by definition: set algo.scale_rewards=none or null")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    steps: int = 20
+    """RL steps (each: rollout, score, advantages, likelihoods, updates, log)."""
+    prompts_per_step: int = 4
+    """B prompts per step across all ranks; N = B * num_generations rows."""
+    micro_batch_size: int = 8
+    """Rows per forward/backward in the update phase (gradient accumulation over the rest)."""
+    learning_rate: float = 1e-4
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping."""
+    save_every: int = 10
+    """Checkpoint every N steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    max_unscorable_steps: int = 3
+    """Stop after this many consecutive steps whose rewards were all unscorable."""
+    deepspeed: str | None = None
+    """DeepSpeed JSON (configs/deepspeed/zero2.json ...); null = plain torch in one process."""
+    table_every: int = 5
+    """Log a completions table every N steps."""
+    rollout_batch_size: int = 32
+    """Rows sampled together in one batched generation call."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "prompts_per_step", "micro_batch_size", "save_every", "rollout_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)}: must be >= 1")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"train.learning_rate={self.learning_rate}: must be positive")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrackingConfig:
+    wandb: bool = True
+    """Log to W&B (offline unless you configured W&B: WANDB_MODE/WANDB_API_KEY or wandb_mode=online)."""
+    wandb_project: str = "rlwork"
+    """W&B project name."""
+    wandb_mode: Literal["offline", "online", "disabled"] | None = None
+    """Force a W&B mode; null = offline unless the environment configures W&B."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    num_samples: int = 8
+    """Completions per problem for pass@k."""
+    ks: tuple[int, ...] = (1, 8)
+    """pass@k values to report."""
+    split: str = "heldout"
+    """Which split to evaluate (synthetic: train or heldout)."""
+
+    def __post_init__(self) -> None:
+        if any(k > self.num_samples or k < 1 for k in self.ks):
+            raise ConfigError(f"eval.ks={list(self.ks)}: each k must be in [1, eval.num_samples={self.num_samples}]")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """Everything one `rlwork` command reads."""
 
@@ -60,6 +269,35 @@ class RunConfig:
     output_dir: str = "runs/default"
     """Run folder: checkpoints, metrics.jsonl, rollouts, W&B offline files."""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+    rewards: RewardsConfig = dataclasses.field(default_factory=RewardsConfig)
+    algo: AlgoConfig = dataclasses.field(default_factory=AlgoConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.algo.beta > 0 and not self.lora.enabled:
+            raise ConfigError(
+                "algo.beta > 0 with lora.enabled=false: the reference is the adapter-disabled base, which full "
+                "fine-tuning does not have; set algo.beta=0 or enable LoRA"
+            )
+
+
+# Published recipes on our code (FIELD-NOTES.md). Values sit under the YAML file and command line.
+PRESETS: dict[str, dict[str, Any]] = {
+    # DiffuCoder coupled-GRPO (arXiv 2506.20639): complementary masks, token clip 0.5, k3 beta 0.01, LOO advantage.
+    "coupled_grpo": dict(elbo_estimator="coupled", advantage="rloo", epsilon=0.5, beta=0.01, kl_estimator="k3",
+                         importance_sampling_level="token", num_iterations=2, resample_masks_per_iteration=False),
+    # ESPO: sequence-level ELBO ratio, stratified mask counts + complementary pass, clip 0.2, k2 beta 0.01, LOO.
+    "espo": dict(elbo_estimator="stratified", elbo_samples=2, advantage="rloo", epsilon=0.2, beta=0.01,
+                 kl_estimator="k2", importance_sampling_level="sequence", resample_masks_per_iteration=False),
+    # d1 / diffu-GRPO (arXiv 2504.12216): one fully-masked forward, prompt masking 0.15, clip 0.5, k3 beta 0.04.
+    "d1": dict(elbo_estimator="one_step", prompt_mask_prob=0.15, advantage="grpo", epsilon=0.5, beta=0.04,
+               kl_estimator="k3", importance_sampling_level="token", resample_masks_per_iteration=True),
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -192,6 +430,11 @@ def load_config(
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         data = loaded or {}
     data = merge(data, parse_overrides(overrides))
+    algo = data.get("algo")
+    if isinstance(algo, dict) and algo.get("preset") is not None:
+        if algo["preset"] not in PRESETS:
+            raise ConfigError(f"algo.preset={algo['preset']!r}: choose one of {', '.join(PRESETS)} or null")
+        data["algo"] = merge(PRESETS[algo["preset"]], algo)
     return build(cls, data)
 
 

@@ -74,3 +74,29 @@ def test_every_shipped_yaml_loads_and_validates(path):
 
 def test_configs_are_shipped():
     assert CONFIGS, "configs/ has no YAML recipes"
+
+
+def test_preset_sits_under_yaml_and_overrides(tmp_path):
+    cfg = load_config(None, ["algo.preset=espo"])
+    assert (cfg.algo.elbo_estimator, cfg.algo.importance_sampling_level, cfg.algo.kl_estimator) == (
+        "stratified", "sequence", "k2")
+    cfg = load_config(None, ["algo.preset=coupled_grpo", "algo.epsilon=0.3"])
+    assert cfg.algo.elbo_estimator == "coupled" and cfg.algo.epsilon == 0.3
+    with pytest.raises(ConfigError, match="algo.preset='grpo': choose one of coupled_grpo, espo, d1"):
+        load_config(None, ["algo.preset=grpo"])
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["algo.num_generations=1"], "num_generations=1: group advantages need >= 2 completions per prompt"),
+        (["rewards.functions=[unit_tests]"], "rewards.weights has 2 values for 1 functions"),
+        (["lora.enabled=false"], "algo.beta > 0 with lora.enabled=false"),
+        (["eval.ks=[1, 16]"], "each k must be in \\[1, eval.num_samples=8\\]"),
+        (["algo.advantage=dr_grpo", "algo.scale_rewards=group"], "dr_grpo is unscaled"),
+        (["sampler.threshold=1.5"], "sampler.threshold=1.5"),
+    ],
+)
+def test_contradictory_values_fail_at_load(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
