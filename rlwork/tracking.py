@@ -35,11 +35,16 @@ class Tracker(Protocol):
     def finish(self) -> None: ...
 
 
-def _scalar(value: Any) -> float | None:
-    """A metric value (float, int, bool, 0-d tensor, numpy scalar) as a float; non-finite -> None (JSON null)."""
+def _float(value: Any) -> float:
+    """A metric value (float, int, bool, 0-d tensor, numpy scalar) as a Python float."""
     if isinstance(value, torch.Tensor):
-        value = value.detach().float().item()
-    value = float(value)
+        return float(value.detach().float().item())
+    return float(value)
+
+
+def _scalar(value: Any) -> float | None:
+    """A metric value as a float for JSON; non-finite -> None (JSON null)."""
+    value = _float(value)
     return value if math.isfinite(value) else None
 
 
@@ -135,7 +140,8 @@ class WandbTracker:
         )
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
-        self.run.log({key: _scalar(value) for key, value in metrics.items()}, step=int(step))
+        # W&B charts NaN/inf natively, so keep them as floats (JSONL writes null instead).
+        self.run.log({key: _float(value) for key, value in metrics.items()}, step=int(step))
 
     def log_table(self, name: str, rows: Sequence[Mapping[str, Any]], step: int) -> None:
         columns = sorted({key for row in rows for key in row})
@@ -189,9 +195,7 @@ def reduce_metrics(metrics: Mapping[str, float | torch.Tensor]) -> dict[str, flo
     Every rank must pass the same keys. A NaN on any rank makes that metric NaN: nothing is hidden.
     """
     keys = sorted(metrics)
-    values = [
-        float(metrics[k].detach().float().item()) if torch.is_tensor(metrics[k]) else float(metrics[k]) for k in keys
-    ]
+    values = [_float(metrics[k]) for k in keys]
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized()) or not keys:
         return dict(zip(keys, values, strict=True))
