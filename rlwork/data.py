@@ -28,7 +28,7 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -55,28 +55,40 @@ class LoadedProblems(NamedTuple):
 # ---------------------------------------------------------------- loading
 
 
-def load_source(source: str, split: str = "train", config: str | None = None) -> Dataset:
-    """A local .jsonl/.json(.gz)/.parquet file, or a hub dataset name (needs network) with split/config."""
-    name = source.removesuffix(".gz")
-    if os.path.exists(source) or name.endswith((".jsonl", ".json", ".parquet")):
-        if not os.path.exists(source):
-            raise ValueError(f"data file {source!r} does not exist")
-        builder = "parquet" if name.endswith(".parquet") else "json"
-        return load_dataset(builder, data_files=source, split="train")
-    return load_dataset(source, config, split=split)
+def load_source(source: str | Sequence[str], split: str = "train", config: str | None = None) -> Dataset:
+    """Local .jsonl/.json(.gz)/.parquet file(s), or a hub dataset name (needs network) with split/config."""
+    files = [source] if isinstance(source, str) else list(source)
+    if not files:
+        raise ValueError("no data source given: pass a file path, a list of files, or a hub name")
+    local = [os.path.exists(f) or f.removesuffix(".gz").endswith((".jsonl", ".json", ".parquet")) for f in files]
+    if any(local):
+        missing = [f for f in files if not os.path.exists(f)]
+        if missing:
+            raise ValueError(f"data files {missing} do not exist")
+        builders = {"parquet" if f.endswith(".parquet") else "json" for f in files}
+        if len(builders) > 1:
+            raise ValueError(f"{files}: mixes parquet and JSON files; convert them to one format")
+        builder = builders.pop()
+        return load_dataset(builder, data_files=files, split="train")
+    if len(files) > 1:
+        raise ValueError(f"{files}: give one hub dataset name, or local .jsonl/.parquet files")
+    return load_dataset(files[0], config, split=split)
 
 
 def load_problems(
-    name: str, source: str | None = None, *, split: str = "train", config: str | None = None,
-    skip_malformed: bool = False, **options,
+    name: str, source: str | Sequence[str] | None = None, *, split: str = "train", config: str | None = None,
+    columns: dict[str, str] | None = None, skip_malformed: bool = False, **options,
 ) -> LoadedProblems:
-    """Problems from a named adapter. source: file or hub name (humaneval: the installed package if None).
+    """Problems from a named adapter, or (name="mapped") from columns={schema field: source column}.
 
-    options go to the adapter: synthetic takes n_train, n_heldout, seed (split "train" or "heldout");
-    codecontests takes test_sets (default ("public", "private", "generated")).
+    source: file(s) or a hub name (humaneval: the installed package if None). options go to the adapter:
+    synthetic takes n_train, n_heldout, seed (split "train" or "heldout"); codecontests takes test_sets
+    (default ("public", "private", "generated")).
     """
-    if name not in ADAPTERS:
-        raise ValueError(f"unknown dataset adapter {name!r}; valid: {sorted(ADAPTERS)}")
+    if name not in ADAPTERS and name != "mapped":
+        raise ValueError(f"unknown dataset adapter {name!r}; valid: {sorted([*ADAPTERS, 'mapped'])}")
+    if (name == "mapped") != bool(columns):
+        raise ValueError(f"dataset={name!r}, columns={columns}: a column mapping goes with dataset='mapped' only")
     if name == "synthetic":
         train, heldout = make_synthetic_splits(options.get("n_train", 512), options.get("n_heldout", 128),
                                                options.get("seed", 0))
@@ -88,9 +100,11 @@ def load_problems(
 
         rows: Iterable[dict] = list(read_problems().values())
     elif source is None:
-        raise ValueError(f"adapter {name!r} needs source=: a local .jsonl/.parquet file or a hub dataset name")
+        raise ValueError(f"adapter {name!r} needs source=: local .jsonl/.parquet file(s) or a hub dataset name")
     else:
         rows = load_source(source, split=split, config=config)
+    if name == "mapped":
+        return map_columns(rows, ColumnMapping(**columns), skip_malformed)
     row_fn = ADAPTERS[name]
     if options:
         row_fn = _with_options(row_fn, options)

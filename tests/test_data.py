@@ -129,8 +129,10 @@ def test_unknown_adapter_and_missing_source():
                              "synthetic"}
     with pytest.raises(ValueError, match="needs source="):
         load_problems("mbpp")
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match="do not exist"):
         load_source(str(DATA / "nope.jsonl"))
+    with pytest.raises(ValueError, match="dataset='mapped' only"):
+        load_problems("mbpp", sample("mbpp"), columns={"prompt": "text", "tests": "test_list"})
 
 
 def good_problem(**changes) -> dict:
@@ -199,6 +201,12 @@ def test_column_mapping_jsonl_and_parquet(tmp_path):
     load_source(sample("custom")).to_parquet(str(parquet))
     from_parquet = map_columns(load_source(str(parquet)), mapping).dataset
     assert from_parquet.to_list() == from_jsonl.to_list()
+    columns = {"prompt": "question", "tests": "checks", "tests_format": "asserts", "task_id": "id"}
+    load_source(sample("custom")).to_parquet(str(tmp_path / "copy.parquet"))
+    two_files = load_problems("mapped", [str(parquet), str(tmp_path / "copy.parquet")], columns=columns).dataset
+    assert two_files["task_id"] == ["c1", "c2", "c3"] * 2
+    with pytest.raises(ValueError, match="mixes parquet and JSON"):
+        load_source([sample("custom"), str(parquet)])
 
 
 def test_column_mapping_other_formats():
