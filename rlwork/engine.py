@@ -1,0 +1,475 @@
+"""Training setup: adapters (peft), the reference policy, one optimisation interface over two backends, ranks.
+
+Nothing algorithmic lives here. The trainer calls, per micro-batch, `engine.backward(loss)` then `engine.step()`;
+`step()` returns None between gradient-accumulation boundaries and a `StepResult` at each boundary.
+
+Backends of `TrainEngine`:
+- `"torch"`: one process, `torch.optim.AdamW` over the trainable parameters.
+- `"deepspeed"`: `deepspeed.initialize` with a ZeRO stage 2/3 JSON from `configs/deepspeed/`. Values our config owns
+  (`train_micro_batch_size_per_gpu`, `gradient_accumulation_steps`, `gradient_clipping`) are `"auto"` in the JSON
+  and filled here; bf16 is switched on for CUDA and off on CPU. We pass a `torch.optim.AdamW`, so no fused Adam is
+  compiled; the `*_offload.json` configs need DeepSpeed's `DeepSpeedCPUAdam` instead, built here, which compiles a
+  C++ op on first use (about a minute on 2 cores; cache it with `TORCH_EXTENSIONS_DIR`).
+
+Non-finite updates never reach the weights. A non-finite loss is marked at `backward`: the torch backend skips the
+backward pass and the whole accumulation window; the DeepSpeed backend still runs the backward (every rank must
+join the gradient reduction, or the others hang) on `loss * nan`, which makes every gradient that depends on the
+loss NaN. At the boundary, a non-finite total gradient norm skips the optimizer step: the torch backend checks
+the norm itself; DeepSpeed's ZeRO-2/3 optimizers do the same check in fp32 and bf16 (an invalid global norm sets
+`optimizer.overflow`, the step is dropped, gradients are cleared and `engine.skipped_steps` grows), and we read
+`skipped_steps` before and after the step. Reduced gradients are averaged over ranks, so all ranks skip together.
+
+Launch: one process needs no launcher (`init_distributed` sets `RANK=0 WORLD_SIZE=1 ...` defaults, without which
+DeepSpeed looks for mpi4py). Several processes: `torchrun --nproc_per_node N ...`, or `deepspeed --num_gpus N ...`
+and `deepspeed --hostfile hosts ...` across nodes. Checkpoints assume a file system shared by all ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import socket
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
+OWNED_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping")
+"""DeepSpeed config keys our config owns: `"auto"` in the JSON files, filled by `deepspeed_config`."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ranks
+
+
+def init_distributed(backend: str | None = None) -> None:
+    """Join (or create) the process group. Idempotent.
+
+    Without a launcher, sets the single-process defaults (`RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1`,
+    a free `MASTER_PORT`). Backend: nccl when CUDA is available, gloo otherwise.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _dist_ready() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if _dist_ready() else 0
+
+
+def world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if _dist_ready() else 1
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if _dist_ready() and world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_mean(tensor: Tensor) -> Tensor:
+    """Mean over ranks (a new tensor; the input is not modified). Identity on one process."""
+    import torch.distributed as dist
+
+    out = tensor.detach().clone()
+    if _dist_ready() and world_size() > 1:
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        out /= world_size()
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """`obj` from rank `src` on every rank (picklable objects). Identity on one process."""
+    import torch.distributed as dist
+
+    if not (_dist_ready() and world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Adapters and the reference policy
+
+
+def apply_lora(
+    model: nn.Module,
+    r: int,
+    alpha: float,
+    dropout: float = 0.0,
+    target_modules: Sequence[str] = LORA_TARGETS,
+) -> nn.Module:
+    """Wrap `model` in a peft LoRA adapter (task type CAUSAL_LM); only adapter weights stay trainable.
+
+    `r=0` means full fine-tuning: the model is returned unwrapped with every parameter trainable.
+    """
+    if r < 0:
+        raise ValueError(f"lora r={r}: use a positive rank, or 0 for full fine-tuning")
+    if r == 0:
+        for param in model.parameters():
+            param.requires_grad_(True)
+        return model
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), task_type=TaskType.CAUSAL_LM
+    )
+    return get_peft_model(model, config)
+
+
+def is_peft(model: nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def reference_context(model: nn.Module) -> contextlib.AbstractContextManager:
+    """Context in which `model` (a PeftModel) computes the reference policy: the base with the adapter disabled."""
+    if not is_peft(model):
+        raise ValueError(
+            "reference_context needs a LoRA (peft) model; with full fine-tuning the reference is a frozen copy: "
+            "use RefPolicy.build(..., copy_for_full_ft=True)"
+        )
+    return model.disable_adapter()
+
+
+class RefPolicy:
+    """The KL anchor pi_ref. `with ref.context() as ref_model: lm.forward(..., model=ref_model)`.
+
+    LoRA: the policy itself with its adapter disabled; costs no memory. Full fine-tuning: a frozen deep copy of the
+    initial model, which costs one more model's parameters per rank (16 GB for an 8B model in bf16); it is made
+    only when asked for (`copy_for_full_ft=True`), since silently doubling memory is worse than an error.
+    """
+
+    def __init__(self, peft_model: nn.Module | None, frozen_copy: nn.Module | None):
+        self._peft_model = peft_model
+        self._frozen_copy = frozen_copy
+
+    @classmethod
+    def build(cls, model: nn.Module, beta: float, *, copy_for_full_ft: bool = False) -> RefPolicy | None:
+        """Reference for policy `model` (before wrapping in an engine); None when beta == 0 (no KL term)."""
+        if beta < 0:
+            raise ValueError(f"beta={beta}: the KL coefficient must be >= 0")
+        if beta == 0:
+            return None
+        if is_peft(model):
+            return cls(model, None)
+        if not copy_for_full_ft:
+            raise ValueError(
+                f"beta={beta} with full fine-tuning needs a reference model: enable the frozen copy (one more model "
+                "in memory), use LoRA (the reference is then the adapter-disabled base, free), or set beta=0"
+            )
+        frozen = copy.deepcopy(model).eval()
+        frozen.requires_grad_(False)
+        return cls(None, frozen)
+
+    @contextlib.contextmanager
+    def context(self, module: nn.Module | None = None) -> Iterator[nn.Module]:
+        """Yield the module to run the reference forward on.
+
+        `module`: what the policy forward is called on (e.g. `engine.module`); with LoRA it is yielded with the
+        adapter of the underlying peft model disabled. Defaults to the peft model itself.
+        """
+        if self._frozen_copy is not None:
+            yield self._frozen_copy
+            return
+        with torch.no_grad(), self._peft_model.disable_adapter():
+            yield module if module is not None else self._peft_model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DeepSpeed configs
+
+
+def deepspeed_config(
+    config: str | Path | dict,
+    *,
+    micro_batch_size: int,
+    gradient_accumulation_steps: int,
+    max_grad_norm: float,
+    bf16: bool,
+) -> dict:
+    """A DeepSpeed config dict from a JSON path (or a name in configs/deepspeed/, e.g. "zero2") with our values.
+
+    Keys starting with "_" (comments) are dropped. Any `"auto"` left after filling is an error.
+    """
+    if isinstance(config, dict):
+        raw = copy.deepcopy(config)
+    else:
+        path = Path(config)
+        if not path.suffix:
+            path = CONFIG_DIR / f"{path}.json"
+        if not path.is_file():
+            names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+            raise ValueError(f"deepspeed config {config}: no such file; use a path or one of {names}")
+        raw = json.loads(path.read_text())
+    cfg = _drop_comments(raw)
+    cfg.update(
+        train_micro_batch_size_per_gpu=micro_batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        gradient_clipping=max_grad_norm,
+    )
+    cfg.pop("train_batch_size", None)  # derived by DeepSpeed: micro * accumulation * data-parallel ranks
+    cfg["bf16"] = {**cfg.get("bf16", {}), "enabled": bf16}
+    left = _auto_keys(cfg)
+    if left:
+        raise ValueError(f"deepspeed config {config}: {', '.join(left)} still 'auto'; set them in the JSON")
+    return cfg
+
+
+def _drop_comments(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_comments(v) for k, v in value.items() if not k.startswith("_")}
+    return value
+
+
+def _auto_keys(cfg: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out += _auto_keys(value, f"{prefix}{key}.")
+        elif value == "auto":
+            out.append(prefix + key)
+    return out
+
+
+def _offloads_optimizer(cfg: dict) -> bool:
+    device = cfg.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+    return device not in (None, "none")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The engine
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """The outcome of one optimizer boundary.
+
+    Attributes:
+        applied: False when a non-finite loss or gradient skipped the update (weights and optimizer untouched).
+        grad_norm: total gradient norm before clipping; inf or nan when skipped.
+    """
+
+    applied: bool
+    grad_norm: float
+
+
+class TrainEngine:
+    """One optimisation interface over plain torch and DeepSpeed. Build with `TrainEngine.create`.
+
+    Attributes:
+        module: call the forward on this (the DeepSpeed engine, or the model itself).
+        model: the unwrapped model (PeftModel or the base) for saving and `disable_adapter`.
+        backend: "torch" or "deepspeed". zero_stage: 0 for torch.
+        skipped_steps: boundaries whose update was skipped as non-finite.
+    """
+
+    def __init__(self, *, model: nn.Module, module: nn.Module, backend: str, optimizer: Any,
+                 gradient_accumulation_steps: int, max_grad_norm: float, zero_stage: int):
+        self.model = model
+        self.module = module
+        self.backend = backend
+        self.optimizer = optimizer
+        self.gradient_accumulation_steps = gradient_accumulation_steps
+        self.max_grad_norm = max_grad_norm
+        self.zero_stage = zero_stage
+        self.skipped_steps = 0
+        self.micro_steps = 0
+        self._window_finite = True
+
+    @classmethod
+    def create(
+        cls,
+        model: nn.Module,
+        *,
+        backend: Literal["torch", "deepspeed"] = "torch",
+        lr: float,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        max_grad_norm: float = 1.0,
+        gradient_accumulation_steps: int = 1,
+        micro_batch_size: int = 1,
+        deepspeed_config_path: str | Path | dict = "zero2",
+    ) -> TrainEngine:
+        """Wrap `model` (already LoRA-wrapped or not) with an optimizer over its trainable parameters.
+
+        max_grad_norm: clip threshold; must be > 0 because the non-finite check reads the norm it computes.
+        """
+        if gradient_accumulation_steps < 1:
+            raise ValueError(f"gradient_accumulation_steps={gradient_accumulation_steps}: must be >= 1")
+        if not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm={max_grad_norm}: must be > 0 (use a large value to not clip)")
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters: apply LoRA (r > 0) or unfreeze it")
+        opt_kwargs = dict(lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
+        common = dict(gradient_accumulation_steps=gradient_accumulation_steps, max_grad_norm=max_grad_norm)
+        if backend == "torch":
+            optimizer = torch.optim.AdamW(params, **opt_kwargs)
+            return cls(model=model, module=model, backend="torch", optimizer=optimizer, zero_stage=0, **common)
+        if backend != "deepspeed":
+            raise ValueError(f"engine backend '{backend}': choose 'torch' or 'deepspeed'")
+        import deepspeed
+
+        init_distributed()
+        on_gpu = next(model.parameters()).device.type == "cuda"
+        cfg = deepspeed_config(deepspeed_config_path, micro_batch_size=micro_batch_size,
+                               gradient_accumulation_steps=gradient_accumulation_steps,
+                               max_grad_norm=max_grad_norm, bf16=on_gpu)
+        if _offloads_optimizer(cfg):
+            from deepspeed.ops.adam import DeepSpeedCPUAdam  # compiles cpu_adam on first use
+
+            optimizer = DeepSpeedCPUAdam(params, adamw_mode=True, **opt_kwargs)
+        else:
+            optimizer = torch.optim.AdamW(params, **opt_kwargs)
+        ds_engine, ds_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=cfg)
+        stage = int(cfg.get("zero_optimization", {}).get("stage", 0))
+        return cls(model=model, module=ds_engine, backend="deepspeed", optimizer=ds_optimizer, zero_stage=stage,
+                   **common)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def named_trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    @property
+    def at_boundary(self) -> bool:
+        """Whether the next `step()` applies an update (ends an accumulation window)."""
+        return (self.micro_steps + 1) % self.gradient_accumulation_steps == 0
+
+    def backward(self, loss: Tensor) -> bool:
+        """Accumulate gradients of `loss` (scaled by 1/gradient_accumulation_steps). Returns whether it was finite."""
+        finite = bool(torch.isfinite(loss.detach()).all())
+        self._window_finite &= finite
+        if self.backend == "deepspeed":
+            # every rank must run the backward (collective reductions); NaN-poison it so DeepSpeed skips the step
+            self.module.backward(loss if finite else loss * float("nan"))
+        elif finite:
+            (loss / self.gradient_accumulation_steps).backward()
+        return finite
+
+    def step(self) -> StepResult | None:
+        """End a micro-batch; at an accumulation boundary clip, step and zero the gradients.
+
+        Returns None between boundaries, else a `StepResult` (a non-finite window is skipped and reported).
+        """
+        boundary = self.at_boundary
+        self.micro_steps += 1
+        if self.backend == "deepspeed":
+            before = self.module.skipped_steps
+            self.module.step()
+            if not boundary:
+                return None
+            self._window_finite = True
+            applied = self.module.skipped_steps == before
+            self.skipped_steps += int(not applied)
+            norm = self.module.get_global_grad_norm()
+            return StepResult(applied=applied, grad_norm=float("nan") if norm is None else float(norm))
+        if not boundary:
+            return None
+        params = self.trainable_parameters()
+        norm = float(torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm))
+        applied = self._window_finite and math.isfinite(norm)
+        if applied:
+            self.optimizer.step()
+        else:
+            self.skipped_steps += 1
+            norm = norm if not math.isfinite(norm) else float("nan")
+        self.optimizer.zero_grad(set_to_none=True)
+        self._window_finite = True
+        return StepResult(applied=applied, grad_norm=norm)
+
+    # -- state, used by rlwork.checkpoint -------------------------------------------------------------------------
+
+    def save_state(self, directory: Path) -> None:
+        """Optimizer and trainable weights into `directory` (every rank must call this for DeepSpeed)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.backend == "deepspeed":
+            self.module.save_checkpoint(str(directory), tag="engine", exclude_frozen_parameters=True,
+                                        client_state={"rlwork_skipped_steps": self.skipped_steps,
+                                                      "rlwork_micro_steps": self.micro_steps})
+            return
+        trainable = {n: p.detach().clone() for n, p in self.named_trainable_parameters()}
+        torch.save({"trainable": trainable, "optimizer": self.optimizer.state_dict(),
+                    "skipped_steps": self.skipped_steps, "micro_steps": self.micro_steps},
+                   directory / "engine.pt")
+
+    def load_state(self, directory: Path) -> None:
+        """Inverse of `save_state`: restores trainable weights and optimizer state in place."""
+        if self.backend == "deepspeed":
+            _, client = self.module.load_checkpoint(str(directory), tag="engine", load_module_strict=False)
+            if client is None:
+                raise ValueError(f"{directory}: no DeepSpeed engine state could be loaded")
+            self.skipped_steps = client.get("rlwork_skipped_steps", 0)
+            self.micro_steps = client.get("rlwork_micro_steps", 0)
+            return
+        path = directory / "engine.pt"
+        if not path.is_file():
+            raise ValueError(f"{path} is missing: this checkpoint was not written by the torch engine backend")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        params = dict(self.named_trainable_parameters())
+        if set(params) != set(state["trainable"]):
+            raise ValueError(f"{path}: its trainable parameters do not match the model's (other LoRA settings?)")
+        with torch.no_grad():
+            for name, value in state["trainable"].items():
+                params[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.skipped_steps = state["skipped_steps"]
+        self.micro_steps = state["micro_steps"]
+
+
+def gathered_parameters(engine: TrainEngine) -> contextlib.AbstractContextManager:
+    """Gather ZeRO-3 partitioned parameters once for a whole phase (e.g. rollout); a no-op below stage 3.
+
+    Inside, every rank holds the full weights (memory: one whole model per rank) and forwards need no per-layer
+    all-gathers. Read-only: changes made inside are discarded (modifier_rank=None).
+    """
+    if engine.backend != "deepspeed" or engine.zero_stage < 3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(engine.model.parameters()), modifier_rank=None)
