@@ -1,0 +1,162 @@
+"""Kernel isolation primitives for the sandbox runner (stdlib + ctypes only; loaded into the runner by source).
+
+Each function does one thing and raises OSError when the kernel refuses, so the runner can record
+which layers are active instead of assuming them.
+"""
+
+import ctypes
+import os
+import platform
+import resource
+import struct
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+NS_FLAGS = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, PR_SET_DUMPABLE = 1, 38, 22, 4
+SECCOMP_MODE_FILTER = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = lambda s: None if s is None else s.encode()
+    ret = _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data))
+    _check(ret, f"mount {target}")
+
+
+def umount2(target: str, flags: int) -> None:
+    _check(_libc.umount2(target.encode(), ctypes.c_int(flags)), f"umount {target}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    nr = {"x86_64": 155, "aarch64": 41}[platform.machine()]
+    _check(_libc.syscall(ctypes.c_long(nr), new_root.encode(), put_old.encode()), "pivot_root")
+
+
+def prctl(option: int, arg: int) -> None:
+    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                       ctypes.c_ulong(0)), f"prctl {option}")
+
+
+def set_rlimits(limits: dict) -> None:
+    """Hard limits (soft = hard), so the program cannot raise them back."""
+    for name, value in limits.items():
+        resource.setrlimit(getattr(resource, name), (value, value))
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getuid() != uid or os.geteuid() != uid:
+        raise OSError("uid drop did not take effect")
+
+
+# Syscalls a scored program never needs: networking, tracing, namespaces, kernel keyrings, modules, io_uring.
+_DENY = {
+    "x86_64": dict(socket=41, socketpair=53, connect=42, accept=43, bind=49, listen=50, accept4=288, ptrace=101,
+                   mount=165, umount2=166, pivot_root=155, chroot=161, unshare=272, setns=308, add_key=248,
+                   request_key=249, keyctl=250, bpf=321, perf_event_open=298, process_vm_readv=310,
+                   process_vm_writev=311, kexec_load=246, init_module=175, finit_module=313, delete_module=176,
+                   swapon=167, swapoff=168, reboot=169, userfaultfd=323, io_uring_setup=425, io_uring_enter=426,
+                   io_uring_register=427, open_by_handle_at=304, name_to_handle_at=303),
+    "aarch64": dict(socket=198, socketpair=199, connect=203, accept=202, bind=200, listen=201, accept4=242,
+                    ptrace=117, mount=40, umount2=39, pivot_root=41, chroot=51, unshare=97, setns=268, add_key=217,
+                    request_key=218, keyctl=219, bpf=280, perf_event_open=241, process_vm_readv=270,
+                    process_vm_writev=271, kexec_load=104, init_module=105, finit_module=273, delete_module=106,
+                    swapon=224, swapoff=225, reboot=142, userfaultfd=282, io_uring_setup=425, io_uring_enter=426,
+                    io_uring_register=427, open_by_handle_at=265, name_to_handle_at=264),
+}
+_ARCH = {"x86_64": (0xC000003E, 56, 435), "aarch64": (0xC00000B7, 220, 435)}  # audit arch, clone, clone3
+_RET_ALLOW, _RET_KILL, _EPERM, _ENOSYS = 0x7FFF0000, 0x80000000, 1, 38
+
+
+def seccomp_program(machine: str | None = None) -> bytes:
+    """Classic-BPF seccomp filter: wrong arch -> kill; denied syscalls and namespace-creating clone -> EPERM;
+    clone3 -> ENOSYS (libc falls back to clone, whose flags we can inspect); everything else allowed."""
+    machine = machine or platform.machine()
+    if machine not in _DENY:
+        raise OSError(f"no seccomp syscall table for {machine}")
+    arch, nr_clone, nr_clone3 = _ARCH[machine]
+    deny = sorted(_DENY[machine].values())
+    # (code, jt, jf, k) with jt/jf as symbolic labels resolved below.
+    prog = [(0x20, 0, 0, 4), (0x15, 0, "kill", arch), (0x20, 0, 0, 0)]
+    if machine == "x86_64":
+        prog.append((0x35, "kill", 0, 0x40000000))  # x32 ABI syscall numbers
+    prog += [(0x15, "eperm", 0, nr) for nr in deny]
+    prog += [(0x15, "enosys", 0, nr_clone3), (0x15, 0, "allow", nr_clone), (0x20, 0, 0, 16),
+             (0x45, "eperm", "allow", NS_FLAGS)]
+    labels = {"allow": len(prog), "eperm": len(prog) + 1, "enosys": len(prog) + 2, "kill": len(prog) + 3}
+    prog += [(0x06, 0, 0, _RET_ALLOW), (0x06, 0, 0, 0x00050000 | _EPERM), (0x06, 0, 0, 0x00050000 | _ENOSYS),
+             (0x06, 0, 0, _RET_KILL)]
+    out = b""
+    for i, (code, jt, jf, k) in enumerate(prog):
+        jt = labels[jt] - i - 1 if isinstance(jt, str) else jt
+        jf = labels[jf] - i - 1 if isinstance(jf, str) else jf
+        out += struct.pack("=HBBI", code, jt, jf, k)
+    return out
+
+
+def install_seccomp(program: bytes) -> None:
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    buf = ctypes.create_string_buffer(program, len(program))
+
+    class _Fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = _Fprog(len(program) // 8, ctypes.addressof(buf))
+    ret = _libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER),
+                      ctypes.c_void_p(ctypes.addressof(fprog)), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    _check(ret, "seccomp")
+
+
+# What the programs see of the host: system directories read-only, nothing else (no /home, /root, /tmp, /work).
+SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin", "/etc")
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+
+
+def build_root(staging: str, extra_dirs: tuple = ()) -> None:
+    """Make a minimal read-only root from system directories and pivot into it (needs a private mount ns).
+
+    extra_dirs: more host directories to show read-only (e.g. the interpreter's prefix when it is not in /usr).
+    """
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    mount("sbx-root", staging, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    for path in SYSTEM_DIRS + tuple(extra_dirs):
+        if os.path.islink(path) and path in SYSTEM_DIRS:
+            os.symlink(os.readlink(path), staging + path)
+        elif os.path.isdir(path):
+            os.makedirs(staging + path, mode=0o755, exist_ok=True)
+            mount(path, staging + path, None, MS_BIND | MS_REC)
+            mount(None, staging + path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    os.makedirs(staging + "/dev")
+    for dev in DEVICES:
+        open(staging + dev, "w").close()
+        mount(dev, staging + dev, None, MS_BIND)
+    for d in ("/proc", "/tmp", "/.old"):
+        os.mkdir(staging + d)
+    pivot_root(staging, staging + "/.old")
+    os.chdir("/")
+    umount2("/.old", MNT_DETACH)
+    os.rmdir("/.old")
+    mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)

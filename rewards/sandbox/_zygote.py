@@ -1,0 +1,239 @@
+"""The zygote: a small trusted process that sets up the shared isolation once and forks one supervisor per job.
+
+Loaded by source under the system Python (see `pool.py`); speaks length-prefixed JSON frames on
+stdin/stdout with the parent. It never runs model code and never receives expected outputs.
+"""
+
+import contextlib
+import os
+import selectors
+import signal
+import sys
+import time
+
+from rewards.sandbox import _jail, _runner, wire
+
+
+def setup(cfg: dict) -> dict:
+    """Activate every layer the kernel allows; returns {layer: None if active else the reason it is not}."""
+    layers = {}
+    cfg["namespaces"] = False
+    layers["namespaces"] = "disabled by the caller"
+    if cfg["want_namespaces"]:
+        try:
+            _jail.unshare(_jail.CLONE_NEWNS | _jail.CLONE_NEWNET | _jail.CLONE_NEWIPC | _jail.CLONE_NEWUTS)
+            cfg["namespaces"] = True
+        except OSError as exc:
+            layers["namespaces"] = str(exc)
+    cgroups = _runner.Cgroups(cfg["want_cgroups"])
+    layers["cgroups"] = cgroups.error
+    cfg["cgroup_paths"] = dict(cgroups.paths)
+    if cfg["namespaces"]:
+        try:
+            prefix = os.path.realpath(sys.base_prefix)
+            extra = () if prefix.startswith(("/usr/", "/bin", "/lib")) or prefix == "/usr" else (prefix,)
+            _jail.build_root("/tmp", extra)  # /tmp of our private mount namespace, as the staging point
+            layers.update(namespaces=None, readonly_root=None)
+        except OSError as exc:
+            cfg["namespaces"] = False
+            layers.update(namespaces=f"root setup failed: {exc}", readonly_root=str(exc))
+    else:
+        layers["readonly_root"] = "needs namespaces"
+    cfg["drop_uid"] = os.getuid() == 0 and cfg["want_uid_drop"]
+    layers["uid_drop"] = None if cfg["drop_uid"] else "disabled, or not root: programs run as the calling user"
+    cfg["seccomp"] = ""
+    layers["seccomp"] = "disabled by the caller"
+    if cfg["want_seccomp"]:
+        _seccomp(cfg, layers)
+    return layers, cgroups
+
+
+def _seccomp(cfg: dict, layers: dict) -> None:
+    try:
+        cfg["seccomp"] = _jail.seccomp_program().hex()
+        _probe_seccomp(cfg["seccomp"])
+        layers["seccomp"] = None
+    except OSError as exc:
+        cfg["seccomp"] = ""
+        layers["seccomp"] = str(exc)
+
+
+def _probe_seccomp(program_hex: str) -> None:
+    """Install the filter in a throwaway child and check that a socket() call is refused."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _jail.install_seccomp(bytes.fromhex(program_hex))
+            import socket
+            try:
+                socket.socket()
+                os._exit(3)
+            except OSError:
+                os._exit(0)
+        except BaseException:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+        raise OSError(f"seccomp probe failed (status {status})")
+
+
+class Zygote:
+    def __init__(self, cfg: dict, cgroups):
+        self.cfg, self.cgroups = cfg, cgroups
+        self.queue = []
+        self.running = {}  # job id -> dict(pid, z_in_w, out_r, deadline, cg)
+        self.by_fd = {}
+        self.to_remove = []
+        self.sel = selectors.DefaultSelector()
+        self.counter = 0
+        self.out = os.dup(1)
+        os.dup2(os.open("/dev/null", os.O_RDWR), 1)
+
+    def emit(self, obj: dict) -> None:
+        _runner._write_all(self.out, wire.frame(obj))
+
+    def serve(self) -> None:
+        reader = wire.FrameReader()
+        self.sel.register(0, selectors.EVENT_READ, None)
+        alive = True
+        while alive or self.running or self.queue:
+            self._launch()
+            for key, _ in self.sel.select(self._tick()):
+                if key.data is None:
+                    data = os.read(0, 1 << 16)
+                    if not data:
+                        alive = False
+                        self.sel.unregister(0)
+                        self._abort_all()
+                        continue
+                    for msg in reader.feed(data):
+                        alive = self._on_parent(msg) and alive
+                else:
+                    self._on_supervisor(key.data, key.fd)
+            self._reap()
+        self._drain_cgroups(5.0)
+
+    def _on_parent(self, msg: dict) -> bool:
+        op = msg["op"]
+        if op == "run":
+            self.queue.append(msg)
+        elif op in ("call", "finish"):
+            job = self.running.get(msg["id"])
+            if job is not None:
+                with contextlib.suppress(OSError):
+                    _runner._write_all(job["z_in_w"], wire.frame({**msg, "t": op}))
+        elif op == "shutdown":
+            self._abort_all()
+            return False
+        return True
+
+    def _launch(self) -> None:
+        while self.queue and len(self.running) < self.cfg["max_concurrency"]:
+            job = self.queue.pop(0)
+            self.counter += 1
+            job["cg"] = f"j{self.counter}"
+            try:
+                if self.cgroups.dirs:
+                    lim = job["limits"]
+                    self.cgroups.create(job["cg"], (lim["memory_mb"] + 64) << 20, lim["max_processes"])
+            except OSError as exc:
+                self.emit({"t": "end", "id": job["id"], "category": "sandbox_error", "detail": f"cgroup: {exc}"})
+                self.to_remove.append(job["cg"])
+                continue
+            z_in_r, z_in_w = os.pipe()
+            out_r, out_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                self._supervisor_child(job, z_in_r, out_w)
+            os.close(z_in_r)
+            os.close(out_w)
+            grace = job["limits"]["timeout"] + 5.0
+            self.running[job["id"]] = dict(pid=pid, z_in_w=z_in_w, out_r=out_r, cg=job["cg"],
+                                           deadline=time.monotonic() + grace, reader=wire.FrameReader(),
+                                           ended=False)
+            self.by_fd[out_r] = job["id"]
+            self.sel.register(out_r, selectors.EVENT_READ, job["id"])
+
+    def _supervisor_child(self, job: dict, z_in: int, z_out: int) -> None:
+        code = 70
+        try:
+            os.setsid()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            keep = {2, z_in, z_out, *self.cgroups.dirs.values()}
+            _runner._close_except(keep)
+            _runner.Supervisor(job, self.cfg, z_in, z_out, self.cgroups).run()
+            code = 0
+        except BaseException as exc:
+            try:
+                frame = {"t": "end", "id": job["id"], "category": "sandbox_error", "detail": f"supervisor: {exc!r}"}
+                _runner._write_all(z_out, wire.frame(frame))
+            except BaseException:
+                pass
+        finally:
+            os._exit(code)
+
+    def _on_supervisor(self, job_id, fd: int) -> None:
+        job = self.running[job_id]
+        data = os.read(fd, 1 << 16)
+        if data:
+            for msg in job["reader"].feed(data):
+                job["ended"] = job["ended"] or msg.get("t") == "end"
+                self.emit(msg)
+            return
+        self._retire(job_id, None if job["ended"] else "supervisor exited without a verdict")
+
+    def _retire(self, job_id, error: str | None) -> None:
+        job = self.running.pop(job_id)
+        self.sel.unregister(job["out_r"])
+        os.close(job["out_r"])
+        os.close(job["z_in_w"])
+        if error:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(job["pid"], signal.SIGKILL)
+            self.emit({"t": "end", "id": job_id, "category": "sandbox_error", "detail": error})
+        if self.cgroups.dirs:
+            self.to_remove.append(job["cg"])
+
+    def _tick(self) -> float:
+        now = time.monotonic()
+        for job_id, job in list(self.running.items()):
+            if now > job["deadline"]:
+                self._retire(job_id, "supervisor missed its deadline")
+        self.to_remove = [cg for cg in self.to_remove if not self.cgroups.kill_and_remove(cg)]
+        if self.to_remove:
+            return 0.05
+        return min([j["deadline"] - now for j in self.running.values()] + [1.0])
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+
+    def _abort_all(self) -> None:
+        for job in self.queue:
+            self.emit({"t": "end", "id": job["id"], "category": "sandbox_error", "detail": "sandbox shut down"})
+        self.queue = []
+        for job_id in list(self.running):
+            self._retire(job_id, "sandbox shut down")
+
+    def _drain_cgroups(self, patience: float) -> None:
+        end = time.monotonic() + patience
+        while self.to_remove and time.monotonic() < end:
+            self._reap()
+            self.to_remove = [cg for cg in self.to_remove if not self.cgroups.kill_and_remove(cg)]
+            time.sleep(0.02)
+
+
+def main() -> None:
+    cfg = wire.FrameReader().feed(os.read(0, 1 << 20))[0]
+    layers, cgroups = setup(cfg)
+    zygote = Zygote(cfg, cgroups)
+    zygote.emit({"t": "ready", "layers": layers, "cgroup_paths": cfg["cgroup_paths"], "pid": os.getpid()})
+    try:
+        zygote.serve()
+    finally:
+        sys.stderr.flush()

@@ -1,0 +1,313 @@
+"""Parent side of the sandbox: starts the zygote, feeds it jobs, collects plain-data events.
+
+The trainer process only ever exchanges JSON frames with the zygote; it never imports or executes
+model code. One `Sandbox` serves many batches; a batch that overruns its deadline, or a zygote that
+dies, restarts the zygote and reports the unfinished jobs as `sandbox_error` (our fault, never the model's).
+"""
+
+import contextlib
+import logging
+import os
+import queue
+import selectors
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rewards.sandbox import wire
+
+log = logging.getLogger("rewards.sandbox")
+
+STRONG_LAYERS = ("namespaces", "readonly_root", "cgroups", "uid_drop", "seccomp")
+_SOURCES = ("wire", "_jail", "_runner", "_zygote")
+_BOOT = """
+import sys, types
+for _n in ("rewards", "rewards.sandbox"):
+    _m = types.ModuleType(_n); _m.__path__ = []; sys.modules[_n] = _m
+for _n, _src in SOURCES:
+    _m = types.ModuleType("rewards.sandbox." + _n); sys.modules[_m.__name__] = _m
+    setattr(sys.modules["rewards.sandbox"], _n, _m)
+    exec(compile(_src, "rewards/sandbox/" + _n + ".py", "exec"), _m.__dict__)
+sys.modules["rewards.sandbox._zygote"].main()
+"""
+
+
+class SandboxUnavailable(RuntimeError):
+    """The requested isolation cannot be provided on this machine."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """Per-program limits."""
+
+    timeout: float = 5.0
+    """Wall-clock seconds from fork to the program's last answer (CPU time is capped at timeout + 1)."""
+    memory_mb: int = 1024
+    """Address-space rlimit; the memory cgroup of the whole tree gets 64 MiB more."""
+    output_bytes: int = 1 << 20
+    """stdout+stderr beyond this kills the program (category output_limit)."""
+    disk_mb: int = 16
+    """Size of the private /tmp and the file-size rlimit."""
+    max_processes: int = 32
+    """pids cgroup limit for the program's tree (threads count)."""
+
+
+@dataclass(kw_only=True)
+class Job:
+    """One program run. mode: "call" (calls given up front), "serve" (calls sent while it runs), "stdio"."""
+
+    code: str
+    mode: str
+    entry_point: str = ""
+    calls: list = field(default_factory=list)
+    """[(seq, encoded args list)] for mode "call"."""
+    stdin: str = ""
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(kw_only=True)
+class Run:
+    """What came back for one job: how it ended, the plain-data answers, captured output."""
+
+    category: str = "sandbox_error"
+    """ok | syntax_error | runtime_error | timeout | memory | output_limit | sandbox_error."""
+    detail: str = ""
+    names: list | None = None
+    """Callables the program defined (None if it did not load)."""
+    results: dict = field(default_factory=dict)
+    """seq -> {"ok": tree} or {"exc": type name, "detail": str}."""
+    stdout: str = ""
+    stderr: str = ""
+    elapsed: float = 0.0
+
+
+def _pick_python() -> str:
+    for cand in ("/usr/bin/python3", sys.executable):
+        try:
+            out = subprocess.run([cand, "-I", "-S", "-c", "import sys; print(sys.version_info >= (3, 8))"],
+                                 capture_output=True, text=True, timeout=20, env={})
+            if out.stdout.strip() == "True":
+                return cand
+        except (OSError, subprocess.SubprocessError):
+            continue
+    return sys.executable
+
+
+class Sandbox:
+    """Runs untrusted programs in a pre-forked, hardened runner.
+
+    Example:
+        >>> with Sandbox() as sb:                      # doctest: +SKIP
+        ...     [run] = sb.run([Job(code="def f(x):\\n    return x * 2\\n", mode="call", entry_point="f",
+        ...                         calls=[(0, [21])])])
+        >>> run.results[0]                             # doctest: +SKIP
+        {'ok': 42}
+    """
+
+    def __init__(self, *, max_concurrency: int | None = None, allow_weak: bool = False, python: str | None = None,
+                 disable: tuple[str, ...] = ()):
+        """max_concurrency: programs running at once (default 2 per core). disable: layers to switch off
+        ("namespaces", "cgroups", "seccomp", "uid_drop"), for debugging and tests; needs allow_weak=True."""
+        unknown = set(disable) - {"namespaces", "cgroups", "seccomp", "uid_drop"}
+        if unknown:
+            raise ValueError(f"disable={disable!r}: unknown layers {sorted(unknown)}; "
+                             "choose from namespaces, cgroups, seccomp, uid_drop")
+        self.disable = tuple(disable)
+        self.max_concurrency = max_concurrency or max(2, 2 * (os.cpu_count() or 1))
+        self.allow_weak = allow_weak
+        self.python = python or _pick_python()
+        self.proc = None
+        self.layers = {}
+        self.stats = {"sandbox_errors": 0, "restarts": 0, "programs": 0}
+        self._next_id = 0
+        self._lock = threading.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.proc is not None:
+            return
+        sources = [(n, (Path(__file__).parent / f"{n}.py").read_text()) for n in _SOURCES]
+        boot = f"SOURCES = {sources!r}\n{_BOOT}"
+        self.proc = subprocess.Popen([self.python, "-I", "-S", "-B", "-c", boot], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                                     start_new_session=True, close_fds=True, cwd="/")
+        self._outq = queue.Queue()
+        self._writer = threading.Thread(target=self._write_loop, args=(self.proc, self._outq), daemon=True)
+        self._writer.start()
+        self._reader = wire.FrameReader()
+        layers = ("namespaces", "cgroups", "seccomp", "uid_drop")
+        cfg = {f"want_{layer}": layer not in self.disable for layer in layers}
+        cfg.update(uid=65534, gid=65534, max_concurrency=self.max_concurrency)
+        self._outq.put(wire.frame(cfg))
+        ready = self._read_frames(time.monotonic() + 30)
+        if not ready or ready[0].get("t") != "ready":
+            self._kill_zygote()
+            raise SandboxUnavailable(f"sandbox runner failed to start (python {self.python})")
+        self.layers = {"session": None, "rlimits": None, "scrubbed_env": None, "closed_stdin": None,
+                       "output_cap": None, "deadline": None, **ready[0]["layers"]}
+        self.cgroup_paths = ready[0]["cgroup_paths"]
+        missing = {k: v for k, v in self.layers.items() if v is not None and k in STRONG_LAYERS}
+        if missing and not self.allow_weak:
+            self._kill_zygote()
+            raise SandboxUnavailable(f"isolation layers unavailable: {missing}; pass allow_weak=True to run "
+                                     "model code without them (not safe against hostile programs)")
+        if missing:
+            log.warning("!!! SANDBOX RUNNING WITHOUT STRONG ISOLATION LAYERS %s: hostile programs can damage "
+                        "this machine !!!", missing)
+
+    @property
+    def active_layers(self) -> list[str]:
+        return sorted(k for k, v in self.layers.items() if v is None)
+
+    def close(self) -> None:
+        if self.proc is None:
+            return
+        self._outq.put(wire.frame({"op": "shutdown"}))
+        self._outq.put(None)
+        try:
+            while self._read_frames(time.monotonic() + 10):
+                pass
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self._kill_zygote()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _kill_zygote(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 9)
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()
+        self._remove_cgroups(getattr(self, "cgroup_paths", {}))
+
+    @staticmethod
+    def _remove_cgroups(paths: dict) -> None:
+        """The zygote removes its job cgroups; after it exits we remove the base directories it made."""
+        end = time.monotonic() + 5
+        for base in paths.values():
+            while os.path.isdir(base):
+                for sub in sorted(Path(base).glob("*/"), reverse=True):
+                    for pid in (sub / "cgroup.procs").read_text().split() if (sub / "cgroup.procs").exists() else []:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(int(pid), 9)
+                    _rmdir(sub)
+                _rmdir(Path(base))
+                if time.monotonic() > end:
+                    log.error("cgroup %s could not be removed", base)
+                    break
+                time.sleep(0.02) if os.path.isdir(base) else None
+
+    # -- I/O -----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _write_loop(proc, q) -> None:
+        while True:
+            data = q.get()
+            if data is None:
+                return
+            try:
+                proc.stdin.write(data)
+                proc.stdin.flush()
+            except (OSError, ValueError):
+                return
+
+    def _read_frames(self, deadline: float) -> list:
+        """Frames available before the deadline ([] on timeout or EOF; self.proc.poll() tells which)."""
+        fd = self.proc.stdout.fileno()
+        sel = selectors.DefaultSelector()
+        sel.register(fd, selectors.EVENT_READ)
+        try:
+            while True:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0 or not sel.select(timeout):
+                    return []
+                data = os.read(fd, 1 << 20)
+                if not data:
+                    return []
+                frames = self._reader.feed(data)
+                if frames:
+                    return frames
+        finally:
+            sel.close()
+
+    def send(self, obj: dict) -> None:
+        self._outq.put(wire.frame(obj))
+
+    # -- batches -------------------------------------------------------------------------------------------
+    def run(self, jobs: list[Job], *, batch_timeout: float | None = None, on_event=None) -> list[Run]:
+        """Run a batch; returns one Run per job, in order.
+
+        on_event(index, frame) sees "loaded"/"result" frames as they arrive (serve-mode jobs answer it by
+        calling `self.send({"op": "call" | "finish", "id": ...})`).
+        """
+        with self._lock:
+            return self._run(jobs, batch_timeout, on_event)
+
+    def _run(self, jobs, batch_timeout, on_event) -> list[Run]:
+        self.start()
+        runs = [Run() for _ in jobs]
+        ids = {}
+        for i, job in enumerate(jobs):
+            self._next_id += 1
+            ids[self._next_id] = i
+            lim = job.limits
+            self.send({"op": "run", "id": self._next_id, "mode": job.mode, "code": job.code,
+                       "entry_point": job.entry_point, "calls": job.calls, "stdin": job.stdin,
+                       "limits": {"timeout": lim.timeout, "memory_mb": lim.memory_mb, "disk_mb": lim.disk_mb,
+                                  "output_bytes": lim.output_bytes, "max_processes": lim.max_processes}})
+        if batch_timeout is None:
+            slowest = max((j.limits.timeout for j in jobs), default=0)
+            batch_timeout = 30 + slowest * (1 + len(jobs) / self.max_concurrency)
+        deadline = time.monotonic() + batch_timeout
+        pending = set(ids)
+        while pending:
+            frames = self._read_frames(deadline)
+            if not frames:
+                why = "batch deadline reached" if self.proc.poll() is None else "sandbox runner died"
+                self._fail(pending, ids, runs, why)
+                break
+            for fr in frames:
+                i = ids.get(fr.get("id"))
+                if i is None:
+                    continue
+                t = fr["t"]
+                if t == "loaded":
+                    runs[i].names = fr["names"]
+                elif t == "result":
+                    runs[i].results[fr["seq"]] = {k: fr[k] for k in ("ok", "exc", "detail") if k in fr}
+                elif t == "end":
+                    pending.discard(fr["id"])
+                    r = runs[i]
+                    r.category, r.detail = fr["category"], fr.get("detail", "")
+                    r.stdout, r.stderr, r.elapsed = fr.get("stdout", ""), fr.get("stderr", ""), fr.get("elapsed", 0)
+                if on_event is not None and t in ("loaded", "result", "end"):
+                    on_event(i, fr)
+        self.stats["programs"] += len(jobs)
+        self.stats["sandbox_errors"] += sum(r.category == "sandbox_error" for r in runs)
+        return runs
+
+    def _fail(self, pending: set, ids: dict, runs: list, why: str) -> None:
+        log.error("sandbox: %s; restarting the runner (%d programs unfinished)", why, len(pending))
+        for job_id in pending:
+            runs[ids[job_id]].category = "sandbox_error"
+            runs[ids[job_id]].detail = why
+        self._kill_zygote()
+        self.stats["restarts"] += 1
+
+
+def _rmdir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.rmdir(path)

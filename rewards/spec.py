@@ -1,0 +1,169 @@
+"""The `tests` column: parse, validate and write test specifications (shared contract with the data side).
+
+A row's `tests` is a JSON string of one of these shapes:
+
+    {"kind": "call",   "entry_point": "add", "cases": [{"args": [1, 2], "expected": 3}, ...]}
+    {"kind": "stdio",  "cases": [{"stdin": "1 2\\n", "stdout": "3\\n"}, ...]}
+    {"kind": "assert", "entry_point": "add", "code": "def check(candidate):\\n    assert candidate(1, 2) == 3\\n"}
+    {"kind": "assert", "entry_point": "add", "asserts": ["assert add(1, 2) == 3"], "setup": "import math"}
+
+Values in `call` cases (args and expected) use the tagged form of `rewards.sandbox.wire`: JSON
+lists are lists, `{"__tuple__": [...]}` is a tuple, `{"__set__": [...]}` a set, `{"__dict__": [[k, v], ...]}`
+a dict with any keys (a plain JSON object is a dict with string keys), `{"__float__": "nan"}` a
+non-finite float. `dumps(...)` writes this form from Python values, so `dumps(CallSpec(...))` round-trips.
+
+Comparison of a `call` result with `expected` (in the trusted parent, on decoded plain data):
+types are strict (`True` is not `1`, a tuple is not a list, a str subclass is not a str), except that an
+int result matches a float expected value numerically; floats (also inside containers) match within
+`rel_tol=1e-6`, `abs_tol=1e-9`, and NaN matches NaN; set elements and dict keys match exactly.
+`stdio` output matches when equal after removing trailing whitespace from every line and trailing
+empty lines. `assert` tests pass when the dataset's test code runs to the end without an exception.
+"""
+
+import json
+from dataclasses import dataclass, field
+
+from rewards.sandbox import wire
+
+
+@dataclass(frozen=True)
+class CallCase:
+    args: list
+    """Positional arguments, decoded Python values."""
+    expected: object
+
+
+@dataclass(frozen=True)
+class CallSpec:
+    entry_point: str
+    cases: tuple[CallCase, ...]
+    kind: str = "call"
+
+
+@dataclass(frozen=True)
+class StdioCase:
+    stdin: str
+    stdout: str
+
+
+@dataclass(frozen=True)
+class StdioSpec:
+    cases: tuple[StdioCase, ...]
+    kind: str = "stdio"
+
+
+@dataclass(frozen=True)
+class AssertSpec:
+    """HumanEval style (`code` defines check(candidate)) or MBPP style (`asserts`, one statement each)."""
+
+    entry_point: str
+    code: str | None = None
+    asserts: tuple[str, ...] = field(default=())
+    setup: str = ""
+    kind: str = "assert"
+
+    @property
+    def num_tests(self) -> int:
+        return len(self.asserts) if self.code is None else 1
+
+
+TestSpec = CallSpec | StdioSpec | AssertSpec
+
+
+def parse(tests: str | dict) -> TestSpec:
+    """JSON string (or already-parsed dict) -> spec; raises ValueError naming the field and the fix."""
+    if isinstance(tests, str):
+        try:
+            tests = json.loads(tests)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"tests: not valid JSON ({exc}); write the column with rewards.spec.dumps") from exc
+    if not isinstance(tests, dict):
+        raise ValueError(f"tests: expected a JSON object with a 'kind', got {type(tests).__name__}")
+    kind = tests.get("kind")
+    if kind == "call":
+        return _parse_call(tests)
+    if kind == "stdio":
+        cases = _list(tests, "cases")
+        out = []
+        for i, c in enumerate(cases):
+            _need_str(c, "stdin", f"cases[{i}]")
+            _need_str(c, "stdout", f"cases[{i}]")
+            out.append(StdioCase(c["stdin"], c["stdout"]))
+        return StdioSpec(tuple(out))
+    if kind == "assert":
+        ep = _entry_point(tests)
+        setup = tests.get("setup", "")
+        if not isinstance(setup, str):
+            raise ValueError("tests.setup: must be a string of Python code (e.g. 'import math')")
+        if ("code" in tests) == ("asserts" in tests):
+            raise ValueError("tests: an 'assert' spec needs exactly one of 'code' (defines check(candidate)) "
+                             "or 'asserts' (list of assert statements)")
+        if "code" in tests:
+            _need_str(tests, "code", "tests")
+            if "def check" not in tests["code"]:
+                raise ValueError("tests.code: must define check(candidate); use 'asserts' for bare statements")
+            return AssertSpec(ep, code=tests["code"], setup=setup)
+        asserts = _list(tests, "asserts")
+        if not all(isinstance(a, str) and a.strip() for a in asserts):
+            raise ValueError("tests.asserts: every entry must be a non-empty string like 'assert f(1) == 2'")
+        return AssertSpec(ep, asserts=tuple(asserts), setup=setup)
+    raise ValueError(f"tests.kind: {kind!r} is not one of 'call', 'stdio', 'assert'")
+
+
+def _parse_call(tests: dict) -> CallSpec:
+    ep = _entry_point(tests)
+    out = []
+    for i, c in enumerate(_list(tests, "cases")):
+        if not isinstance(c, dict) or "args" not in c or "expected" not in c:
+            raise ValueError(f"tests.cases[{i}]: needs 'args' (JSON list) and 'expected'")
+        if not isinstance(c["args"], list):
+            raise ValueError(f"tests.cases[{i}].args: must be a JSON list of positional arguments, "
+                             f"got {type(c['args']).__name__}; wrap a single argument as [x]")
+        try:
+            out.append(CallCase(wire.decode(c["args"]), wire.decode(c["expected"])))
+        except (ValueError, TypeError) as exc:
+            msg = f"tests.cases[{i}]: malformed tagged value ({exc}); write it with rewards.spec.dumps"
+            raise ValueError(msg) from exc
+    return CallSpec(ep, tuple(out))
+
+
+def _entry_point(tests: dict) -> str:
+    ep = tests.get("entry_point")
+    if not isinstance(ep, str) or not ep.isidentifier():
+        raise ValueError(f"tests.entry_point: must be a Python identifier naming the function, got {ep!r}")
+    return ep
+
+
+def _list(d: dict, key: str) -> list:
+    v = d.get(key)
+    if not isinstance(v, list) or not v:
+        raise ValueError(f"tests.{key}: must be a non-empty JSON list")
+    return v
+
+
+def _need_str(d, key: str, where: str) -> None:
+    if not isinstance(d, dict) or not isinstance(d.get(key), str):
+        raise ValueError(f"{where}.{key}: must be a string")
+
+
+def to_dict(spec: TestSpec) -> dict:
+    if isinstance(spec, CallSpec):
+        cases = [{"args": wire.encode(list(c.args)), "expected": wire.encode(c.expected)} for c in spec.cases]
+        return {"kind": "call", "entry_point": spec.entry_point, "cases": cases}
+    if isinstance(spec, StdioSpec):
+        return {"kind": "stdio", "cases": [{"stdin": c.stdin, "stdout": c.stdout} for c in spec.cases]}
+    d = {"kind": "assert", "entry_point": spec.entry_point}
+    d.update({"code": spec.code} if spec.code is not None else {"asserts": list(spec.asserts)})
+    if spec.setup:
+        d["setup"] = spec.setup
+    return d
+
+
+def dumps(spec: TestSpec) -> str:
+    """Spec -> the JSON string for the `tests` column.
+
+    Example:
+        >>> dumps(CallSpec("add", (CallCase([1, 2], (3, 0)),)))
+        '{"kind": "call", "entry_point": "add", "cases": [{"args": [1, 2], "expected": {"__tuple__": [3, 0]}}]}'
+    """
+    return json.dumps(to_dict(spec))
