@@ -100,9 +100,9 @@ class Probes:
         left = _wait_until(lambda: _sandbox_pids(baseline_pids), 3.0)
         if left:
             found.append(f"processes left alive: {sorted(left)}")
-        cgs = _wait_until(lambda: [p for base in cgroup_paths.values() for p in Path(base).glob("j*")], 3.0)
+        cgs = _wait_until(lambda: _busy_cgroups(cgroup_paths), 3.0)
         if cgs:
-            found.append(f"cgroups left behind: {[str(c) for c in cgs]}")
+            found.append(f"processes left in cgroups: {cgs}")
         return found
 
     def reset(self) -> None:
@@ -128,6 +128,12 @@ def _wait_until(probe, patience: float):
         if not found or time.monotonic() > end:
             return found
         time.sleep(0.05)
+
+
+def _busy_cgroups(cgroup_paths: dict) -> list[str]:
+    """Job cgroups (kept for reuse while the sandbox lives) that still hold a process."""
+    return [str(p) for base in cgroup_paths.values() for p in Path(base).glob("j*")
+            if (p / "cgroup.procs").exists() and (p / "cgroup.procs").read_text().strip()]
 
 
 def _sandbox_pids(baseline: set) -> set:

@@ -47,6 +47,7 @@ class Cgroups:
     def __init__(self, want: bool):
         self.dirs = {}  # controller -> fd of our base directory
         self.paths = {}
+        self.free, self.draining, self.counter = [], {}, 0
         self.v2 = False
         self.error = "not requested"
         if want:
@@ -85,48 +86,77 @@ class Cgroups:
             return
         raise OSError("no usable memory+pids cgroup controllers")
 
-    def create(self, job: str, memory: int, pids: int) -> None:
-        files = {"memory": {"memory.limit_in_bytes": memory, "memory.memsw.limit_in_bytes": memory},
+    def acquire(self, memory: int, pids: int) -> tuple[str, int]:
+        """A cgroup for one job: an empty one from the free list, or a new one. Returns (name, oom baseline)."""
+        files = {"memory": {"memory.limit_in_bytes": memory, "memory.memsw.limit_in_bytes": memory,
+                            "memory.failcnt": 0},
                  "pids": {"pids.max": pids}, "cpu": {"cpu.cfs_period_us": 100000, "cpu.cfs_quota_us": 100000},
                  "unified": {"memory.max": memory, "memory.swap.max": 0, "pids.max": pids}}
+        if self.free:
+            name = self.free.pop()
+        else:
+            self.counter += 1
+            name = f"j{self.counter}"
+            for fd in self.dirs.values():
+                os.mkdir(name, dir_fd=fd)
         for c, fd in self.dirs.items():
-            os.mkdir(job, dir_fd=fd)
             for fname, value in files[c].items():
                 # memsw/swap files are absent when swap accounting is off
                 with contextlib.suppress(FileNotFoundError):
-                    _write_at(fd, f"{job}/{fname}", str(value).encode())
+                    _write_at(fd, f"{name}/{fname}", str(value).encode())
+        return name, self._oom_count(name)
 
     def join(self, job: str) -> None:
         for fd in self.dirs.values():
             _write_at(fd, f"{job}/cgroup.procs", b"0")
 
-    def oom_killed(self, job: str) -> bool:
-        for c in ("memory", "unified"):
-            if c in self.dirs:
-                name = "memory.oom_control" if c == "memory" else "memory.events"
-                text = _read_at(self.dirs[c], f"{job}/{name}")
-                for line in text.splitlines():
-                    key, _, val = line.partition(" ")
-                    if key == "oom_kill" and int(val) > 0:
-                        return True
-                if c == "memory" and int(_read_at(self.dirs[c], f"{job}/memory.failcnt") or 0) > 0:
-                    return True
-        return False
+    def _oom_count(self, job: str) -> int:
+        c = "memory" if "memory" in self.dirs else "unified"
+        text = _read_at(self.dirs[c], f"{job}/{'memory.oom_control' if c == 'memory' else 'memory.events'}")
+        return sum(int(v) for k, _, v in (line.partition(" ") for line in text.splitlines()) if k == "oom_kill")
 
-    def kill_and_remove(self, job: str) -> bool:
-        """SIGKILL every task left in the job's cgroups and remove them; False while any is still busy."""
-        done = True
-        for fd in self.dirs.values():
-            try:
+    def oom_killed(self, job: str, baseline: int) -> bool:
+        if self._oom_count(job) > baseline:
+            return True
+        return "memory" in self.dirs and int(_read_at(self.dirs["memory"], f"{job}/memory.failcnt") or 0) > 0
+
+    def release(self, job: str) -> None:
+        """Kill whatever is left in the job's cgroups; reuse them once empty (see `tick`)."""
+        self.draining[job] = time.monotonic()
+        self.tick()
+
+    def tick(self) -> bool:
+        """Move drained cgroups to the free list (a pids cgroup can count exited tasks for a while); True while
+        some are still draining. Cgroups that stay busy for 10 s are removed instead of reused."""
+        for job, since in list(self.draining.items()):
+            busy = False
+            for c, fd in self.dirs.items():
                 for pid in _read_at(fd, f"{job}/cgroup.procs").split():
+                    busy = True
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(int(pid), signal.SIGKILL)
+                if c in ("pids", "unified") and _read_at(fd, f"{job}/pids.current").strip() not in ("", "0"):
+                    busy = True
+            if not busy:
+                del self.draining[job]
+                self.free.append(job)
+            elif time.monotonic() - since > 10:
+                del self.draining[job]
+                self._rmdir(job)
+        return bool(self.draining)
+
+    def remove_all(self, patience: float) -> None:
+        end = time.monotonic() + patience
+        while self.tick() and time.monotonic() < end:
+            time.sleep(0.02)
+        for job in self.free + list(self.draining):
+            self._rmdir(job)
+        self.free, self.draining = [], {}
+
+    def _rmdir(self, job: str) -> None:
+        for fd in self.dirs.values():
+            with contextlib.suppress(OSError):
                 os.rmdir(job, dir_fd=fd)
-            except FileNotFoundError:
-                pass
-            except OSError:
-                done = False
-        return done
 
 
 def _write_at(dir_fd: int, name: str, data: bytes) -> None:
@@ -410,7 +440,7 @@ class Supervisor:
 
     def _finish(self, status: int) -> None:
         self._close_req()
-        oom = bool(self.cgroups.dirs) and self.cgroups.oom_killed(self.job["cg"])
+        oom = bool(self.cgroups.dirs) and self.cgroups.oom_killed(self.job["cg"], self.job["oom0"])
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         if self.ending is not None:

@@ -83,7 +83,6 @@ class Zygote:
         self.queue = []
         self.running = {}  # job id -> dict(pid, z_in_w, out_r, deadline, cg)
         self.by_fd = {}
-        self.to_remove = []
         self.sel = selectors.DefaultSelector()
         self.counter = 0
         self.out = os.dup(1)
@@ -111,7 +110,9 @@ class Zygote:
                 else:
                     self._on_supervisor(key.data, key.fd)
             self._reap()
-        self._drain_cgroups(5.0)
+        self._reap()
+        if self.cgroups.dirs:
+            self.cgroups.remove_all(5.0)
 
     def _on_parent(self, msg: dict) -> bool:
         op = msg["op"]
@@ -130,15 +131,13 @@ class Zygote:
     def _launch(self) -> None:
         while self.queue and len(self.running) < self.cfg["max_concurrency"]:
             job = self.queue.pop(0)
-            self.counter += 1
-            job["cg"] = f"j{self.counter}"
+            job["cg"], job["oom0"] = None, 0
             try:
                 if self.cgroups.dirs:
                     lim = job["limits"]
-                    self.cgroups.create(job["cg"], (lim["memory_mb"] + 64) << 20, lim["max_processes"])
+                    job["cg"], job["oom0"] = self.cgroups.acquire((lim["memory_mb"] + 64) << 20, lim["max_processes"])
             except OSError as exc:
                 self.emit({"t": "end", "id": job["id"], "category": "sandbox_error", "detail": f"cgroup: {exc}"})
-                self.to_remove.append(job["cg"])
                 continue
             z_in_r, z_in_w = os.pipe()
             out_r, out_w = os.pipe()
@@ -192,15 +191,14 @@ class Zygote:
                 os.kill(job["pid"], signal.SIGKILL)
             self.emit({"t": "end", "id": job_id, "category": "sandbox_error", "detail": error})
         if self.cgroups.dirs:
-            self.to_remove.append(job["cg"])
+            self.cgroups.release(job["cg"])
 
     def _tick(self) -> float:
         now = time.monotonic()
         for job_id, job in list(self.running.items()):
             if now > job["deadline"]:
                 self._retire(job_id, "supervisor missed its deadline")
-        self.to_remove = [cg for cg in self.to_remove if not self.cgroups.kill_and_remove(cg)]
-        if self.to_remove:
+        if self.cgroups.dirs and self.cgroups.tick():
             return 0.05
         return min([j["deadline"] - now for j in self.running.values()] + [1.0])
 
@@ -219,13 +217,6 @@ class Zygote:
         self.queue = []
         for job_id in list(self.running):
             self._retire(job_id, "sandbox shut down")
-
-    def _drain_cgroups(self, patience: float) -> None:
-        end = time.monotonic() + patience
-        while self.to_remove and time.monotonic() < end:
-            self._reap()
-            self.to_remove = [cg for cg in self.to_remove if not self.cgroups.kill_and_remove(cg)]
-            time.sleep(0.02)
 
 
 def main() -> None:

@@ -1,0 +1,97 @@
+"""Names -> reward functions, user rewards by dotted import path, and scoring that survives a raising reward."""
+
+import importlib
+import logging
+import math
+from dataclasses import dataclass, field
+
+from rewards.shaping import FormatReward, format_reward
+from rewards.unit_tests import all_pass_reward, unit_test_reward
+
+log = logging.getLogger("rewards.registry")
+
+REWARD_FNS = {
+    "unit_tests": unit_test_reward,
+    "unit_tests_binary": all_pass_reward,
+    "format": format_reward,
+    "format_think": FormatReward(require_think=True),
+}
+
+
+def get_reward(name: str):
+    """A built-in reward by name, or a user reward by import path (`pkg.mod:fn` or `pkg.mod.fn`).
+
+    Example:
+        >>> get_reward("format").__name__
+        'format'
+    """
+    if name in REWARD_FNS:
+        return REWARD_FNS[name]
+    if ":" in name or "." in name:
+        module, _, attr = name.partition(":") if ":" in name else name.rpartition(".")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"reward {name!r}: cannot import {attr!r} from {module!r} ({exc})") from exc
+        if not callable(fn):
+            raise ValueError(f"reward {name!r}: {type(fn).__name__} is not callable")
+        return fn
+    raise ValueError(f"unknown reward {name!r}; built-in rewards are {sorted(REWARD_FNS)}, "
+                     "or give an import path like 'my_pkg.my_rewards:my_reward'")
+
+
+def reward_name(fn) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+@dataclass
+class Scores:
+    """R reward functions x N rows. NaN = does not apply or the reward raised."""
+
+    per_reward: dict[str, list[float]]
+    total: list[float]
+    """Weighted sum over the rewards that apply (NaN if none does), like TRL's nansum."""
+    errors: dict[str, str] = field(default_factory=dict)
+    """reward name -> the error it raised in this call."""
+
+
+ERRORS: dict[str, int] = {}
+"""reward name -> number of calls that raised, over the life of the process."""
+
+
+def score_all(reward_fns: list, weights: list[float] | None, prompts: list, completions: list,
+              columns: dict) -> Scores:
+    """Run every reward on the batch; a reward that raises (or returns the wrong length) gets NaN for its
+    rows, is counted in `ERRORS` and logged with its name, and the others still count.
+
+    Example:
+        >>> def broken(prompts, completions, **kw):
+        ...     raise RuntimeError("boom")
+        >>> s = score_all([format_reward, broken], None, ["p"], ["```python\\nx\\n```"], {})
+        >>> s.total, s.per_reward["broken"], s.errors["broken"]
+        ([1.0], [nan], 'RuntimeError: boom')
+    """
+    weights = [1.0] * len(reward_fns) if weights is None else list(weights)
+    if len(weights) != len(reward_fns):
+        raise ValueError(f"weights: {len(weights)} given for {len(reward_fns)} rewards; give one per reward")
+    n = len(completions)
+    per, errors = {}, {}
+    for fn in reward_fns:
+        name = reward_name(fn)
+        try:
+            values = list(fn(prompts, completions, **columns))
+            if len(values) != n:
+                raise ValueError(f"returned {len(values)} values for {n} completions")
+            per[name] = [math.nan if v is None else float(v) for v in values]
+        except Exception as exc:  # a broken reward must not stop the run: isolate it and say so
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            ERRORS[name] = ERRORS.get(name, 0) + 1
+            log.error("reward %r raised %s; its %d rows are NaN (%d errors so far)", name, errors[name], n,
+                      ERRORS[name])
+            per[name] = [math.nan] * n
+    total = []
+    for i in range(n):
+        parts = [w * per[reward_name(fn)][i] for fn, w in zip(reward_fns, weights, strict=True)
+                 if not math.isnan(per[reward_name(fn)][i])]
+        total.append(sum(parts) if parts else math.nan)
+    return Scores(per, total, errors)

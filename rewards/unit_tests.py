@@ -1,0 +1,122 @@
+"""Unit-test rewards: run each completion's code against its row's `tests` column in the sandbox.
+
+The per-test verdicts of the last batch stay on the reward object (`last_outcomes`) and as flat metrics
+(`last_metrics`, also sent through TRL's `log_metric` when the trainer passes it), so the trainer can log
+them. `evaluate(...)` gives the same outcomes without making a reward.
+"""
+
+import logging
+import math
+
+from rewards import spec as specs
+from rewards.extract import extract_code
+from rewards.sandbox import Evaluator, Limits, Outcome
+from rewards.sandbox.verdict import CATEGORIES
+
+log = logging.getLogger("rewards.unit_tests")
+
+
+class UnitTestReward:
+    """Fraction of a row's tests passed (`binary=True`: 1.0 only if all pass).
+
+    Returns None for rows with no spec (does not apply) and for rows the sandbox could not score
+    (sandbox_error: our fault, counted in `stats` and logged, never a silent 0).
+
+    Example:
+        >>> reward = UnitTestReward()
+        >>> tests = '{"kind": "call", "entry_point": "sq", "cases": [{"args": [3], "expected": 9}]}'
+        >>> reward(["p"], ["```python\\ndef sq(x):\\n    return x * x\\n```"], tests=[tests])  # doctest: +SKIP
+        [1.0]
+    """
+
+    def __init__(self, *, binary: bool = False, tests_column: str = "tests", timeout: float = 5.0,
+                 memory_mb: int = 1024, max_concurrency: int | None = None, allow_weak: bool = False):
+        self.binary = binary
+        self.tests_column = tests_column
+        self.limits = Limits(timeout=timeout, memory_mb=memory_mb)
+        self.sandbox_kw = {"max_concurrency": max_concurrency, "allow_weak": allow_weak}
+        self.__name__ = "unit_tests_binary" if binary else "unit_tests"
+        self._evaluator = None
+        self.last_outcomes: list[Outcome | None] = []
+        self.last_metrics: dict[str, float] = {}
+        self.stats = {"programs": 0, "sandbox_errors": 0, "bad_specs": 0}
+
+    def __getstate__(self):  # picklable for worker processes: the sandbox is started lazily where it runs
+        state = dict(self.__dict__)
+        state["_evaluator"] = None
+        return state
+
+    @property
+    def evaluator(self) -> Evaluator:
+        if self._evaluator is None:
+            self._evaluator = Evaluator(limits=self.limits, **self.sandbox_kw)
+        return self._evaluator
+
+    def close(self) -> None:
+        if self._evaluator is not None:
+            self._evaluator.close()
+            self._evaluator = None
+
+    def __call__(self, prompts, completions, **columns) -> list[float | None]:
+        column = columns.get(self.tests_column)
+        if column is None:
+            return [None] * len(completions)
+        rows, programs, parsed = [], [], []
+        for i, (completion, tests) in enumerate(zip(completions, column, strict=True)):
+            if not tests:
+                continue
+            try:
+                sp = specs.parse(tests)
+            except ValueError as exc:
+                self.stats["bad_specs"] += 1
+                log.error("%s: row %d has a malformed tests spec (%s); scored None", self.__name__, i, exc)
+                continue
+            rows.append(i)
+            programs.append(extract_code(completion, getattr(sp, "entry_point", None)))
+            parsed.append(sp)
+        outcomes = self.evaluator.evaluate(programs, parsed) if programs else []
+        self.last_outcomes = [None] * len(completions)
+        rewards: list[float | None] = [None] * len(completions)
+        for i, out in zip(rows, outcomes, strict=True):
+            self.last_outcomes[i] = out
+            if out.sandbox_error:
+                log.error("%s: sandbox error on row %d (%s); scored None", self.__name__, i, out.detail)
+            else:
+                rewards[i] = float(out.passed == out.total) if self.binary else out.fraction
+        self.stats["programs"] += len(outcomes)
+        self.stats["sandbox_errors"] += sum(o.sandbox_error for o in outcomes)
+        self.last_metrics = summarise(outcomes)
+        log_metric = columns.get("log_metric")
+        if callable(log_metric):
+            for key, value in self.last_metrics.items():
+                log_metric(key, value)
+        return rewards
+
+
+def summarise(outcomes: list[Outcome]) -> dict[str, float]:
+    """Flat `sandbox/<category>_frac` metrics over programs (by overall category) plus mean test fraction."""
+    n = len(outcomes)
+    if not n:
+        return {}
+    metrics = {f"sandbox/{c}_frac": sum(o.category == c for o in outcomes) / n for c in CATEGORIES}
+    metrics["sandbox/tests_passed_frac"] = sum(o.fraction for o in outcomes) / n
+    metrics["sandbox/seconds_mean"] = sum(o.elapsed for o in outcomes) / n
+    return {k: v for k, v in metrics.items() if not math.isnan(v)}
+
+
+def evaluate(completions: list, tests: list, evaluator: Evaluator | None = None) -> list[Outcome]:
+    """Detailed outcomes (per-test categories) for completions against their `tests` specs."""
+    own = evaluator is None
+    ev = evaluator or Evaluator()
+    try:
+        parsed = [specs.parse(t) for t in tests]
+        programs = [extract_code(c, getattr(sp, "entry_point", None))
+                    for c, sp in zip(completions, parsed, strict=True)]
+        return ev.evaluate(programs, parsed)
+    finally:
+        if own:
+            ev.close()
+
+
+unit_test_reward = UnitTestReward()
+all_pass_reward = UnitTestReward(binary=True)

@@ -1,0 +1,84 @@
+import json
+
+import pytest
+
+from rewards import spec
+from rewards.unit_tests import UnitTestReward, evaluate, summarise
+
+CALL = spec.dumps(spec.CallSpec("sq", (spec.CallCase([3], 9), spec.CallCase([-2], 4))))
+STDIO = spec.dumps(spec.StdioSpec((spec.StdioCase("3\n", "9\n"), spec.StdioCase("-2\n", "4\n"))))
+ASSERT = json.dumps({"kind": "assert", "entry_point": "sq", "asserts": ["assert sq(3) == 9", "assert sq(-2) == 4"]})
+CHECK = json.dumps({"kind": "assert", "entry_point": "sq",
+                    "code": "def check(candidate):\n    assert candidate(3) == 9\n    assert candidate(-2) == 4\n"})
+GOOD = "```python\ndef sq(x):\n    return x * x\n```"
+HALF = "```python\ndef sq(x):\n    return 9\n```"
+STDIO_GOOD = "```python\nx = int(input())\nprint(x * x)\n```"
+
+# (completion, tests column value, fraction reward, binary reward)
+CASES = [
+    (GOOD, CALL, 1.0, 1.0),  # call/expected, correct
+    (HALF, CALL, 0.5, 0.0),  # call/expected, one of two
+    (STDIO_GOOD, STDIO, 1.0, 1.0),  # stdin/stdout
+    ("```python\nprint(9)\n```", STDIO, 0.5, 0.0),  # stdio, one of two
+    (GOOD, ASSERT, 1.0, 1.0),  # MBPP-style asserts
+    (HALF, ASSERT, 0.5, 0.0),  # per-assert credit
+    (GOOD, CHECK, 1.0, 1.0),  # HumanEval-style check
+    (HALF, CHECK, 0.0, 0.0),  # check() is all or nothing
+    ("```python\ndef sq(x)\n    return x\n```", CALL, 0.0, 0.0),  # syntax error
+    ("```python\ndef sq(x):\n    while True:\n        pass\n```", CALL, 0.0, 0.0),  # timeout is a failure
+    ("no code at all", CALL, 0.0, 0.0),  # nothing to run
+    (GOOD, None, None, None),  # no spec: does not apply
+    (GOOD, "{not json", None, None),  # malformed spec: None, counted
+]
+
+
+@pytest.fixture(scope="module")
+def rewards_pair():
+    frac, binary = UnitTestReward(timeout=2.0), UnitTestReward(binary=True, timeout=2.0)
+    yield frac, binary
+    frac.close()
+    binary.close()
+
+
+def test_reward_table_in_one_batch(rewards_pair):
+    frac, binary = rewards_pair
+    completions = [c[0] for c in CASES]
+    tests = [c[1] for c in CASES]
+    logged = {}
+    got = frac(["p"] * len(CASES), completions, tests=tests, log_metric=logged.__setitem__)
+    assert got == [c[2] for c in CASES]
+    assert binary(["p"] * len(CASES), completions, tests=tests) == [c[3] for c in CASES]
+    assert frac.stats["bad_specs"] == 1 and frac.stats["sandbox_errors"] == 0
+    outcomes = frac.last_outcomes
+    assert outcomes[9].category == "timeout" and outcomes[8].category == "syntax_error"
+    assert outcomes[1].tests == ["passed", "wrong_answer"] and outcomes[11] is None
+    assert logged["sandbox/timeout_frac"] == pytest.approx(1 / 11)
+
+
+def test_missing_column_does_not_apply(rewards_pair):
+    assert rewards_pair[0](["p"], [GOOD]) == [None]
+
+
+def test_conversational_completions(rewards_pair):
+    msgs = [[{"role": "assistant", "content": GOOD}]]
+    assert rewards_pair[0](["p"], msgs, tests=[CALL]) == [1.0]
+
+
+def test_sandbox_error_is_none_and_counted():
+    reward = UnitTestReward(timeout=2.0)
+    reward.evaluator.sandbox.start()
+    reward.evaluator.sandbox.proc.kill()  # our side breaks: the row is unscorable, not the model's failure
+    reward.evaluator.sandbox.proc.wait()
+    try:
+        assert reward(["p"], [GOOD], tests=[CALL]) == [None]
+        assert reward.stats["sandbox_errors"] == 1
+        assert reward(["p"], [GOOD], tests=[CALL]) == [1.0]  # and it recovers
+    finally:
+        reward.close()
+
+
+def test_evaluate_api_and_summary():
+    outs = evaluate([GOOD, HALF], [CALL, CHECK])
+    assert [o.category for o in outs] == ["passed", "wrong_answer"]
+    m = summarise(outs)
+    assert m["sandbox/passed_frac"] == 0.5 and m["sandbox/tests_passed_frac"] == 0.5
