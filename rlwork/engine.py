@@ -465,11 +465,14 @@ class TrainEngine:
 def gathered_parameters(engine: TrainEngine) -> contextlib.AbstractContextManager:
     """Gather ZeRO-3 partitioned parameters once for a whole phase (e.g. rollout); a no-op below stage 3.
 
-    Inside, every rank holds the full weights (memory: one whole model per rank) and forwards need no per-layer
-    all-gathers. Read-only: changes made inside are discarded (modifier_rank=None).
+    Inside, every rank holds the full weights (memory: one whole model per rank) and forwards (on `engine.module`
+    or `engine.model`) need no per-layer all-gathers. Inference only: no backward inside; weight changes made inside
+    are discarded. A bare `deepspeed.zero.GatheredParameters` is not enough: ZeRO-3's module hooks re-partition
+    each layer after its forward (measured: the first forward inside releases them). DeepSpeed's own
+    `unwrap_model_for_generation` gathers once and removes those hooks for the duration, re-adding them on exit.
     """
     if engine.backend != "deepspeed" or engine.zero_stage < 3:
         return contextlib.nullcontext()
-    import deepspeed
+    from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
 
-    return deepspeed.zero.GatheredParameters(list(engine.model.parameters()), modifier_rank=None)
+    return unwrap_model_for_generation(engine.module)
