@@ -52,6 +52,8 @@ class TestJob:
                 raise Unsupported("keyword arguments are not forwarded to the sandboxed program")
             if self.gone is not None:
                 raise ProgramGone(*self.gone)
+            if _from_program_unserialisable(args):  # the program's own earlier answer was not plain data
+                raise TypeError(f"argument of {name}() is a non-plain value the program returned earlier")
             tree = wire.encode(list(args))
             if '"__unserialisable__"' in wire.dumps(tree).decode():
                 raise Unsupported(f"argument of {name}() is not plain data: {[type(a).__name__ for a in args]}")
@@ -104,6 +106,16 @@ class TestJob:
                 results.append(cat)
                 detail = detail or why
         _emit({"t": "verdict", "id": self.id, "tests": results, "detail": detail[:500]})
+
+
+def _from_program_unserialisable(value, depth: int = 0) -> bool:
+    if isinstance(value, wire.Unserialisable):
+        return True
+    if depth < 50 and type(value) in (list, tuple, set, frozenset):
+        return any(_from_program_unserialisable(v, depth + 1) for v in value)
+    if depth < 50 and type(value) is dict:
+        return any(_from_program_unserialisable(v, depth + 1) for v in value.values())
+    return False
 
 
 def _categorise(exc: BaseException) -> tuple[str, str]:
