@@ -156,3 +156,30 @@ def test_wire_rejects_subclasses_of_plain_types():
 ])
 def test_stdout_normalisation(got, expected, match):
     assert (normalise_stdout(got) == normalise_stdout(expected)) is match
+
+
+HOSTILE = [  # one per family, fast ones (the timeout families are covered in test_attacks.py)
+    "import os\ndef add(a, b):\n    return 0\nos._exit(0)\n",  # verdict forgery by exit
+    "class E:\n    def __eq__(self, o):\n        return True\ndef add(a, b):\n    return E()\n",  # always-equal
+    "import os\ntry:\n    import posix\n    while True:\n        posix.fork()\nexcept OSError:\n    pass\n"
+    "def add(a, b):\n    return 0\n",  # fork bomb hitting the pids limit
+    "_h = []\nwhile True:\n    _h.append(bytearray(256 << 20))\n",  # memory bomb
+    "import ctypes\nctypes.string_at(0)\n",  # segfault
+    "import signal, posix\nposix.kill(-1, signal.SIGKILL)\ndef add(a, b):\n    return 0\n",  # kill everything
+]
+
+
+def test_load_with_hostile_tenth_stays_whole(evaluator):
+    """Reduced-size version of `bench/sandbox.py --load`: verdicts stay right batch after batch, nothing leaks."""
+    from rewards.attacks import _busy_cgroups, _sandbox_pids
+
+    evaluator.sandbox.start()
+    baseline = _sandbox_pids(set())
+    tmp_before = {n for n in os.listdir("/tmp") if n.startswith("rlwork")}
+    for batch in range(3):
+        programs = [HOSTILE[(batch * 2 + i // 10) % len(HOSTILE)] if i % 10 == 9 else OK for i in range(40)]
+        outs = evaluator.evaluate(programs, [ADD_ASSERT] * len(programs))
+        assert [o.category == "passed" for o in outs] == [p == OK for p in programs], batch
+    assert not _sandbox_pids(baseline)
+    assert not _busy_cgroups(evaluator.sandbox.cgroup_paths)
+    assert {n for n in os.listdir("/tmp") if n.startswith("rlwork")} == tmp_before
