@@ -145,6 +145,7 @@ def save_checkpoint(
 
     if keep_last < 0:
         raise ValueError(f"keep_last={keep_last}: use 0 to keep every checkpoint, or a positive count")
+    engine.require_window_start("save")
     root = _ckpt_root(run_dir)
     tmp = root / f".tmp-{step}"
     final = root / _step_name(step)

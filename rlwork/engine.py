@@ -379,7 +379,19 @@ class TrainEngine:
     @property
     def at_boundary(self) -> bool:
         """Whether the next `step()` applies an update (ends an accumulation window)."""
+        if self.backend == "deepspeed":
+            return self.module.is_gradient_accumulation_boundary()
         return (self.micro_steps + 1) % self.gradient_accumulation_steps == 0
+
+    def require_window_start(self, action: str) -> None:
+        """Raise ValueError unless no accumulation window is half done (state is saved/loaded between windows)."""
+        # gradients of a half-done accumulation window are not saved, and DeepSpeed does not restore its micro-step
+        # counter: state moves only between windows
+        if self.micro_steps % self.gradient_accumulation_steps:
+            raise ValueError(
+                f"cannot {action} in the middle of a gradient accumulation window (micro-step {self.micro_steps}, "
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps}): do it right after an update"
+            )
 
     def backward(self, loss: Tensor) -> bool:
         """Accumulate gradients of `loss` (scaled by 1/gradient_accumulation_steps). Returns whether it was finite."""
@@ -427,6 +439,7 @@ class TrainEngine:
 
     def save_state(self, directory: Path) -> None:
         """Optimizer and trainable weights into `directory` (every rank must call this for DeepSpeed)."""
+        self.require_window_start("save")
         directory.mkdir(parents=True, exist_ok=True)
         if self.backend == "deepspeed":
             self.module.save_checkpoint(str(directory), tag="engine", exclude_frozen_parameters=True,
@@ -440,6 +453,7 @@ class TrainEngine:
 
     def load_state(self, directory: Path) -> None:
         """Inverse of `save_state`: restores trainable weights and optimizer state in place."""
+        self.require_window_start("load")
         if self.backend == "deepspeed":
             _, client = self.module.load_checkpoint(str(directory), tag="engine", load_module_strict=False)
             if client is None:

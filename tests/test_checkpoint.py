@@ -164,3 +164,15 @@ def test_export_merged_loads_and_matches_the_adapter_model(tiny_lm, tmp_path):
         base_logits, _ = tiny_lm.forward(ids, key_mask)
     torch.testing.assert_close(merged_logits, adapter_logits, rtol=1e-4, atol=1e-4)
     assert (merged_logits - base_logits).abs().max() > 1e-3  # the adapter did change the model
+
+
+def test_saving_inside_an_accumulation_window_is_refused(tiny_lm, tmp_path):
+    engine = eng.TrainEngine.create(initial_lora(tiny_lm), lr=1e-2, gradient_accumulation_steps=2)
+    gen = torch.Generator().manual_seed(8)
+    assert train_step(tiny_lm, engine, gen) is None  # half a window: its gradients live only in memory
+    with pytest.raises(ValueError, match="accumulation window"):
+        ckpt.save_checkpoint(tmp_path, 1, engine, None, {}, CONFIG)
+    assert not (tmp_path / "checkpoints").exists()
+    assert train_step(tiny_lm, engine, gen).applied
+    ckpt.save_checkpoint(tmp_path, 1, engine, None, {}, CONFIG)
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_000001"

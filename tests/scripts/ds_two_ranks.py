@@ -67,6 +67,11 @@ def main(stage: int, out: Path) -> None:
         ds.backward(loss_of(lm, ds.module, ids[row], targets[row]))
         result = ds.step()
     weights = adapter(ds)
+    ref = eng.RefPolicy.build(model, beta=0.04)
+    with torch.no_grad():
+        with ref.context(ds.module) as ref_module:  # the LoRA B matrices start at 0: base == initial policy
+            ref_diff = float((lm.forward(ids, model=ref_module)[0] - plain_logits).abs().max())
+        policy_moved = float((lm.forward(ids, model=ds.module)[0] - plain_logits).abs().max())
     others = eng.broadcast_object(weights, src=1)
     identical = all(torch.equal(weights[n], others[n]) for n in weights)
     identical = bool(eng.all_reduce_mean(torch.tensor(float(identical))) == 1.0)
@@ -91,7 +96,7 @@ def main(stage: int, out: Path) -> None:
             "stays_gathered": stays_gathered, "moved_after_save": moved,
             "partitioned": any(hasattr(p, "ds_numel") for p in model.parameters()),
             "restored_max_diff": restored, "saved_adapter_max_diff": saved_diff,
-            "resumed_step": step, "data_state": data_state,
+            "resumed_step": step, "data_state": data_state, "ref_max_diff": ref_diff, "policy_moved": policy_moved,
         }, indent=2))
     eng.barrier()
 
