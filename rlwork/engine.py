@@ -348,6 +348,8 @@ class TrainEngine:
         opt_kwargs = dict(lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
         common = dict(gradient_accumulation_steps=gradient_accumulation_steps, max_grad_norm=max_grad_norm)
         if backend == "torch":
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each rank would train its own copy, silently
+                raise ValueError("engine backend 'torch' is single-process; under torchrun/deepspeed use 'deepspeed'")
             optimizer = torch.optim.AdamW(params, **opt_kwargs)
             return cls(model=model, module=model, backend="torch", optimizer=optimizer, zero_stage=0, **common)
         if backend != "deepspeed":

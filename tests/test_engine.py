@@ -141,6 +141,18 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_lm):
         torch.testing.assert_close(acc_w[name], big_w[name], rtol=1e-4, atol=1e-6)
 
 
+def test_engine_arguments_are_validated(tiny_lm, monkeypatch):
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        eng.TrainEngine.create(copy.deepcopy(tiny_lm.model).requires_grad_(False), lr=1e-3)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        eng.TrainEngine.create(lora_copy(tiny_lm), lr=1e-3, max_grad_norm=0.0)
+    with pytest.raises(ValueError, match="backend"):
+        eng.TrainEngine.create(lora_copy(tiny_lm), lr=1e-3, backend="fsdp")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="single-process"):
+        eng.TrainEngine.create(lora_copy(tiny_lm), lr=1e-3)
+
+
 def test_deepspeed_config_fills_owned_values():
     cfg = eng.deepspeed_config("zero3", micro_batch_size=2, gradient_accumulation_steps=4, max_grad_norm=0.5,
                                bf16=False)
