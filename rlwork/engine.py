@@ -9,14 +9,16 @@ Backends of `TrainEngine`:
   (`train_micro_batch_size_per_gpu`, `gradient_accumulation_steps`, `gradient_clipping`) are `"auto"` in the JSON
   and filled here; bf16 is switched on for CUDA and off on CPU. We pass a `torch.optim.AdamW`, so no fused Adam is
   compiled; the `*_offload.json` configs need DeepSpeed's `DeepSpeedCPUAdam` instead, built here, which compiles a
-  C++ op on first use (about a minute on 2 cores; cache it with `TORCH_EXTENSIONS_DIR`).
+  C++ op on first use (measured ~3 min on 2 busy cores, then ~6 s; cache it with `TORCH_EXTENSIONS_DIR`).
+  ZeRO-3 models are partitioned by `deepspeed.initialize`, so each rank first loads the whole model in host memory.
 
 Non-finite updates never reach the weights. A non-finite loss is marked at `backward`: the torch backend skips the
 backward pass and the whole accumulation window; the DeepSpeed backend still runs the backward (every rank must
 join the gradient reduction, or the others hang) on `loss * nan`, which makes every gradient that depends on the
 loss NaN. At the boundary, a non-finite total gradient norm skips the optimizer step: the torch backend checks
-the norm itself; DeepSpeed's ZeRO-2/3 optimizers do the same check in fp32 and bf16 (an invalid global norm sets
-`optimizer.overflow`, the step is dropped, gradients are cleared and `engine.skipped_steps` grows), and we read
+the norm itself; DeepSpeed's ZeRO-2/3 optimizers do the same check in fp32 and in bf16 (there only while
+`bf16.check_grad_overflow` keeps its default, true: do not turn it off in the JSON). An invalid global norm sets
+`optimizer.overflow`, the step is dropped, gradients are cleared and `engine.skipped_steps` grows; we read
 `skipped_steps` before and after the step. Reduced gradients are averaged over ranks, so all ranks skip together.
 
 Launch: one process needs no launcher (`init_distributed` sets `RANK=0 WORLD_SIZE=1 ...` defaults, without which
