@@ -254,6 +254,9 @@ def deepspeed_config(
     )
     cfg.pop("train_batch_size", None)  # derived by DeepSpeed: micro * accumulation * data-parallel ranks
     cfg["bf16"] = {**cfg.get("bf16", {}), "enabled": bf16}
+    if bf16 and cfg["bf16"].get("check_grad_overflow") is False:
+        raise ValueError(f"deepspeed config {config}: bf16.check_grad_overflow=false would let non-finite gradients "
+                         "reach the weights; remove it")
     left = _auto_keys(cfg)
     if left:
         raise ValueError(f"deepspeed config {config}: {', '.join(left)} still 'auto'; set them in the JSON")

@@ -166,6 +166,9 @@ def test_deepspeed_config_fills_owned_values():
     with pytest.raises(ValueError, match="still 'auto'"):
         eng.deepspeed_config({"zero_optimization": {"stage": "auto"}}, micro_batch_size=1,
                              gradient_accumulation_steps=1, max_grad_norm=1.0, bf16=False)
+    with pytest.raises(ValueError, match="check_grad_overflow"):
+        eng.deepspeed_config({"bf16": {"check_grad_overflow": False}}, micro_batch_size=1,
+                             gradient_accumulation_steps=1, max_grad_norm=1.0, bf16=True)
     with pytest.raises(ValueError, match="zero2"):
         eng.deepspeed_config("zero9", micro_batch_size=1, gradient_accumulation_steps=1, max_grad_norm=1.0,
                              bf16=False)
