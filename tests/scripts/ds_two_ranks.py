@@ -9,8 +9,10 @@ Rank 0 writes the findings to OUT_JSON.
 
 import copy
 import json
+import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 from safetensors.torch import load_file
@@ -46,7 +48,9 @@ def main(stage: int, out: Path) -> None:
     adapter_start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     kwargs = dict(lr=1e-3, gradient_accumulation_steps=2, max_grad_norm=0.05)
 
-    single = eng.TrainEngine.create(copy.deepcopy(model), **kwargs)
+    # the one-process reference, computed on every rank; the torch backend refuses a multi-rank launch on purpose
+    with mock.patch.dict(os.environ, {"WORLD_SIZE": "1"}):
+        single = eng.TrainEngine.create(copy.deepcopy(model), **kwargs)
     for micro in range(2):
         single.backward(loss_of(lm, single.module, ids[2 * micro:2 * micro + 2], targets[2 * micro:2 * micro + 2]))
         single_result = single.step()
