@@ -155,7 +155,7 @@ def propose(
     logits: [..., V] (any float dtype). Returns (x0 [...] int64, confidence [...] float64; higher = commit first).
     Gumbel-max in float64: argmax(l/T + g) with g = -log(-log u), the log form of LLaDA's exp(l)/(-log u)^T.
     """
-    logits = logits.double()
+    logits = logits.to(torch.float64, copy=True)
     logits[..., mask_id] = float("-inf")  # the mask token is never a completion token
     if config.temperature > 0:
         scaled = filter_logits(logits / config.temperature, config.top_k, config.top_p)
@@ -184,6 +184,21 @@ def transfer_schedule(num_masked: Tensor, steps: int, step: int) -> Tensor:
     num_masked: [N] int64 (masks at the block's start). Returns [N] int64.
     """
     return num_masked // steps + (step < num_masked % steps).long()
+
+
+def select(masked: Tensor, confidence: Tensor, count: Tensor, threshold: float | None) -> Tensor:
+    """Which masked positions to commit: the `count` most confident, and with `threshold` also every one at or
+    above it (Fast-dLLM). masked: [N, b] bool, confidence: [N, b], count: [N] int64. Returns [N, b] bool.
+    Ties go to the leftmost position. Without host syncs: per-row counts become a rank comparison.
+    """
+    confidence = confidence.masked_fill(~masked, float("-inf"))
+    if threshold is not None:
+        count = torch.maximum(count, (confidence >= threshold).sum(1))
+    count = torch.minimum(count, masked.sum(1))
+    order = confidence.argsort(dim=1, descending=True, stable=True)
+    ranks = torch.arange(masked.shape[1], device=masked.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, ranks)  # rank[i, j] = place of position j in row i
+    return rank < count[:, None]
 
 
 def finalize(ids: Tensor, steps: Tensor, eos_id: int, pad_id: int, mask_id: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -305,19 +320,11 @@ def generate(
                 _truncate(cache, base)
                 cache_len = base
             x0, confidence = propose(logits[:, s - q0:t - q0], config, lm.mask_id, generator)  # [n, b]
-            x_blk = x[:, s:t]
-            masked = x_blk == lm.mask_id
-            confidence = confidence.masked_fill(~masked, float("-inf"))
             k = transfer_schedule(num_masked, sps, step)
-            if config.threshold is not None:
-                k = torch.maximum(k, (confidence >= config.threshold).sum(1))
-            k = torch.minimum(k, masked.sum(1))
-            order = confidence.argsort(dim=1, descending=True, stable=True)
-            rank = torch.empty_like(order).scatter_(1, order, torch.arange(t - s, device=x.device).expand_as(order))
-            commit = rank < k[:, None]  # [n, b]
-            x[:, s:t] = torch.where(commit, x0, x_blk)
+            commit = select(x[:, s:t] == lm.mask_id, confidence, k, config.threshold)  # [n, b]
+            x[:, s:t] = torch.where(commit, x0, x[:, s:t])
             steps[:, s:t] = torch.where(commit, row_steps[:, None], steps[:, s:t])
-            row_steps += (k > 0).long()
+            row_steps += commit.any(1).long()
             if config.threshold is not None and not bool((x[:, s:t] == lm.mask_id).any()):
                 break
         done = ((x[:, s:t] == lm.eos_id) & gen[:, s:t]).any(1)  # [n]

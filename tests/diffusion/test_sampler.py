@@ -262,3 +262,26 @@ def test_invalid_settings_say_how_to_fix(tiny_lm):
         SamplerConfig(remasking="entropy", threshold=0.9)
     with pytest.raises(ValueError, match="remasking="):
         SamplerConfig(remasking="lowest")
+
+
+def test_eos_inside_the_prompts_last_block_does_not_end_the_row(tiny_lm):
+    """Stable-DiffCoder issue #1: an EOS among the prompt tokens of the first generated block is not a stop."""
+    lengths = [6, 7, 9]  # the last prompt token sits in the block that generation completes
+    ids, mask = ragged(tiny_lm, lengths, seed=7)
+    ids[:, -1] = tiny_lm.eos_id
+    config = SamplerConfig(max_new_tokens=8, steps_per_block=2)
+    out = generate(tiny_lm, ids, mask, config)
+    assert_same(out, naive_generate(tiny_lm, ids, mask, config))
+    assert out.completion_mask.all()
+    assert (out.completion_ids != tiny_lm.eos_id).all()
+
+
+def test_inference_mode_and_bfloat16(tiny_lm):
+    lm = DiffusionLM(copy.deepcopy(tiny_lm.model).to(torch.bfloat16), tiny_lm.tokenizer, tiny_lm.family)
+    ids, mask = ragged(lm, LENGTHS, seed=8)
+    config = SamplerConfig(max_new_tokens=8, steps_per_block=2)
+    with torch.inference_mode():
+        out = generate(lm, ids, mask, config)
+    ref = naive_generate(lm, ids, mask, config)
+    assert out.completion_ids.shape == (len(LENGTHS), 8) and out.completion_mask.all()
+    assert (out.completion_ids == ref.completion_ids).float().mean() > 0.5
