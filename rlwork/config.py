@@ -179,10 +179,8 @@ class AlgoConfig:
     """Policy updates per rollout batch (mu)."""
     resample_masks_per_iteration: bool = False
     """New mask draws for each iteration (d1); false = one draw shared by old/ref/current (DiffuCoder, ESPO)."""
-    dynamic_sampling: Literal["off", "skip", "resample"] = "skip"
-    """Groups whose rewards are all equal carry no signal: keep them, drop them, or generate more prompts (DAPO)."""
-    max_resample_rounds: int = 2
-    """With dynamic_sampling=resample: extra rollout rounds at most per step."""
+    dynamic_sampling: Literal["keep", "skip"] = "skip"
+    """Groups whose rewards are all equal carry no signal: keep them in the loss, or leave them out (DAPO)."""
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:

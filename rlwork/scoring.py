@@ -1,0 +1,96 @@
+"""Phase 2 of a step: completions -> rewards per function (rewards/ does the work; this adapts it to tensors).
+
+Shape letters: N rows, R reward functions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rewards.registry import get_reward, reward_name, score_all
+from rewards.unit_tests import UnitTestReward
+from rlwork.config import RewardsConfig
+
+
+@dataclass(frozen=True)
+class StepScores:
+    """Attributes:
+    per_func: [N, R] float32; NaN = does not apply, unscorable, or the reward raised.
+    names: R reward names, in column order.
+    errors: reward name -> the error it raised this step.
+    outcomes: N sandbox outcomes (per-test verdicts) of the first unit-test reward, or None per row.
+    sandbox: flat `sandbox/*` metrics of that reward for this step.
+    """
+
+    per_func: Tensor
+    names: tuple[str, ...]
+    errors: dict[str, str]
+    outcomes: list[Any]
+    sandbox: dict[str, float]
+
+
+class RewardScorer:
+    """The configured reward functions; unit-test rewards get the configured sandbox settings."""
+
+    def __init__(self, cfg: RewardsConfig):
+        self.fns = [self._build(name, cfg) for name in cfg.functions]
+        self.names = tuple(reward_name(fn) for fn in self.fns)
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"rewards.functions={list(cfg.functions)} names a reward twice: list each once")
+
+    @staticmethod
+    def _build(name: str, cfg: RewardsConfig):
+        if name in ("unit_tests", "unit_tests_binary"):
+            return UnitTestReward(binary=name == "unit_tests_binary", timeout=cfg.timeout_s,
+                                  max_concurrency=cfg.workers, allow_weak=cfg.allow_weak_isolation)
+        return get_reward(name)
+
+    def score(self, prompts: list[str], completions: list[str], problems: list[dict[str, Any]]) -> StepScores:
+        columns = {key: [p.get(key) for p in problems] for key in problems[0]} if problems else {}
+        result = score_all(self.fns, None, prompts, completions, columns)
+        per_func = torch.tensor([result.per_reward[name] for name in self.names], dtype=torch.float32).T  # [N, R]
+        unit = next((fn for fn in self.fns if isinstance(fn, UnitTestReward)), None)
+        ran = unit is not None and reward_name(unit) not in result.errors
+        outcomes = list(unit.last_outcomes) if ran else [None] * len(completions)
+        return StepScores(per_func, self.names, dict(result.errors), outcomes, dict(unit.last_metrics) if ran else {})
+
+    def close(self) -> None:
+        for fn in self.fns:
+            if hasattr(fn, "close"):
+                fn.close()
+
+
+SANDBOX_KEYS = ("passed", "wrong_answer", "runtime_error", "syntax_error", "timeout", "memory", "output_limit",
+                "sandbox_error")
+
+
+def sandbox_metrics(scores: StepScores) -> dict[str, float]:
+    """`sandbox/<category>_frac` for every category (0 when absent, so every rank logs the same keys)."""
+    metrics = {f"sandbox/{c}_frac": scores.sandbox.get(f"sandbox/{c}_frac", 0.0) for c in SANDBOX_KEYS}
+    metrics["sandbox/tests_passed_frac"] = scores.sandbox.get("sandbox/tests_passed_frac", math.nan)
+    return metrics
+
+
+def rollout_rows(rollout, scores: StepScores, rewards: Tensor, advantages: Tensor) -> list[dict[str, Any]]:
+    """One record per completion for the rollout store and the completions table."""
+    rows = []
+    for i in range(len(rollout.completions)):
+        out = scores.outcomes[i]
+        row = {
+            "task_id": str(rollout.problems[i].get("task_id", "")),
+            "prompt": rollout.prompts[i],
+            "completion": rollout.completions[i],
+            "reward": float(rewards[i]),
+            "advantage": float(advantages[i]),
+            "group_id": int(rollout.group_ids[i]),
+            "verdict": out.category if out is not None else "",
+            "tests": list(out.tests) if out is not None else [],
+        }
+        row.update({f"reward/{name}": float(scores.per_func[i, r]) for r, name in enumerate(scores.names)})
+        rows.append(row)
+    return rows

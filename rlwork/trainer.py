@@ -1,0 +1,310 @@
+"""The RL loop. One step is a flat list of numbered, timed phases; each phase lives in its own module:
+
+    1 rollout      G completions per prompt with the batched block-diffusion sampler   (rollout.py)
+    2 score        rewards in the sandbox pool, per function, NaN = unscorable         (scoring.py, rewards/)
+    3 advantages   weighted reward -> group advantages; zero-signal groups filtered    (advantages.py)
+    4 likelihoods  old and reference ELBOs under the step's shared mask draws           (diffusion/elbo.py)
+    5 update       num_iterations passes of the clipped ELBO policy gradient            (losses.py, engine.py)
+    6 log          metrics, rollouts, completions table, checkpoint                     (tracking.py, checkpoint.py)
+
+Nothing algorithmic lives here: this module only sequences the phases.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlwork import checkpoint as ckpt
+from rlwork import engine as eng
+from rlwork.advantages import compute_advantages, reward_metrics, rows_with_signal, weighted_reward_sum
+from rlwork.config import RunConfig, to_dict
+from rlwork.diffusion.elbo import elbo
+from rlwork.diffusion.masking import MaskDraw, draw_masks
+from rlwork.diffusion.sampler import SamplerConfig
+from rlwork.losses import policy_loss
+from rlwork.models import load_diffusion_lm
+from rlwork.prompts import PromptBatch, PromptStream, load_split
+from rlwork.rollout import Rollout, generate_rollouts
+from rlwork.scoring import RewardScorer, rollout_rows, sandbox_metrics
+from rlwork.sft import select_rows
+from rlwork.tracking import make_tracker, reduce_metrics, save_rollouts
+
+
+class PhaseTimer:
+    """Wall-clock seconds per named phase of one step (`perf/<phase>_s`)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+class UnscorableRunError(RuntimeError):
+    """Too many consecutive steps had no scorable reward: training on zeros would be meaningless."""
+
+
+@dataclass
+class Session:
+    """Everything a run holds between steps."""
+
+    cfg: RunConfig
+    lm: Any
+    engine: eng.TrainEngine
+    ref_policy: eng.RefPolicy | None
+    stream: PromptStream
+    scorer: RewardScorer
+    gens: dict[str, torch.Generator]
+    tracker: Any
+    run_dir: Path
+    start_step: int
+
+    def close(self) -> None:
+        self.tracker.finish()
+        self.scorer.close()
+
+
+def setup(cfg: RunConfig, resume: bool = False) -> Session:
+    """Load the model, wrap it (LoRA, engine), open data, rewards and trackers; restore a checkpoint if asked."""
+    eng.init_distributed()
+    world, rank = eng.world_size(), eng.rank()
+    if cfg.train.prompts_per_step % world:
+        raise ValueError(
+            f"train.prompts_per_step={cfg.train.prompts_per_step} is not divisible by the {world} ranks: "
+            f"use a multiple of {world}"
+        )
+    run_dir = Path(cfg.output_dir)
+    lm = load_diffusion_lm(
+        cfg.model.path, cfg.model.family, trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype,
+        device=cfg.model.device, attn_implementation=cfg.model.attn_implementation, block_size=cfg.model.block_size,
+    )
+    with torch.random.fork_rng(devices=[]):  # adapter init depends on cfg.seed only, not on what ran before
+        torch.manual_seed(cfg.seed)
+        policy = eng.apply_lora(lm.model, cfg.lora.r if cfg.lora.enabled else 0, cfg.lora.alpha, cfg.lora.dropout,
+                                cfg.lora.target_modules)
+    rows_local = cfg.train.prompts_per_step // world * cfg.algo.num_generations
+    engine = eng.TrainEngine.create(
+        policy, backend="deepspeed" if cfg.train.deepspeed else "torch", lr=cfg.train.learning_rate,
+        weight_decay=cfg.train.weight_decay, max_grad_norm=cfg.train.max_grad_norm,
+        gradient_accumulation_steps=math.ceil(rows_local / cfg.train.micro_batch_size),
+        micro_batch_size=cfg.train.micro_batch_size, deepspeed_config_path=cfg.train.deepspeed or "zero2",
+    )
+    stream = PromptStream(load_split(cfg.data, cfg.data.split, cfg.seed), lm.tokenizer, chat=cfg.data.chat,
+                          seed=cfg.seed)
+    # Separate generators so that changing one phase's consumption never shifts another's draws.
+    gens = {name: torch.Generator(device="cpu").manual_seed(cfg.seed * 1000 + rank * 10 + i)
+            for i, name in enumerate(("sample", "mask"))}
+    start_step = 0
+    if resume and ckpt.latest_checkpoint(run_dir) is not None:
+        start_step, _, data_state = ckpt.load_checkpoint(run_dir, engine, gens)
+        stream.load_state(data_state)
+    tracker = make_tracker(run_dir, cfg.tracking.wandb_project if cfg.tracking.wandb else None,
+                           cfg.tracking.wandb_mode, to_dict(cfg), eng.is_main_process())
+    return Session(cfg, lm, engine, eng.RefPolicy.build(policy, cfg.algo.beta), stream, RewardScorer(cfg.rewards),
+                   gens, tracker, run_dir, start_step)
+
+
+def train(cfg: RunConfig, resume: bool = False) -> dict[str, float]:
+    """Run `cfg.train.steps` RL steps (continuing from the latest checkpoint with `resume`); last step's metrics."""
+    session = setup(cfg, resume)
+    unscorable_streak, metrics = 0, {}
+    try:
+        for step in range(session.start_step, cfg.train.steps):
+            metrics = train_step(session, step)
+            unscorable_streak = unscorable_streak + 1 if metrics["reward/frac_unscorable"] == 1.0 else 0
+            if unscorable_streak >= cfg.train.max_unscorable_steps:
+                raise UnscorableRunError(
+                    f"{unscorable_streak} consecutive steps had no scorable reward (sandbox down or every reward "
+                    f"raised: see reward/errors in {session.run_dir / 'metrics.jsonl'}); fix the rewards or raise "
+                    "train.max_unscorable_steps"
+                )
+            if (step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps:
+                ckpt.save_checkpoint(session.run_dir, step + 1, session.engine, session.gens, session.stream.state(),
+                                     to_dict(cfg), keep_last=cfg.train.keep_checkpoints)
+    finally:
+        session.close()
+    return metrics
+
+
+def train_step(session: Session, step: int) -> dict[str, float]:
+    """One RL step: the six phases, in order."""
+    cfg, lm, engine, gens = session.cfg, session.lm, session.engine, session.gens
+    algo, G = cfg.algo, cfg.algo.num_generations
+    timer = PhaseTimer()
+    b_local = cfg.train.prompts_per_step // eng.world_size()
+
+    # 1 rollout: G completions per prompt; ZeRO-3 gathers parameters once for the whole phase.
+    with timer("rollout"), eng.gathered_parameters(engine):
+        batch = session.stream.next(cfg.train.prompts_per_step)  # one global order; each rank takes its slice
+        mine = slice(eng.rank() * b_local, (eng.rank() + 1) * b_local)
+        batch = PromptBatch(batch.problems[mine], batch.texts[mine])
+        rollout = generate_rollouts(lm, batch.problems, batch.texts, G, sampler_config(cfg), gens["sample"],
+                                    cfg.train.rollout_batch_size, model=engine.module)
+
+    # 2 score: every reward function on every completion; a raising reward yields NaN for its rows.
+    with timer("score"):
+        scores = session.scorer.score(rollout.prompts, rollout.completions, rollout.problems)
+        rewards = weighted_reward_sum(scores.per_func, torch.tensor(cfg.rewards.weights))  # [N]
+
+    # 3 advantages; groups whose rewards are all equal carry no signal and are left out of the loss (DAPO).
+    with timer("advantages"):
+        advantages = compute_advantages(rewards, G, algo.advantage, algo.scale_rewards)  # [N]
+        signal = torch.ones_like(rewards, dtype=torch.bool)
+        if algo.dynamic_sampling == "skip":
+            signal = torch.zeros_like(signal).index_fill_(0, rows_with_signal(rewards, G), True)
+
+    # 4 old/reference likelihoods under shared mask draws (one draw per iteration if masks are resampled).
+    with timer("likelihoods"):
+        num_draws = algo.num_iterations if algo.resample_masks_per_iteration else 1
+        draws = [draw_masks_for(cfg, lm, rollout, gens["mask"]) for _ in range(num_draws)]
+        old, ref = old_and_ref_logps(cfg, lm, engine, session.ref_policy, rollout, draws)
+
+    # 5 policy updates: num_iterations passes, gradient accumulation over micro-batches.
+    with timer("update"):
+        update_metrics = policy_updates(cfg, lm, engine, rollout, advantages, signal, draws, old, ref)
+
+    # 6 log: metrics reduced across ranks, rollouts saved, completions table every few steps.
+    with timer("log"):
+        metrics = {**reward_metrics(rewards, G, scores.per_func, list(scores.names)), **update_metrics,
+                   **sandbox_metrics(scores), **completion_metrics(rollout, signal, lm.eos_id)}
+        metrics["reward/errors"] = float(len(scores.errors))
+        rows = rollout_rows(rollout, scores, rewards, advantages)
+        if eng.is_main_process():
+            save_rollouts(session.run_dir, step, rows)
+            if step % cfg.train.table_every == 0:
+                session.tracker.log_table("completions", rows[: 4 * G], step)
+    for name, seconds in timer.seconds.items():
+        metrics[f"perf/{name}_s"] = seconds
+    metrics["perf/step_s"] = sum(timer.seconds.values())
+    metrics["perf/tokens_per_s"] = rollout.num_tokens / max(timer.seconds["rollout"], 1e-9)
+    metrics["perf/sampler_forwards"] = float(rollout.num_forwards)
+    metrics = reduce_metrics(metrics)
+    session.tracker.log(metrics, step)
+    if eng.is_main_process():
+        print(step_summary(step, cfg.train.steps, metrics), flush=True)
+    return metrics
+
+
+def sampler_config(cfg: RunConfig) -> SamplerConfig:
+    s = cfg.sampler
+    return SamplerConfig(max_new_tokens=s.max_new_tokens, steps_per_block=s.steps_per_block,
+                         temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, remasking=s.remasking,
+                         threshold=s.threshold)
+
+
+def draw_masks_for(cfg: RunConfig, lm, rollout: Rollout, generator: torch.Generator) -> MaskDraw:
+    """`algo.elbo_samples` draws; a coupled/stratified draw is a complementary pair (two forward passes)."""
+    passes = cfg.algo.elbo_samples * (2 if cfg.algo.elbo_estimator in ("coupled", "stratified") else 1)
+    return draw_masks(cfg.algo.elbo_estimator, rollout.completion_mask, passes, lm.block_size, generator,
+                      prompt_mask=rollout.prompt_mask, prompt_mask_prob=cfg.algo.prompt_mask_prob)
+
+
+def _row_chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _elbo(lm, rollout: Rollout, rows, draw: MaskDraw, model):
+    return elbo(lm, rollout.prompt_ids[rows], rollout.prompt_mask[rows], rollout.completion_ids[rows],
+                rollout.completion_mask[rows], select_rows(draw, rows), model=model)
+
+
+@torch.no_grad()
+def old_and_ref_logps(cfg, lm, engine, ref_policy, rollout: Rollout, draws) -> tuple[list | None, list | None]:
+    """Per-draw old ([N, L], only when num_iterations > 1) and reference ([N, L], only when beta > 0) ELBO terms.
+
+    With one iteration the old policy is the current one, so its terms are the current terms detached (the
+    ratio is exactly 1 by construction, as in TRL).
+    """
+    n, micro = rollout.prompt_ids.shape[0], cfg.train.micro_batch_size
+    old = ref = None
+    if cfg.algo.num_iterations > 1:
+        old = [torch.cat([_elbo(lm, rollout, s, d, engine.module).per_token for s in _row_chunks(n, micro)])
+               for d in draws]
+    if ref_policy is not None:
+        with ref_policy.context(engine.module) as ref_model:
+            ref = [torch.cat([_elbo(lm, rollout, s, d, ref_model).per_token for s in _row_chunks(n, micro)])
+                   for d in draws]
+    return old, ref
+
+
+def policy_updates(cfg, lm, engine, rollout: Rollout, advantages, signal, draws, old, ref) -> dict[str, float]:
+    """num_iterations optimizer steps over the batch, each accumulating gradients over fixed micro-batches.
+
+    Every rank runs the same number of backward calls (DeepSpeed's collectives need it); rows without signal are
+    left out of each micro-batch's loss, and a micro-batch without any contributes an exact zero.
+    """
+    algo, n = cfg.algo, rollout.prompt_ids.shape[0]
+    chunks = _row_chunks(n, cfg.train.micro_batch_size)
+    gas = engine.gradient_accumulation_steps
+    if len(chunks) != gas:
+        raise RuntimeError(f"{len(chunks)} micro-batches but the engine accumulates {gas}")  # set up in train()
+    signal_rows = int(signal.sum())
+    signal_tokens = (rollout.completion_mask & signal[:, None]).sum().clamp_min(1)
+    sums: dict[str, float] = {}
+    grad_norms, skipped, elbo_per_token = [], 0, []
+    for it in range(algo.num_iterations):
+        d = it if algo.resample_masks_per_iteration else 0
+        draw = draws[d]
+        for s in chunks:
+            rows = torch.arange(s.start, s.stop)[signal[s]]
+            empty = rows.numel() == 0
+            if empty:
+                rows = torch.arange(s.start, s.start + 1)  # keeps the graph (and DeepSpeed's hooks) identical
+            out = _elbo(lm, rollout, rows, draw, engine.module)
+            mask = rollout.completion_mask[rows]
+            loss, m = policy_loss(
+                out.per_token, None if old is None else old[d][rows], advantages[rows], mask,
+                ref_per_token_logps=None if ref is None else ref[d][rows],
+                beta=algo.beta, kl_estimator=algo.kl_estimator, epsilon=algo.epsilon,
+                epsilon_high=algo.epsilon_high, importance_sampling_level=algo.importance_sampling_level,
+                loss_type=algo.loss_type, max_completion_length=rollout.completion_ids.shape[1],
+                num_items_in_batch=signal_tokens if algo.loss_type == "dapo" else None,
+            )
+            # engine.backward divides by gas: weight micro-batches so that they add up to the full-batch loss.
+            share = 1.0 if algo.loss_type == "dapo" else rows.numel() / max(signal_rows, 1)
+            loss = loss * (0.0 if empty else gas * share)
+            engine.backward(loss)
+            result = engine.step()
+            if empty:
+                continue
+            elbo_per_token.append(out.sequence.detach() / mask.sum(1).clamp_min(1))
+            for key, value in m.items():
+                sums[key] = sums.get(key, 0.0) + float(value) * rows.numel() / signal_rows / algo.num_iterations
+        skipped += int(not result.applied)
+        grad_norms.append(result.grad_norm)
+    per_token_elbo = torch.cat(elbo_per_token) if elbo_per_token else torch.full((1,), math.nan)
+    return {
+        **sums,
+        "optim/grad_norm": sum(grad_norms) / len(grad_norms),
+        "optim/skipped_updates": float(skipped),
+        "optim/lr": cfg.train.learning_rate,
+        "elbo/std": float(per_token_elbo.std()) if per_token_elbo.numel() > 1 else math.nan,
+        "elbo/mean_per_token": float(per_token_elbo.mean()),
+    }
+
+
+def completion_metrics(rollout: Rollout, signal: torch.Tensor, eos_id: int) -> dict[str, float]:
+    lengths = rollout.completion_mask.sum(1).float()
+    has_eos = ((rollout.completion_ids == eos_id) & rollout.completion_mask).any(1)
+    return {
+        "completion/len_mean": float(lengths.mean()),
+        "completion/len_max": float(lengths.max()),
+        "completion/eos_frac": float(has_eos.float().mean()),
+        "reward/frac_rows_trained": float(signal.float().mean()),
+    }
+
+
+def step_summary(step: int, total: int, m: dict[str, float]) -> str:
+    return (f"step {step + 1}/{total} | reward {m['reward/mean']:.3f} | zero-std {m['reward/frac_zero_std']:.2f} | "
+            f"kl {m.get('policy/kl', float('nan')):.4f} | clip {m.get('policy/clipfrac', float('nan')):.3f} | "
+            f"len {m['completion/len_mean']:.1f} | {m['perf/step_s']:.1f}s")

@@ -1,0 +1,157 @@
+"""The RL loop end to end on the tiny coder (CPU, single process, torch engine)."""
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+from rlwork.config import load_config
+from rlwork.rollout import generate_rollouts
+from rlwork.trainer import (
+    UnscorableRunError,
+    _elbo,
+    draw_masks_for,
+    old_and_ref_logps,
+    sampler_config,
+    setup,
+    train,
+    train_step,
+)
+
+REWARDS = '''
+def varied(prompts, completions, **columns):
+    """Varies within a group for a random model: fraction of letters among the completion's characters."""
+    return [sum(c.isalpha() for c in text) / max(len(text), 1) for text in completions]
+
+
+def broken(prompts, completions, **columns):
+    raise RuntimeError("reward service down")
+'''
+
+
+@pytest.fixture()
+def reward_module(tmp_path, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text(REWARDS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("my_rewards", None)
+    return "my_rewards"
+
+
+def tiny_cfg(tmp_path, *overrides):
+    base = [
+        f"output_dir={tmp_path / 'run'}", "train.steps=2", "train.prompts_per_step=2", "train.micro_batch_size=4",
+        "algo.num_generations=4", "sampler.max_new_tokens=8", "data.synthetic_train=8", "data.synthetic_heldout=4",
+        "tracking.wandb=false", "rewards.functions=[my_rewards:varied]", "rewards.weights=[1.0]",
+        "train.learning_rate=0.01", "algo.dynamic_sampling=keep",
+    ]
+    return load_config(None, [*base, *overrides])
+
+
+def _params(session):
+    model = session.engine.model
+    lora = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    return lora, base
+
+
+def test_two_steps_change_every_lora_parameter_and_no_base_weight(tmp_path, reward_module):
+    session = setup(tiny_cfg(tmp_path))
+    lora0, base0 = _params(session)
+    assert lora0 and base0
+    try:
+        metrics = [train_step(session, step) for step in range(2)]
+    finally:
+        session.close()
+    lora1, base1 = _params(session)
+    unchanged = [n for n in lora0 if torch.equal(lora0[n], lora1[n])]
+    assert not unchanged, f"LoRA parameters that never changed: {unchanged[:5]}"
+    assert all(torch.equal(base0[n], base1[n]) for n in base0)
+    keys = {"reward/mean", "reward/frac_zero_std", "reward/varied/mean",
+            "policy/clipfrac", "policy/kl", "policy/ratio_mean", "elbo/std", "completion/len_mean",
+            "completion/eos_frac", "perf/rollout_s", "perf/score_s", "perf/advantages_s", "perf/likelihoods_s",
+            "perf/update_s", "perf/log_s", "perf/tokens_per_s", "optim/grad_norm", "sandbox/passed_frac"}
+    for m in metrics:
+        assert keys <= set(m), keys - set(m)
+        assert all(math.isfinite(m[k]) for k in keys if not k.startswith("sandbox/")), m
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [0, 1]
+    assert sorted(p.name for p in (tmp_path / "run" / "rollouts").glob("*.parquet")) == [
+        "step_000000.parquet", "step_000001.parquet"]
+
+
+def test_ratio_is_one_and_kl_zero_before_the_first_update(tmp_path, reward_module):
+    cfg = tiny_cfg(tmp_path, "algo.num_iterations=2", "algo.beta=0.04")
+    session = setup(cfg)
+    try:
+        batch = session.stream.next(2)
+        rollout = generate_rollouts(session.lm, batch.problems, batch.texts, 4, sampler_config(cfg),
+                                    session.gens["sample"], 8, model=session.engine.module)
+        draw = draw_masks_for(cfg, session.lm, rollout, session.gens["mask"])
+        old, ref = old_and_ref_logps(cfg, session.lm, session.engine, session.ref_policy, rollout, [draw])
+        current = _elbo(session.lm, rollout, torch.arange(8), draw, session.engine.module).per_token
+    finally:
+        session.close()
+    assert torch.equal(current.detach(), old[0])  # ratio exp(0) = 1 exactly: same weights, same draw
+    assert torch.equal(current.detach(), ref[0])  # fresh LoRA (B = 0): adapter-disabled base is the policy
+    assert current.requires_grad
+
+
+def test_non_finite_loss_skips_the_update(tmp_path, reward_module, monkeypatch):
+    import rlwork.trainer as trainer
+
+    real = trainer.policy_loss
+
+    def poisoned(*args, **kwargs):
+        loss, metrics = real(*args, **kwargs)
+        return loss * float("nan"), metrics
+
+    session = setup(tiny_cfg(tmp_path))
+    lora0, _ = _params(session)
+    monkeypatch.setattr(trainer, "policy_loss", poisoned)
+    try:
+        metrics = train_step(session, 0)
+    finally:
+        session.close()
+    lora1, _ = _params(session)
+    assert metrics["optim/skipped_updates"] == 1.0
+    assert all(torch.equal(lora0[n], lora1[n]) for n in lora0)
+
+
+def test_all_unscorable_steps_stop_the_run(tmp_path, reward_module):
+    cfg = tiny_cfg(tmp_path, "rewards.functions=[my_rewards:broken]", "train.max_unscorable_steps=2",
+                   "train.steps=5")
+    with pytest.raises(UnscorableRunError, match="2 consecutive steps had no scorable reward"):
+        train(cfg)
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_raising_reward_does_not_stop_the_run(tmp_path, reward_module):
+    cfg = tiny_cfg(tmp_path, "rewards.functions=[my_rewards:varied, my_rewards:broken]", "rewards.weights=[1, 1]",
+                   "train.steps=1")
+    metrics = train(cfg)
+    assert metrics["reward/errors"] == 1.0 and math.isfinite(metrics["reward/mean"])
+
+
+def test_resume_reproduces_the_next_step(tmp_path, reward_module):
+    """An interrupted run (checkpoint after step 1, new process state) continues exactly like an uninterrupted one."""
+    full = tiny_cfg(tmp_path, "train.steps=2", "train.save_every=1", f"output_dir={tmp_path / 'full'}")
+    train(full)
+    part = tiny_cfg(tmp_path, "train.steps=1", "train.save_every=1", f"output_dir={tmp_path / 'part'}")
+    train(part)
+    torch.manual_seed(1234)  # the resumed process's global RNG differs; the checkpoint must restore what matters
+    resumed = tiny_cfg(tmp_path, "train.steps=2", "train.save_every=1", f"output_dir={tmp_path / 'part'}")
+    train(resumed, resume=True)
+
+    def second_step(run):
+        rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [0, 1]
+        return {k: v for k, v in rows[1].items() if not k.startswith("perf/")}
+
+    assert second_step("part") == second_step("full")
+
+
+def test_bad_config_fails_before_compute(tmp_path):
+    with pytest.raises(ValueError, match="num_generations=1"):
+        load_config(None, ["algo.num_generations=1"])
