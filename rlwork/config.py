@@ -95,32 +95,55 @@ class DataConfig:
     """Synthetic family: number of held-out tasks (new compositions, never seen in training)."""
 
 
+REMASKING = ("low_confidence", "random", "margin", "entropy")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SamplerConfig:
+    """The batched block-diffusion sampler's settings (rlwork.diffusion.sampler.generate takes this object)."""
+
     max_new_tokens: int = 64
-    """Completion budget in tokens (rounded up to whole blocks)."""
+    """L: completion tokens per row."""
     steps_per_block: int = 4
-    """Denoising steps per block (block 4 with 4 steps = one token per step)."""
+    """Denoising steps per block; the block's masked tokens are spread evenly over them (earlier steps get more)."""
+    block_size: int | None = None
+    """Semi-AR block length. None: the model's block (block-causal) or the whole completion (bidirectional)."""
     temperature: float = 1.0
-    """0 = greedy; > 0 adds float64 Gumbel noise."""
+    """0 = greedy; > 0 samples by Gumbel-max in float64 and needs a torch.Generator."""
     top_k: int | None = None
-    """Keep only the k most likely tokens before sampling."""
+    """Keep the k most likely tokens before sampling (temperature > 0 only)."""
     top_p: float | None = None
-    """Nucleus sampling threshold."""
+    """Nucleus filter before sampling (temperature > 0 only)."""
     remasking: Literal["low_confidence", "random", "margin", "entropy"] = "low_confidence"
-    """Which masked positions to commit first."""
+    """Which masked tokens a step commits: low_confidence | margin | entropy | random."""
     threshold: float | None = None
-    """Confidence-threshold parallel decoding: commit every token above it (at least one per step)."""
+    """Parallel decoding: also commit every masked token whose confidence reaches this (low_confidence, margin)."""
+    use_cache: bool = True
+    """Block-causal: exact KV cache. Bidirectional: Fast-dLLM prefix cache (approximate); False = exact."""
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1 or self.steps_per_block < 1:
-            raise ConfigError("sampler.max_new_tokens and sampler.steps_per_block must be positive")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"sampler.max_new_tokens={self.max_new_tokens}: generate at least 1 token")
+        if self.steps_per_block < 1:
+            raise ConfigError(f"sampler.steps_per_block={self.steps_per_block}: use at least 1 step per block")
+        if self.block_size is not None and self.block_size < 1:
+            raise ConfigError(f"sampler.block_size={self.block_size}: use a positive block size or null")
         if self.temperature < 0:
             raise ConfigError(f"sampler.temperature={self.temperature}: use 0 (greedy) or a positive value")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"sampler.top_p={self.top_p}: use a value in (0, 1] or null")
-        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
-            raise ConfigError(f"sampler.threshold={self.threshold}: use a probability in (0, 1] or null")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"sampler.top_k={self.top_k}: use null (off) or k >= 1")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(f"sampler.top_p={self.top_p}: use null (off) or a value in (0, 1]")
+        if self.remasking not in REMASKING:
+            raise ConfigError(f"sampler.remasking='{self.remasking}': choose one of {', '.join(REMASKING)}")
+        if self.threshold is not None:
+            if self.remasking not in ("low_confidence", "margin"):
+                raise ConfigError(
+                    f"threshold decoding compares a probability with the threshold; remasking='{self.remasking}' "
+                    "gives none: use sampler.remasking='low_confidence' or 'margin', or sampler.threshold=null"
+                )
+            if not 0 <= self.threshold <= 1:
+                raise ConfigError(f"sampler.threshold={self.threshold}: use a probability in [0, 1] or null")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -259,6 +282,26 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class SftConfig:
+    steps: int = 300
+    """Optimizer steps of diffusion SFT (the warm start before RL)."""
+    batch_size: int = 16
+    """Problems per step."""
+    learning_rate: float = 2e-3
+    """AdamW peak learning rate (linear warm-up, cosine decay); full weights."""
+    max_eos: int = 4
+    """1..max_eos EOS tokens are appended to each target, so the model learns to stop (Stable-DiffCoder SFT)."""
+    samples: int = 1
+    """Mask draws per target per step."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.max_eos < 1 or self.samples < 1:
+            raise ConfigError("sft.steps, sft.batch_size, sft.max_eos and sft.samples must be >= 1")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"sft.learning_rate={self.learning_rate}: must be positive")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """Everything one `rlwork` command reads."""
 
@@ -275,6 +318,7 @@ class RunConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    sft: SftConfig = dataclasses.field(default_factory=SftConfig)
 
     def __post_init__(self) -> None:
         if self.algo.beta > 0 and not self.lora.enabled:

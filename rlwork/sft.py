@@ -64,7 +64,7 @@ def sft_loss(lm: DiffusionLM, prompt_texts: list[str], targets: list[str], gener
 
 
 def run_sft(lm: DiffusionLM, problems: list[dict[str, Any]], render, *, steps: int, batch_size: int, lr: float,
-            seed: int, log_every: int = 10, progress: bool = True) -> list[float]:
+            seed: int, max_eos: int = 4, samples: int = 1, log_every: int = 10, progress: bool = True) -> list[float]:
     """Full-weight diffusion SFT of `lm.model` in place with AdamW; returns the loss per step.
 
     `render(problem) -> prompt text` applies the same prompt format the RL trainer uses.
@@ -82,7 +82,7 @@ def run_sft(lm: DiffusionLM, problems: list[dict[str, Any]], render, *, steps: i
     for _ in bar:
         idx = torch.randint(len(problems), (batch_size,), generator=gen).tolist()
         batch = [problems[i] for i in idx]
-        loss = sft_loss(lm, [render(p) for p in batch], [target_text(p) for p in batch], gen)
+        loss = sft_loss(lm, [render(p) for p in batch], [target_text(p) for p in batch], gen, max_eos, samples)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -24,10 +24,9 @@ import torch
 from rlwork import checkpoint as ckpt
 from rlwork import engine as eng
 from rlwork.advantages import compute_advantages, reward_metrics, rows_with_signal, weighted_reward_sum
-from rlwork.config import RunConfig, to_dict
+from rlwork.config import RunConfig, SamplerConfig, to_dict
 from rlwork.diffusion.elbo import elbo
 from rlwork.diffusion.masking import MaskDraw, draw_masks
-from rlwork.diffusion.sampler import SamplerConfig
 from rlwork.losses import policy_loss
 from rlwork.models import load_diffusion_lm
 from rlwork.prompts import PromptBatch, PromptStream, load_split
@@ -196,10 +195,7 @@ def train_step(session: Session, step: int) -> dict[str, float]:
 
 
 def sampler_config(cfg: RunConfig) -> SamplerConfig:
-    s = cfg.sampler
-    return SamplerConfig(max_new_tokens=s.max_new_tokens, steps_per_block=s.steps_per_block,
-                         temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, remasking=s.remasking,
-                         threshold=s.threshold)
+    return cfg.sampler
 
 
 def draw_masks_for(cfg: RunConfig, lm, rollout: Rollout, generator: torch.Generator) -> MaskDraw:

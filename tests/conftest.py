@@ -28,3 +28,11 @@ def tiny_bidir_lm():
     from rlwork.models import load_diffusion_lm
 
     return load_diffusion_lm("tiny-bidirectional", "masked-diffusion")
+
+
+def pytest_configure(config):
+    # Tiny models gain nothing from intra-op threads, and two threads on two shared cores can stall each other
+    # (seen here: the same work 0.7 s or 24 s). One thread keeps the suite's time predictable.
+    import torch
+
+    torch.set_num_threads(1)

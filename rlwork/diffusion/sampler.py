@@ -37,55 +37,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from rlwork.config import SamplerConfig
 from rlwork.models import DiffusionLM
-
-REMASKING = ("low_confidence", "random", "margin", "entropy")
-
-
-@dataclass(frozen=True, kw_only=True)
-class SamplerConfig:
-    max_new_tokens: int = 128
-    """L: completion tokens per row."""
-    steps_per_block: int = 4
-    """Denoising steps per block; the block's masked tokens are spread evenly over them (earlier steps get more)."""
-    block_size: int | None = None
-    """Semi-AR block length. None: the model's block (block-causal) or the whole completion (bidirectional)."""
-    temperature: float = 0.0
-    """0 = greedy; > 0 samples by Gumbel-max in float64 and needs a torch.Generator."""
-    top_k: int | None = None
-    """Keep the k most likely tokens before sampling (temperature > 0 only)."""
-    top_p: float | None = None
-    """Nucleus filter before sampling (temperature > 0 only)."""
-    remasking: str = "low_confidence"
-    """Which masked tokens a step commits: low_confidence | margin | entropy | random."""
-    threshold: float | None = None
-    """Parallel decoding: also commit every masked token whose confidence reaches this (low_confidence, margin)."""
-    use_cache: bool = True
-    """Block-causal: exact KV cache. Bidirectional: Fast-dLLM prefix cache (approximate); False = exact."""
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={self.max_new_tokens}: generate at least 1 token")
-        if self.steps_per_block < 1:
-            raise ValueError(f"steps_per_block={self.steps_per_block}: use at least 1 step per block")
-        if self.block_size is not None and self.block_size < 1:
-            raise ValueError(f"block_size={self.block_size}: use a positive block size or None")
-        if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature}: use 0 (greedy) or a positive value")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k={self.top_k}: use None (off) or k >= 1")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p={self.top_p}: use None (off) or a value in (0, 1]")
-        if self.remasking not in REMASKING:
-            raise ValueError(f"remasking='{self.remasking}': choose one of {', '.join(REMASKING)}")
-        if self.threshold is not None:
-            if self.remasking not in ("low_confidence", "margin"):
-                raise ValueError(
-                    f"threshold decoding compares a probability with the threshold; remasking='{self.remasking}' "
-                    "gives none: use remasking='low_confidence' or 'margin', or threshold=None"
-                )
-            if not 0 <= self.threshold <= 1:
-                raise ValueError(f"threshold={self.threshold}: use a probability in [0, 1] or None")
 
 
 @dataclass(frozen=True)

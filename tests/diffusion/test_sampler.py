@@ -78,7 +78,7 @@ class Recorder(torch.nn.Module):
 def eos_case(tiny_lm):
     """(tweaked lm, ids, mask, config) where EOS ends some rows mid-block and others run to the end."""
     ids, mask = ragged(tiny_lm, EOS_LENGTHS, seed=0)
-    config = SamplerConfig(max_new_tokens=24, steps_per_block=2)
+    config = SamplerConfig(temperature=0.0, max_new_tokens=24, steps_per_block=2)
     plain = generate(tiny_lm, ids, mask, config)
     tokens, counts = plain.completion_ids.unique(return_counts=True)
     for t in tokens[counts.argsort(descending=True, stable=True)][:12].tolist():
@@ -105,7 +105,8 @@ def eos_case(tiny_lm):
 )
 def test_block_causal_cached_matches_naive_on_ragged_batch(tiny_lm, steps, remasking, threshold):
     ids, mask = ragged(tiny_lm, LENGTHS)
-    config = SamplerConfig(max_new_tokens=14, steps_per_block=steps, remasking=remasking, threshold=threshold)
+    config = SamplerConfig(temperature=0.0, max_new_tokens=14, steps_per_block=steps, remasking=remasking,
+                           threshold=threshold)
     ref = naive_generate(tiny_lm, ids, mask, config)
     cached = generate(tiny_lm, ids, mask, config)
     uncached = generate(tiny_lm, ids, mask, dataclasses.replace(config, use_cache=False))
@@ -144,7 +145,7 @@ def test_finished_rows_leave_the_batch_and_prefix_is_computed_once(eos_case):
 def test_shifted_block_causal_cached_matches_naive(tiny_lm):
     lm = shifted(tiny_lm)
     ids, mask = ragged(lm, LENGTHS, seed=1)
-    config = SamplerConfig(max_new_tokens=12, steps_per_block=2)
+    config = SamplerConfig(temperature=0.0, max_new_tokens=12, steps_per_block=2)
     assert_same(generate(lm, ids, mask, config), naive_generate(lm, ids, mask, config))
 
 
@@ -152,7 +153,7 @@ def test_shifted_block_causal_cached_matches_naive(tiny_lm):
 def test_bidirectional_exact_mode_matches_naive(tiny_bidir_lm, shift):
     lm = shifted(tiny_bidir_lm) if shift else tiny_bidir_lm
     ids, mask = ragged(lm, LENGTHS, seed=2)
-    config = SamplerConfig(max_new_tokens=12, steps_per_block=3, block_size=5, use_cache=False)
+    config = SamplerConfig(temperature=0.0, max_new_tokens=12, steps_per_block=3, block_size=5, use_cache=False)
     assert_same(generate(lm, ids, mask, config), naive_generate(lm, ids, mask, config))
 
 
@@ -161,10 +162,10 @@ def test_bidirectional_prefix_cache(tiny_bidir_lm, shift):
     """Approximate in general; exact when each block has one step (that step recomputes everything)."""
     lm = shifted(tiny_bidir_lm) if shift else tiny_bidir_lm
     ids, mask = ragged(lm, LENGTHS, seed=3)
-    one = SamplerConfig(max_new_tokens=12, steps_per_block=1, block_size=4)
+    one = SamplerConfig(temperature=0.0, max_new_tokens=12, steps_per_block=1, block_size=4)
     assert_same(generate(lm, ids, mask, one), generate(lm, ids, mask, dataclasses.replace(one, use_cache=False)))
     recorder = Recorder(lm.model)
-    config = SamplerConfig(max_new_tokens=12, steps_per_block=3, block_size=6)
+    config = SamplerConfig(temperature=0.0, max_new_tokens=12, steps_per_block=3, block_size=6)
     out = generate(lm, ids, mask, config, model=recorder)
     width = ids.shape[1] + 12
     assert [t for _, t in recorder.shapes] == [width, 12 + shift, 12 + shift, width, 6 + shift, 6 + shift]
@@ -180,7 +181,7 @@ def test_bidirectional_prefix_cache(tiny_bidir_lm, shift):
 @pytest.mark.parametrize("steps", [4, 2, 3])
 def test_decode_order_follows_the_schedule(tiny_lm, steps):
     ids, mask = ragged(tiny_lm, LENGTHS, seed=4)
-    out = generate(tiny_lm, ids, mask, SamplerConfig(max_new_tokens=14, steps_per_block=steps))
+    out = generate(tiny_lm, ids, mask, SamplerConfig(temperature=0.0, max_new_tokens=14, steps_per_block=steps))
     for p, order in zip(LENGTHS, out.decode_step, strict=True):
         expected, previous_last = [], -1
         for positions in blocks_of(p, 14, 4, aligned=True):
@@ -195,7 +196,7 @@ def test_decode_order_follows_the_schedule(tiny_lm, steps):
 
 def test_threshold_decoding_commits_in_parallel(tiny_lm):
     ids, mask = ragged(tiny_lm, LENGTHS, seed=5)
-    base = SamplerConfig(max_new_tokens=16, steps_per_block=4)
+    base = SamplerConfig(temperature=0.0, max_new_tokens=16, steps_per_block=4)
     scheduled = generate(tiny_lm, ids, mask, base)
     # threshold 1: nothing but the scheduled tokens passes, so decoding is unchanged
     assert_same(generate(tiny_lm, ids, mask, dataclasses.replace(base, threshold=1.0)), scheduled)
@@ -242,7 +243,7 @@ def test_filter_logits_known_answers():
 
 def test_propose_greedy_never_picks_mask_and_gumbel_matches_softmax():
     logits = torch.tensor([[2.0, 0.0, 1.0, 3.0]])  # token 3 plays the mask
-    x0, conf = propose(logits, SamplerConfig(), mask_id=3, generator=None)
+    x0, conf = propose(logits, SamplerConfig(temperature=0.0), mask_id=3, generator=None)
     assert x0.tolist() == [0]
     torch.testing.assert_close(conf, torch.softmax(logits[:, :3].double(), -1)[:, 0])
     draws = logits.expand(40_000, 4)
@@ -255,13 +256,13 @@ def test_propose_greedy_never_picks_mask_and_gumbel_matches_softmax():
 def test_invalid_settings_say_how_to_fix(tiny_lm):
     ids, mask = ragged(tiny_lm, [4])
     with pytest.raises(ValueError, match="block_size=None or 4"):
-        generate(tiny_lm, ids, mask, SamplerConfig(max_new_tokens=8, block_size=8))
+        generate(tiny_lm, ids, mask, SamplerConfig(temperature=0.0, max_new_tokens=8, block_size=8))
     with pytest.raises(ValueError, match="generator"):
         generate(tiny_lm, ids, mask, SamplerConfig(max_new_tokens=8, temperature=0.7))
     with pytest.raises(ValueError, match="remasking='low_confidence'"):
-        SamplerConfig(remasking="entropy", threshold=0.9)
+        SamplerConfig(temperature=0.0, remasking="entropy", threshold=0.9)
     with pytest.raises(ValueError, match="remasking="):
-        SamplerConfig(remasking="lowest")
+        SamplerConfig(temperature=0.0, remasking="lowest")
 
 
 def test_eos_inside_the_prompts_last_block_does_not_end_the_row(tiny_lm):
@@ -269,7 +270,7 @@ def test_eos_inside_the_prompts_last_block_does_not_end_the_row(tiny_lm):
     lengths = [6, 7, 9]  # the last prompt token sits in the block that generation completes
     ids, mask = ragged(tiny_lm, lengths, seed=7)
     ids[:, -1] = tiny_lm.eos_id
-    config = SamplerConfig(max_new_tokens=8, steps_per_block=2)
+    config = SamplerConfig(temperature=0.0, max_new_tokens=8, steps_per_block=2)
     out = generate(tiny_lm, ids, mask, config)
     assert_same(out, naive_generate(tiny_lm, ids, mask, config))
     assert out.completion_mask.all()
@@ -279,7 +280,7 @@ def test_eos_inside_the_prompts_last_block_does_not_end_the_row(tiny_lm):
 def test_inference_mode_and_bfloat16(tiny_lm):
     lm = DiffusionLM(copy.deepcopy(tiny_lm.model).to(torch.bfloat16), tiny_lm.tokenizer, tiny_lm.family)
     ids, mask = ragged(lm, LENGTHS, seed=8)
-    config = SamplerConfig(max_new_tokens=8, steps_per_block=2)
+    config = SamplerConfig(temperature=0.0, max_new_tokens=8, steps_per_block=2)
     with torch.inference_mode():
         out = generate(lm, ids, mask, config)
     ref = naive_generate(lm, ids, mask, config)
