@@ -58,6 +58,21 @@ def prctl(option: int, arg: int) -> None:
                        ctypes.c_ulong(0)), f"prctl {option}")
 
 
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def close_except(keep: set) -> None:
+    """Close every file descriptor not in keep."""
+    low = 0
+    for fd in sorted(keep) + [1 << 20]:
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+
+
 def set_rlimits(limits: dict) -> None:
     """Hard limits (soft = hard), so the program cannot raise them back."""
     for name, value in limits.items():

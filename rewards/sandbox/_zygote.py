@@ -8,10 +8,17 @@ import contextlib
 import os
 import selectors
 import signal
+import socket
 import sys
 import time
 
-from rewards.sandbox import _jail, _runner, wire
+from rewards.sandbox import _cgroups, _jail, _supervisor, wire
+from rewards.sandbox._jail import close_except, write_all
+
+# Imported once here so that neither test code (run by supervisors) nor programs pay for them per job;
+# every process forked from the zygote starts with them loaded (random reseeds itself after a fork).
+PRELOAD = ("collections", "functools", "hashlib", "heapq", "itertools", "math", "random", "re", "string",
+           "typing", "bisect", "fractions", "decimal", "statistics", "copy", "operator", "json")
 
 
 def setup(cfg: dict) -> dict:
@@ -25,7 +32,7 @@ def setup(cfg: dict) -> dict:
             cfg["namespaces"] = True
         except OSError as exc:
             layers["namespaces"] = str(exc)
-    cgroups = _runner.Cgroups(cfg["want_cgroups"])
+    cgroups = _cgroups.Cgroups(cfg["want_cgroups"])
     layers["cgroups"] = cgroups.error
     cfg["cgroup_paths"] = dict(cgroups.paths)
     if cfg["namespaces"]:
@@ -87,18 +94,40 @@ class Zygote:
         self.counter = 0
         self.out = os.dup(1)
         os.dup2(os.open("/dev/null", os.O_RDWR), 1)
+        # Assert-style jobs come with a channel (a socket to the parent) passed here as SCM_RIGHTS; the
+        # zygote hands it to the job's supervisor and never reads from it (see `_supervisor.py`).
+        self.fd_sock = socket.socket(fileno=cfg["fd_sock"])
+        self.fd_sock.setblocking(False)
+        self.channels = {}  # job id -> channel fd, until the job is launched
+        self.next_tick = 0.0
 
     def emit(self, obj: dict) -> None:
-        _runner._write_all(self.out, wire.frame(obj))
+        write_all(self.out, wire.frame(obj))
+
+    def _recv_channel(self) -> bool:
+        try:
+            msg, fds, _, _ = socket.recv_fds(self.fd_sock, 64, 4)
+        except BlockingIOError:
+            return True
+        for fd in fds[1:]:
+            os.close(fd)
+        if not msg or not fds:
+            return bool(msg)
+        self.channels[int(msg)] = fds[0]
+        return True
 
     def serve(self) -> None:
         reader = wire.FrameReader()
         self.sel.register(0, selectors.EVENT_READ, None)
+        self.sel.register(self.fd_sock, selectors.EVENT_READ, "fds")
         alive = True
         while alive or self.running or self.queue:
             self._launch()
             for key, _ in self.sel.select(self._tick()):
-                if key.data is None:
+                if key.data == "fds":
+                    if not self._recv_channel():
+                        self.sel.unregister(self.fd_sock)
+                elif key.data is None:
                     data = os.read(0, 1 << 16)
                     if not data:
                         alive = False
@@ -107,7 +136,7 @@ class Zygote:
                         continue
                     for msg in reader.feed(data):
                         alive = self._on_parent(msg) and alive
-                else:
+                elif key.data in self.running:  # not retired earlier in this round
                     self._on_supervisor(key.data, key.fd)
             self._reap()
         self._reap()
@@ -118,11 +147,6 @@ class Zygote:
         op = msg["op"]
         if op == "run":
             self.queue.append(msg)
-        elif op in ("call", "finish"):
-            job = self.running.get(msg["id"])
-            if job is not None:
-                with contextlib.suppress(OSError):
-                    _runner._write_all(job["z_in_w"], wire.frame({**msg, "t": op}))
         elif op == "shutdown":
             self._abort_all()
             return False
@@ -132,12 +156,15 @@ class Zygote:
         while self.queue and len(self.running) < self.cfg["max_concurrency"]:
             job = self.queue.pop(0)
             job["cg"], job["oom0"] = None, 0
+            if job.get("channel"):
+                job["channel"] = self._channel_of(job["id"])
             try:
                 if self.cgroups.dirs:
                     lim = job["limits"]
                     job["cg"], job["oom0"] = self.cgroups.acquire((lim["memory_mb"] + 64) << 20, lim["max_processes"])
             except OSError as exc:
                 self.emit({"t": "end", "id": job["id"], "category": "sandbox_error", "detail": f"cgroup: {exc}"})
+                self._close_channel(job)
                 continue
             z_in_r, z_in_w = os.pipe()
             out_r, out_w = os.pipe()
@@ -146,6 +173,7 @@ class Zygote:
                 self._supervisor_child(job, z_in_r, out_w)
             os.close(z_in_r)
             os.close(out_w)
+            self._close_channel(job)
             grace = job["limits"]["timeout"] + 5.0
             self.running[job["id"]] = dict(pid=pid, z_in_w=z_in_w, out_r=out_r, cg=job["cg"],
                                            deadline=time.monotonic() + grace, reader=wire.FrameReader(),
@@ -153,19 +181,35 @@ class Zygote:
             self.by_fd[out_r] = job["id"]
             self.sel.register(out_r, selectors.EVENT_READ, job["id"])
 
+    def _channel_of(self, job_id: int) -> int:
+        """The parent sends a job's channel before the job itself, so waiting for it here cannot block for long."""
+        self.fd_sock.settimeout(10)
+        try:
+            while job_id not in self.channels:
+                if not self._recv_channel():
+                    raise OSError("the parent closed the channel socket")
+        finally:
+            self.fd_sock.setblocking(False)
+        return self.channels.pop(job_id)
+
+    def _close_channel(self, job: dict) -> None:
+        if job.get("channel"):
+            with contextlib.suppress(OSError):
+                os.close(job["channel"])
+
     def _supervisor_child(self, job: dict, z_in: int, z_out: int) -> None:
         code = 70
         try:
             os.setsid()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            keep = {2, z_in, z_out, *self.cgroups.dirs.values()}
-            _runner._close_except(keep)
-            _runner.Supervisor(job, self.cfg, z_in, z_out, self.cgroups).run()
+            keep = {2, z_in, z_out, *self.cgroups.dirs.values()} | ({job["channel"]} if job.get("channel") else set())
+            close_except(keep)
+            _supervisor.Supervisor(job, self.cfg, z_in, z_out, self.cgroups).run()
             code = 0
         except BaseException as exc:
             try:
                 frame = {"t": "end", "id": job["id"], "category": "sandbox_error", "detail": f"supervisor: {exc!r}"}
-                _runner._write_all(z_out, wire.frame(frame))
+                write_all(z_out, wire.frame(frame))
             except BaseException:
                 pass
         finally:
@@ -198,8 +242,12 @@ class Zygote:
         for job_id, job in list(self.running.items()):
             if now > job["deadline"]:
                 self._retire(job_id, "supervisor missed its deadline")
-        if self.cgroups.dirs and self.cgroups.tick():
-            return 0.05
+        # Draining cgroups are polled every 50 ms, not on every wake-up (each poll reads several files per cgroup).
+        if self.cgroups.dirs and self.cgroups.draining:
+            if now >= self.next_tick:
+                self.next_tick = now + 0.05
+                self.cgroups.tick()
+            return max(0.0, min([self.next_tick - now] + [j["deadline"] - now for j in self.running.values()]))
         return min([j["deadline"] - now for j in self.running.values()] + [1.0])
 
     def _reap(self) -> None:
@@ -215,6 +263,9 @@ class Zygote:
         for job in self.queue:
             self.emit({"t": "end", "id": job["id"], "category": "sandbox_error", "detail": "sandbox shut down"})
         self.queue = []
+        for fd in self.channels.values():
+            os.close(fd)
+        self.channels = {}
         for job_id in list(self.running):
             self._retire(job_id, "sandbox shut down")
 
@@ -222,6 +273,9 @@ class Zygote:
 def main() -> None:
     cfg = wire.FrameReader().feed(os.read(0, 1 << 20))[0]
     layers, cgroups = setup(cfg)
+    for name in PRELOAD:
+        with contextlib.suppress(ImportError):
+            __import__(name)
     zygote = Zygote(cfg, cgroups)
     zygote.emit({"t": "ready", "layers": layers, "cgroup_paths": cfg["cgroup_paths"], "pid": os.getpid()})
     try:

@@ -3,6 +3,10 @@
 The trainer process only ever exchanges JSON frames with the zygote; it never imports or executes
 model code. One `Sandbox` serves many batches; a batch that overruns its deadline, or a zygote that
 dies, restarts the zygote and reports the unfinished jobs as `sandbox_error` (our fault, never the model's).
+
+Assert-style jobs also get a channel: a socket pair whose far end is passed to the zygote (SCM_RIGHTS) and
+on to the job's supervisor. The test spec is written into it here and read by the supervisor only after it
+has forked the program; the verdict comes back on it. The zygote never reads it.
 """
 
 import contextlib
@@ -10,6 +14,7 @@ import logging
 import os
 import queue
 import selectors
+import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +27,7 @@ from rewards.sandbox import wire
 log = logging.getLogger("rewards.sandbox")
 
 STRONG_LAYERS = ("namespaces", "readonly_root", "cgroups", "uid_drop", "seccomp")
-_SOURCES = ("wire", "_jail", "_runner", "_zygote")
+_SOURCES = ("wire", "_jail", "_cgroups", "_program", "_tester", "_supervisor", "_zygote")
 _BOOT = """
 import sys, types
 for _n in ("rewards", "rewards.sandbox"):
@@ -57,13 +62,15 @@ class Limits:
 
 @dataclass(kw_only=True)
 class Job:
-    """One program run. mode: "call" (calls given up front), "serve" (calls sent while it runs), "stdio"."""
+    """One program run. mode: "call" (calls given up front), "assert" (test code run by the supervisor), "stdio"."""
 
     code: str
     mode: str
     entry_point: str = ""
     calls: list = field(default_factory=list)
     """[(seq, encoded args list)] for mode "call"."""
+    tests: dict | None = None
+    """For mode "assert": {"entry_point", "setup", "code" | "asserts", "total"} (see `_tester.run_tests`)."""
     stdin: str = ""
     limits: Limits = field(default_factory=Limits)
 
@@ -82,6 +89,18 @@ class Run:
     stdout: str = ""
     stderr: str = ""
     elapsed: float = 0.0
+    verdict: dict | None = None
+    """Mode "assert": {"tests": [category per test], "detail": str} from the supervisor (None if none came)."""
+
+
+@dataclass
+class _Channel:
+    """Parent end of one assert-style job's channel."""
+
+    sock: socket.socket
+    index: int
+    outbuf: bytes
+    reader: wire.FrameReader = field(default_factory=wire.FrameReader)
 
 
 def _pick_python() -> str:
@@ -131,16 +150,19 @@ class Sandbox:
             return
         sources = [(n, (Path(__file__).parent / f"{n}.py").read_text()) for n in _SOURCES]
         boot = f"SOURCES = {sources!r}\n{_BOOT}"
+        self._fd_sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        fd_sock = theirs.fileno()
         self.proc = subprocess.Popen([self.python, "-I", "-S", "-B", "-c", boot], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-                                     start_new_session=True, close_fds=True, cwd="/")
+                                     start_new_session=True, close_fds=True, cwd="/", pass_fds=[fd_sock])
+        theirs.close()
         self._outq = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, args=(self.proc, self._outq), daemon=True)
         self._writer.start()
         self._reader = wire.FrameReader()
         layers = ("namespaces", "cgroups", "seccomp", "uid_drop")
         cfg = {f"want_{layer}": layer not in self.disable for layer in layers}
-        cfg.update(uid=65534, gid=65534, max_concurrency=self.max_concurrency)
+        cfg.update(uid=65534, gid=65534, max_concurrency=self.max_concurrency, fd_sock=fd_sock)
         self._outq.put(wire.frame(cfg))
         ready = self._read_frames(time.monotonic() + 30)
         if not ready or ready[0].get("t") != "ready":
@@ -189,7 +211,7 @@ class Sandbox:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 9)
         proc.wait()
-        for stream in (proc.stdin, proc.stdout):
+        for stream in (proc.stdin, proc.stdout, self._fd_sock):
             with contextlib.suppress(OSError):
                 stream.close()
         self._remove_cgroups(getattr(self, "cgroup_paths", {}))
@@ -243,67 +265,125 @@ class Sandbox:
         finally:
             sel.close()
 
-    def send(self, obj: dict) -> None:
-        self._outq.put(wire.frame(obj))
-
     # -- batches -------------------------------------------------------------------------------------------
-    def run(self, jobs: list[Job], *, batch_timeout: float | None = None, on_event=None) -> list[Run]:
-        """Run a batch; returns one Run per job, in order.
-
-        on_event(index, frame) sees "loaded"/"result" frames as they arrive (serve-mode jobs answer it by
-        calling `self.send({"op": "call" | "finish", "id": ...})`).
-        """
+    def run(self, jobs: list[Job], *, batch_timeout: float | None = None) -> list[Run]:
+        """Run a batch; returns one Run per job, in order."""
         with self._lock:
-            return self._run(jobs, batch_timeout, on_event)
+            return self._run(jobs, batch_timeout)
 
-    def _run(self, jobs, batch_timeout, on_event) -> list[Run]:
+    def _run(self, jobs: list[Job], batch_timeout: float | None) -> list[Run]:
         self.start()
         runs = [Run() for _ in jobs]
-        ids = {}
-        for i, job in enumerate(jobs):
-            self._next_id += 1
-            ids[self._next_id] = i
-            lim = job.limits
-            self.send({"op": "run", "id": self._next_id, "mode": job.mode, "code": job.code,
-                       "entry_point": job.entry_point, "calls": job.calls, "stdin": job.stdin,
-                       "limits": {"timeout": lim.timeout, "memory_mb": lim.memory_mb, "disk_mb": lim.disk_mb,
-                                  "output_bytes": lim.output_bytes, "max_processes": lim.max_processes}})
         if batch_timeout is None:
             slowest = max((j.limits.timeout for j in jobs), default=0)
             batch_timeout = 30 + slowest * (1 + len(jobs) / self.max_concurrency)
         deadline = time.monotonic() + batch_timeout
-        pending = set(ids)
-        while pending:
-            frames = self._read_frames(deadline)
-            if not frames:
-                why = "batch deadline reached" if self.proc.poll() is None else "sandbox runner died"
-                self._fail(pending, ids, runs, why)
-                break
-            for fr in frames:
-                i = ids.get(fr.get("id"))
-                if i is None:
-                    continue
-                t = fr["t"]
-                if t == "loaded":
-                    runs[i].names = fr["names"]
-                elif t == "result":
-                    runs[i].results[fr["seq"]] = {k: fr[k] for k in ("ok", "exc", "detail") if k in fr}
-                elif t == "end":
-                    pending.discard(fr["id"])
-                    r = runs[i]
-                    r.category, r.detail = fr["category"], fr.get("detail", "")
-                    r.stdout, r.stderr, r.elapsed = fr.get("stdout", ""), fr.get("stderr", ""), fr.get("elapsed", 0)
-                if on_event is not None and t in ("loaded", "result", "end"):
-                    on_event(i, fr)
+        # Jobs go to the zygote a window at a time, which bounds the channels (file descriptors) held open.
+        todo, window = list(range(len(jobs)))[::-1], 4 * self.max_concurrency + 8
+        ids, ended, channels = {}, set(), {}
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout.fileno(), selectors.EVENT_READ, None)
+        try:
+            while todo or len(ended) < len(ids) or channels:
+                while todo and len(ids) - len(ended) < window:
+                    i = todo.pop()
+                    self._next_id += 1
+                    ids[self._next_id] = i
+                    chan = self._submit(self._next_id, jobs[i], i, sel)
+                    if chan is not None:
+                        channels[chan.sock.fileno()] = chan
+                timeout = deadline - time.monotonic()
+                events = sel.select(timeout) if timeout > 0 else []
+                why = "batch deadline reached" if not events else None
+                for key, mask in events:
+                    if key.data is not None:
+                        self._on_channel(key.data, mask, sel, channels, runs)
+                    elif not self._on_zygote(ids, ended, runs):
+                        why = "sandbox runner died" if self.proc.poll() is not None else "runner closed its output"
+                        break
+                if why is not None:
+                    self._fail(runs, [i for j, i in ids.items() if j not in ended] + todo[::-1], why)
+                    break
+        finally:
+            sel.close()
+            for chan in channels.values():
+                chan.sock.close()
         self.stats["programs"] += len(jobs)
         self.stats["sandbox_errors"] += sum(r.category == "sandbox_error" for r in runs)
         return runs
 
-    def _fail(self, pending: set, ids: dict, runs: list, why: str) -> None:
-        log.error("sandbox: %s; restarting the runner (%d programs unfinished)", why, len(pending))
-        for job_id in pending:
-            runs[ids[job_id]].category = "sandbox_error"
-            runs[ids[job_id]].detail = why
+    def _submit(self, job_id: int, job: Job, index: int, sel) -> "_Channel | None":
+        lim = job.limits
+        chan = None
+        if job.mode == "assert":
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                socket.send_fds(self._fd_sock, [str(job_id).encode()], [theirs.fileno()])
+            finally:
+                theirs.close()
+            mine.setblocking(False)
+            chan = _Channel(sock=mine, index=index, outbuf=wire.frame(job.tests))
+            sel.register(mine, selectors.EVENT_READ | selectors.EVENT_WRITE, chan)
+        self._outq.put(wire.frame({
+            "op": "run", "id": job_id, "mode": job.mode, "code": job.code, "entry_point": job.entry_point,
+            "calls": job.calls, "stdin": job.stdin, "channel": chan is not None,
+            "limits": {"timeout": lim.timeout, "memory_mb": lim.memory_mb, "disk_mb": lim.disk_mb,
+                       "output_bytes": lim.output_bytes, "max_processes": lim.max_processes}}))
+        return chan
+
+    def _on_channel(self, chan: "_Channel", mask: int, sel, channels: dict, runs: list) -> None:
+        if mask & selectors.EVENT_WRITE and chan.outbuf:
+            try:
+                chan.outbuf = chan.outbuf[chan.sock.send(chan.outbuf):]
+            except BlockingIOError:
+                pass
+            except OSError:  # the supervisor is gone; it ends without a verdict
+                chan.outbuf = b""
+            if not chan.outbuf:
+                sel.modify(chan.sock, selectors.EVENT_READ, chan)
+        if not mask & selectors.EVENT_READ:
+            return
+        try:
+            data = chan.sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            for msg in chan.reader.feed(data):
+                if type(msg) is dict and msg.get("t") == "verdict":
+                    runs[chan.index].verdict = {"tests": list(msg["tests"]), "detail": str(msg.get("detail", ""))}
+            return
+        sel.unregister(chan.sock)
+        del channels[chan.sock.fileno()]
+        chan.sock.close()
+
+    def _on_zygote(self, ids: dict, ended: set, runs: list) -> bool:
+        data = os.read(self.proc.stdout.fileno(), 1 << 20)
+        if not data:
+            return False
+        for fr in self._reader.feed(data):
+            i = ids.get(fr.get("id"))
+            if i is None:
+                continue
+            t = fr["t"]
+            if t == "loaded":
+                runs[i].names = fr["names"]
+            elif t == "result":
+                runs[i].results[fr["seq"]] = {k: fr[k] for k in ("ok", "exc", "detail") if k in fr}
+            elif t == "end" and fr["id"] not in ended:
+                ended.add(fr["id"])
+                r = runs[i]
+                r.category, r.detail = fr["category"], fr.get("detail", "")
+                r.stdout, r.stderr, r.elapsed = fr.get("stdout", ""), fr.get("stderr", ""), fr.get("elapsed", 0)
+        return True
+
+    def _fail(self, runs: list, unfinished: list, why: str) -> None:
+        log.error("sandbox: %s; restarting the runner (%d programs unfinished)", why, len(unfinished))
+        for i in unfinished:
+            runs[i].category = "sandbox_error"
+            runs[i].detail = why
+            runs[i].verdict = None
         self._kill_zygote()
         self.stats["restarts"] += 1
 

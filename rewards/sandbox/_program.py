@@ -1,0 +1,121 @@
+"""The sandboxed program process: harden, load the model's code, answer call requests with plain data.
+
+Runs in the child the supervisor forks (see `_supervisor.py`); loaded into the runner by source. It
+never sees expected outputs or test code: those reach the supervisor only after this fork.
+"""
+
+import builtins
+import contextlib
+import io
+import os
+import signal
+import sys
+
+from rewards.sandbox import _jail, wire
+from rewards.sandbox._jail import write_all
+
+
+def run_program(job: dict, cfg: dict, fds: dict, cgroups) -> None:
+    """Child side (never returns): harden this process, load the model's code, answer calls with plain data."""
+    resp = fds["resp_w"]
+    send = lambda obj: write_all(resp, wire.frame(obj))
+    try:
+        _harden(job, cfg, fds, cgroups)
+    except BaseException as exc:  # our fault: report it as such, never run the code half-isolated
+        send({"t": "setup_error", "detail": f"{type(exc).__name__}: {exc}"})
+        os._exit(70)
+    mode = job["mode"]
+    ns = {"__name__": "__main__" if mode == "stdio" else "solution", "__builtins__": builtins}
+    try:
+        code = compile(job["code"], "<solution>", "exec")
+    except MemoryError:
+        send({"t": "load_error", "category": "memory", "detail": "MemoryError while compiling"})
+        os._exit(1)
+    except BaseException as exc:
+        send({"t": "load_error", "category": "syntax_error", "detail": f"{type(exc).__name__}: {exc}"[:500]})
+        os._exit(1)
+    try:
+        exec(code, ns)
+    except SystemExit as exc:
+        if mode != "stdio" or exc.code not in (None, 0):
+            send({"t": "load_error", "category": "runtime_error", "detail": f"SystemExit({exc.code!r})"[:500]})
+            os._exit(1)
+    except BaseException as exc:
+        cat = "memory" if isinstance(exc, MemoryError) else "runtime_error"
+        send({"t": "load_error", "category": cat, "detail": f"{type(exc).__name__}: {exc}"[:500]})
+        os._exit(1)
+    if mode == "stdio":
+        sys.stdout.flush()
+        send({"t": "done"})
+        os._exit(0)
+    names = [k for k, v in list(ns.items()) if callable(v) and not k.startswith("__")]
+    entry = job["entry_point"]
+    if not callable(ns.get(entry)):
+        send({"t": "load_error", "category": "runtime_error", "detail": f"entry point {entry!r} is not defined"})
+        os._exit(1)
+    send({"t": "loaded", "names": names})
+    _serve(ns, fds["req_r"], send)
+
+
+def _serve(ns: dict, req: int, send) -> None:
+    reader = wire.FrameReader()
+    while True:
+        data = os.read(req, 1 << 16)
+        if not data:
+            break
+        for msg in reader.feed(data):
+            try:
+                result = ns[msg["name"]](*wire.decode(msg["args"]))
+                try:
+                    tree = wire.encode(result)
+                except (ValueError, RecursionError):
+                    tree = {"__unserialisable__": type(result).__name__}
+                send({"t": "result", "seq": msg["seq"], "ok": tree})
+            except BaseException as exc:
+                send({"t": "result", "seq": msg["seq"], "exc": type(exc).__name__, "detail": str(exc)[:300]})
+    with contextlib.suppress(BaseException):
+        sys.stdout.flush()
+    os._exit(0)
+
+
+def _harden(job: dict, cfg: dict, fds: dict, cgroups) -> None:
+    lim = job["limits"]
+    os.setsid()  # kill(0, ...) from the program reaches only its own group
+    if cfg["namespaces"]:
+        _jail.mount("proc", "/proc", "proc", _jail.MS_NOSUID | _jail.MS_NODEV | _jail.MS_NOEXEC)
+        _jail.mount("sbx-tmp", "/tmp", "tmpfs", _jail.MS_NOSUID | _jail.MS_NODEV,
+                    f"size={lim['disk_mb']}m,mode=0700,uid={cfg['uid']},gid={cfg['gid']}")
+    if cgroups.dirs:
+        cgroups.join(job["cg"])
+    stdin = os.open("/dev/null", os.O_RDONLY)
+    if job.get("stdin"):
+        stdin = os.memfd_create("stdin")
+        write_all(stdin, job["stdin"].encode())
+        os.lseek(stdin, 0, os.SEEK_SET)
+    os.dup2(stdin, 0)
+    os.dup2(fds["out_w"], 1)
+    os.dup2(fds["err_w"], 2)
+    _jail.close_except({0, 1, 2, fds["req_r"], fds["resp_w"]})
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    mem = lim["memory_mb"] << 20
+    _jail.set_rlimits({"RLIMIT_AS": mem, "RLIMIT_DATA": mem, "RLIMIT_CPU": int(lim["timeout"]) + 1,
+                       "RLIMIT_FSIZE": lim["disk_mb"] << 20, "RLIMIT_NOFILE": 64, "RLIMIT_CORE": 0,
+                       "RLIMIT_MEMLOCK": 0, "RLIMIT_MSGQUEUE": 0})
+    if cfg["drop_uid"]:
+        _jail.drop_privileges(cfg["uid"], cfg["gid"])
+        if not cgroups.dirs:
+            _jail.set_rlimits({"RLIMIT_NPROC": 64})  # fallback only: it counts every process of the uid
+    _jail.prctl(_jail.PR_SET_PDEATHSIG, signal.SIGKILL)
+    _jail.prctl(_jail.PR_SET_DUMPABLE, 0)
+    os.chdir("/tmp" if cfg["namespaces"] else job["workdir"])
+    os.environ.clear()
+    os.environ.update({"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp"})
+    if cfg["seccomp"]:
+        _jail.install_seccomp(bytes.fromhex(cfg["seccomp"]))
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8", errors="replace")
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace")
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace",
+                                  write_through=True)
+
+
