@@ -198,6 +198,8 @@ class AlgoConfig:
     """KL coefficient to the reference (the adapter-disabled base)."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     """KL estimator per token."""
+    reference_copy: bool = False
+    """Full fine-tuning with beta > 0: keep a frozen copy of the initial model as the reference (one more model)."""
     num_iterations: int = 1
     """Policy updates per rollout batch (mu)."""
     resample_masks_per_iteration: bool = False
@@ -321,10 +323,11 @@ class RunConfig:
     sft: SftConfig = dataclasses.field(default_factory=SftConfig)
 
     def __post_init__(self) -> None:
-        if self.algo.beta > 0 and not self.lora.enabled:
+        if self.algo.beta > 0 and not self.lora.enabled and not self.algo.reference_copy:
             raise ConfigError(
                 "algo.beta > 0 with lora.enabled=false: the reference is the adapter-disabled base, which full "
-                "fine-tuning does not have; set algo.beta=0 or enable LoRA"
+                "fine-tuning does not have; set algo.reference_copy=true (a frozen copy: one more model in memory), "
+                "algo.beta=0, or enable LoRA"
             )
 
 

@@ -109,8 +109,8 @@ def setup(cfg: RunConfig, resume: bool = False) -> Session:
         stream.load_state(data_state)
     tracker = make_tracker(run_dir, cfg.tracking.wandb_project if cfg.tracking.wandb else None,
                            cfg.tracking.wandb_mode, to_dict(cfg), eng.is_main_process())
-    return Session(cfg, lm, engine, eng.RefPolicy.build(policy, cfg.algo.beta), stream, RewardScorer(cfg.rewards),
-                   gens, tracker, run_dir, start_step)
+    ref_policy = eng.RefPolicy.build(policy, cfg.algo.beta, copy_for_full_ft=cfg.algo.reference_copy)
+    return Session(cfg, lm, engine, ref_policy, stream, RewardScorer(cfg.rewards), gens, tracker, run_dir, start_step)
 
 
 def train(cfg: RunConfig, resume: bool = False) -> dict[str, float]:

@@ -1,0 +1,29 @@
+"""The command line: config printing, config errors, train -> export round trip."""
+
+import yaml
+from transformers import AutoModelForCausalLM
+
+from rlwork.cli import main
+
+
+def test_config_prints_the_resolved_yaml(capsys):
+    assert main(["config", "algo.preset=espo", "seed=3"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["seed"] == 3 and printed["algo"]["importance_sampling_level"] == "sequence"
+
+
+def test_config_error_exits_2_with_the_fix(capsys):
+    assert main(["train", "algo.num_generations=1"]) == 2
+    assert "group advantages need >= 2 completions per prompt" in capsys.readouterr().err
+
+
+def test_train_then_export_loads_as_an_hf_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", f"output_dir={run}", "train.steps=1", "train.prompts_per_step=2",
+                 "algo.num_generations=2", "sampler.max_new_tokens=4", "data.synthetic_train=4",
+                 "data.synthetic_heldout=2", "tracking.wandb=false", "train.micro_batch_size=4"]) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "merged")]) == 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", trust_remote_code=True)
+    assert type(model).__name__ == "StableDiffcoderForCausalLM"
+    assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    assert "holds no complete checkpoint" in capsys.readouterr().err
