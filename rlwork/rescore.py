@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlwork.advantages import compute_advantages, weighted_reward_sum, zero_std_groups
+from rlwork.advantages import DEFAULT_SCALE, compute_advantages, weighted_reward_sum, zero_std_groups
 from rlwork.config import RewardsConfig
 from rlwork.scoring import RewardScorer
 from rlwork.tracking import load_rollouts
@@ -209,7 +209,7 @@ def _advantage_changes(rows, old: Tensor, new: Tensor, stored: Tensor, G: int, e
     stored_diff = (old_adv - stored).abs()
     stored_diff = stored_diff[~torch.isnan(stored_diff)]
     return {
-        "estimator": estimator, "scale_rewards": scale,
+        "estimator": estimator, "scale_rewards": scale if scale is not None else DEFAULT_SCALE.get(estimator),
         "mean_abs_delta": _num(delta.mean()), "max_abs_delta": _num(delta.max()),
         "sign_flip_frac": _num((old_adv * new_adv < 0).double().mean()),
         "sign_change_frac": _num((torch.sign(old_adv) != torch.sign(new_adv)).double().mean()),
@@ -249,7 +249,7 @@ def format_rescore_report(result: Mapping[str, Any]) -> str:
         text = ex["completion"].replace("\n", "\\n")
         lines.append(f"  step {ex['step']} {ex['task_id']} old {_fmt(ex['old'])} new {_fmt(ex['new'])}  {text[:80]!s}")
     lines.append(
-        f"advantages ({adv['estimator']}, scale {adv['scale_rewards'] or 'default'}): mean |delta| "
+        f"advantages ({adv['estimator']}, scale {adv['scale_rewards']}): mean |delta| "
         f"{_fmt(adv['mean_abs_delta'])}, max {_fmt(adv['max_abs_delta'])}; sign flips "
         f"{_fmt(adv['sign_flip_frac'], '.1%')} of rows; zero-std groups {_fmt(adv['zero_std_frac_old'], '.1%')} -> "
         f"{_fmt(adv['zero_std_frac_new'], '.1%')} ({adv['groups_became_zero_std']} lost their signal, "

@@ -50,6 +50,7 @@ def test_hand_computed_changes(tmp_path):
     assert adv["zero_std_changed_frac"] == 0.5
     assert (adv["groups_became_zero_std"], adv["groups_gained_signal"]) == (1, 1)
     assert adv["stored_advantage_max_abs_diff"] == 0.0  # dr_grpo reproduces what the run stored
+    assert adv["scale_rewards"] == "none"  # the estimator's default, resolved
     json.dumps(result)
     text = format_rescore_report(result)
     assert "had no problem row" not in text  # format reads no dataset column
