@@ -39,9 +39,27 @@ def main(argv: list[str] | None = None) -> int:
     p_export = sub.add_parser("export", help="merge a run's adapter into the base and write an HF checkpoint")
     p_export.add_argument("checkpoint", help="a run folder (its latest checkpoint) or one checkpoint folder")
     p_export.add_argument("--out", required=True, help="output folder for the merged Instruct checkpoint")
+    p_eval = sub.add_parser("eval", help="pass@k of the base and/or trained checkpoints on eval.split")
+    _add_config_args(p_eval)
+    p_eval.add_argument("--checkpoint", action="append", default=[],
+                        help="a run or checkpoint folder; 'base' = the base model; give one or two (default: base)")
+    p_eval.add_argument("--out", help="write the JSON report here too")
+    p_rescore = sub.add_parser("rescore", help="re-score a run's saved rollouts with other rewards, no generation")
+    p_rescore.add_argument("run_dir", help="the run folder whose rollouts/ to re-score")
+    _add_config_args(p_rescore)
+    p_rescore.add_argument("--rewards", required=True, help="comma-separated reward names or import paths")
+    p_rescore.add_argument("--weights", help="comma-separated weights, one per reward (default 1 each)")
+    p_rescore.add_argument("--out", help="write the JSON result here too")
     p_demo = sub.add_parser("demo", help="the embedded tiny default, end to end on CPU")
     _add_config_args(p_demo)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)  # dotted overrides may also follow options
+    unknown = [e for e in extra if "=" not in e or e.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra and not hasattr(args, "overrides"):
+        parser.error(f"'{args.command}' takes no config overrides: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
 
     from rlwork.config import ConfigError, load_config, to_dict
 
@@ -63,6 +81,16 @@ def main(argv: list[str] | None = None) -> int:
         metrics = train(cfg, resume=args.resume)
         print(json.dumps({k: metrics[k] for k in ("reward/mean", "policy/kl", "sandbox/passed_frac") if k in metrics}))
         return 0
+    if args.command == "eval":
+        from rlwork.eval import run_eval
+
+        checkpoints = [None if c == "base" else c for c in (args.checkpoint or ["base"])]
+        names = ["base" if c is None else c for c in checkpoints]
+        report = run_eval(cfg, checkpoints, names, out_path=args.out)
+        print(json.dumps({name: p["pass_at_k"] for name, p in report["policies"].items()}))
+        return 0
+    if args.command == "rescore":
+        return _rescore(cfg, args)
     if args.command == "sft":
         from rlwork.demo import warm_start
 
@@ -74,6 +102,25 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_demo(cfg)))
         return 0
     return 1
+
+
+def _rescore(cfg, args) -> int:
+    from pathlib import Path
+
+    from rlwork.prompts import load_split
+    from rlwork.rescore import format_rescore_report, rescore
+
+    weights = None if args.weights is None else [float(w) for w in args.weights.split(",")]
+    result = rescore(
+        args.run_dir, [r.strip() for r in args.rewards.split(",")], weights, cfg.algo.num_generations,
+        cfg.algo.advantage, scale_rewards=cfg.algo.scale_rewards,
+        problems=load_split(cfg.data, cfg.data.split, cfg.seed), timeout_s=cfg.rewards.timeout_s,
+        workers=cfg.rewards.workers, allow_weak_isolation=cfg.rewards.allow_weak_isolation,
+    )
+    print(format_rescore_report(result))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 0
 
 
 def _export(checkpoint: str, out: str) -> int:

@@ -101,7 +101,7 @@ def setup(cfg: RunConfig, resume: bool = False) -> Session:
     stream = PromptStream(load_split(cfg.data, cfg.data.split, cfg.seed), lm.tokenizer, chat=cfg.data.chat,
                           seed=cfg.seed)
     # Separate generators so that changing one phase's consumption never shifts another's draws.
-    gens = {name: torch.Generator(device="cpu").manual_seed(cfg.seed * 1000 + rank * 10 + i)
+    gens = {name: torch.Generator(device=lm.device).manual_seed(cfg.seed * 1000 + rank * 10 + i)
             for i, name in enumerate(("sample", "mask"))}
     start_step = 0
     if resume and ckpt.latest_checkpoint(run_dir) is not None:

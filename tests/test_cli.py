@@ -27,3 +27,8 @@ def test_train_then_export_loads_as_an_hf_checkpoint(tmp_path, capsys):
     assert type(model).__name__ == "StableDiffcoderForCausalLM"
     assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
     assert "holds no complete checkpoint" in capsys.readouterr().err
+
+
+def test_overrides_may_follow_options(capsys):
+    assert main(["config", "--config", "configs/tiny.yaml", "seed=9"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["seed"] == 9
