@@ -8,6 +8,9 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
+export RLWORK_CACHE := $(CURDIR)/.cache/rlwork
+
+# WANDB_MODE: offline unless you configured W&B (rlwork/cli.py decides; WANDB_MODE/WANDB_API_KEY win).
 
 .PHONY: venv demo test test-slow lint bench clean
 
@@ -22,7 +25,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/rlwork demo
+	$(VENV)/bin/rlwork demo --config configs/tiny.yaml
 
 test: $(STAMP)
 	$(PY) -m ruff check .
@@ -33,6 +36,12 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) bench/sampler.py
+	$(PY) bench/elbo.py
+	$(PY) bench/step.py
+	$(PY) bench/sandbox.py
 
 clean:
 	rm -rf $(VENV) .cache
