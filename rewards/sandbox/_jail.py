@@ -132,17 +132,26 @@ def seccomp_program(machine: str | None = None) -> bytes:
     return out
 
 
+class _Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+class SeccompFilter:
+    """A filter ready to install: built once (in the zygote), installed per program with a single prctl."""
+
+    def __init__(self, program: bytes):
+        self.buf = ctypes.create_string_buffer(program, len(program))
+        self.fprog = _Fprog(len(program) // 8, ctypes.addressof(self.buf))
+
+    def install(self) -> None:
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+        ret = _libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER),
+                          ctypes.c_void_p(ctypes.addressof(self.fprog)), ctypes.c_ulong(0), ctypes.c_ulong(0))
+        _check(ret, "seccomp")
+
+
 def install_seccomp(program: bytes) -> None:
-    prctl(PR_SET_NO_NEW_PRIVS, 1)
-    buf = ctypes.create_string_buffer(program, len(program))
-
-    class _Fprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    fprog = _Fprog(len(program) // 8, ctypes.addressof(buf))
-    ret = _libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER),
-                      ctypes.c_void_p(ctypes.addressof(fprog)), ctypes.c_ulong(0), ctypes.c_ulong(0))
-    _check(ret, "seccomp")
+    SeccompFilter(program).install()
 
 
 # What the programs see of the host: system directories read-only, nothing else (no /home, /root, /tmp, /work).

@@ -5,6 +5,7 @@ stdin/stdout with the parent. It never runs model code and never receives expect
 """
 
 import contextlib
+import gc
 import os
 import selectors
 import signal
@@ -17,8 +18,8 @@ from rewards.sandbox._jail import close_except, write_all
 
 # Imported once here so that neither test code (run by supervisors) nor programs pay for them per job;
 # every process forked from the zygote starts with them loaded (random reseeds itself after a fork).
-PRELOAD = ("collections", "functools", "hashlib", "heapq", "itertools", "math", "random", "re", "string",
-           "typing", "bisect", "fractions", "decimal", "statistics", "copy", "operator", "json")
+PRELOAD = ("bisect", "collections", "copy", "functools", "hashlib", "heapq", "itertools", "math", "operator", "random",
+           "re", "string", "typing")
 
 
 def setup(cfg: dict) -> dict:
@@ -59,6 +60,7 @@ def _seccomp(cfg: dict, layers: dict) -> None:
     try:
         cfg["seccomp"] = _jail.seccomp_program().hex()
         _probe_seccomp(cfg["seccomp"])
+        cfg["seccomp_filter"] = _jail.SeccompFilter(bytes.fromhex(cfg["seccomp"]))
         layers["seccomp"] = None
     except OSError as exc:
         cfg["seccomp"] = ""
@@ -276,6 +278,10 @@ def main() -> None:
     for name in PRELOAD:
         with contextlib.suppress(ImportError):
             __import__(name)
+    # Objects that exist now are never collected: children's collections then skip them instead of touching
+    # (and so copying) every page the zygote shares with them after the fork.
+    gc.collect()
+    gc.freeze()
     zygote = Zygote(cfg, cgroups)
     zygote.emit({"t": "ready", "layers": layers, "cgroup_paths": cfg["cgroup_paths"], "pid": os.getpid()})
     try:
