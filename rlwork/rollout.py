@@ -6,7 +6,7 @@ L completion length.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,14 +89,15 @@ def generate_rollouts(
     prompt_texts: Sequence[str],
     num_generations: int,
     sampler_config: SamplerConfig,
-    generator: torch.Generator,
+    generator: torch.Generator | Callable[[int], torch.Generator],
     rollout_batch_size: int,
     model: torch.nn.Module | None = None,
 ) -> Rollout:
     """G completions for each of the B prompts, generated in batches of `rollout_batch_size` rows.
 
     `model` is the module to run (the peft/DeepSpeed wrapper of the policy). Rows are grouped contiguously:
-    row b*G + g is generation g of prompt b.
+    row b*G + g is generation g of prompt b. `generator` is one generator for every batch, or a function from a
+    batch's first row to that batch's generator (the trainer keys randomness by global row this way).
     """
     if len(problems) != len(prompt_texts):
         raise ValueError(f"{len(problems)} problems but {len(prompt_texts)} prompt texts")
@@ -108,7 +109,8 @@ def generate_rollouts(
         for start in range(0, len(texts), rollout_batch_size):
             chunk = slice(start, start + rollout_batch_size)
             ids, mask = _trim_left(prompt_ids[chunk], prompt_mask[chunk])
-            out = generate(lm, ids, mask, sampler_config, generator=generator, model=model)
+            gen = generator(start) if callable(generator) else generator
+            out = generate(lm, ids, mask, sampler_config, generator=gen, model=model)
             pieces.append(out)
             num_forwards += out.num_forwards
     width = max(p.completion_ids.shape[1] for p in pieces)

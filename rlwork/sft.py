@@ -22,8 +22,8 @@ from rlwork.models import DiffusionLM
 from rlwork.rollout import tokenize_prompts
 
 
-def select_rows(draw: MaskDraw, rows: slice) -> MaskDraw:
-    """The draw restricted to a contiguous range of rows (micro-batching keeps the step's shared draws)."""
+def select_rows(draw: MaskDraw, rows: slice | Tensor) -> MaskDraw:
+    """The draw restricted to some rows (a slice or [M] int64 indices): micro-batches keep the shared draws."""
     return dataclasses.replace(
         draw, masks=draw.masks[:, rows], weights=draw.weights[:, rows], ratios=draw.ratios[:, rows],
         prompt_masks=None if draw.prompt_masks is None else draw.prompt_masks[:, rows],

@@ -12,6 +12,7 @@ Nothing algorithmic lives here: this module only sequences the phases.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from contextlib import contextmanager
@@ -63,7 +64,6 @@ class Session:
     ref_policy: eng.RefPolicy | None
     stream: PromptStream
     scorer: RewardScorer
-    gens: dict[str, torch.Generator]
     tracker: Any
     run_dir: Path
     start_step: int
@@ -76,7 +76,7 @@ class Session:
 def setup(cfg: RunConfig, resume: bool = False) -> Session:
     """Load the model, wrap it (LoRA, engine), open data, rewards and trackers; restore a checkpoint if asked."""
     eng.init_distributed()
-    world, rank = eng.world_size(), eng.rank()
+    world = eng.world_size()
     if cfg.train.prompts_per_step % world:
         raise ValueError(
             f"train.prompts_per_step={cfg.train.prompts_per_step} is not divisible by the {world} ranks: "
@@ -100,17 +100,14 @@ def setup(cfg: RunConfig, resume: bool = False) -> Session:
     )
     stream = PromptStream(load_split(cfg.data, cfg.data.split, cfg.seed), lm.tokenizer, chat=cfg.data.chat,
                           seed=cfg.seed)
-    # Separate generators so that changing one phase's consumption never shifts another's draws.
-    gens = {name: torch.Generator(device=lm.device).manual_seed(cfg.seed * 1000 + rank * 10 + i)
-            for i, name in enumerate(("sample", "mask"))}
     start_step = 0
     if resume and ckpt.latest_checkpoint(run_dir) is not None:
-        start_step, _, data_state = ckpt.load_checkpoint(run_dir, engine, gens)
+        start_step, _, data_state = ckpt.load_checkpoint(run_dir, engine)
         stream.load_state(data_state)
     tracker = make_tracker(run_dir, cfg.tracking.wandb_project if cfg.tracking.wandb else None,
                            cfg.tracking.wandb_mode, to_dict(cfg), eng.is_main_process())
     ref_policy = eng.RefPolicy.build(policy, cfg.algo.beta, copy_for_full_ft=cfg.algo.reference_copy)
-    return Session(cfg, lm, engine, ref_policy, stream, RewardScorer(cfg.rewards), gens, tracker, run_dir, start_step)
+    return Session(cfg, lm, engine, ref_policy, stream, RewardScorer(cfg.rewards), tracker, run_dir, start_step)
 
 
 def train(cfg: RunConfig, resume: bool = False) -> dict[str, float]:
@@ -128,7 +125,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, float]:
                     "train.max_unscorable_steps"
                 )
             if (step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps:
-                ckpt.save_checkpoint(session.run_dir, step + 1, session.engine, session.gens, session.stream.state(),
+                ckpt.save_checkpoint(session.run_dir, step + 1, session.engine, None, session.stream.state(),
                                      to_dict(cfg), keep_last=cfg.train.keep_checkpoints)
     finally:
         session.close()
@@ -137,7 +134,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, float]:
 
 def train_step(session: Session, step: int) -> dict[str, float]:
     """One RL step: the six phases, in order."""
-    cfg, lm, engine, gens = session.cfg, session.lm, session.engine, session.gens
+    cfg, lm, engine = session.cfg, session.lm, session.engine
     algo, G = cfg.algo, cfg.algo.num_generations
     timer = PhaseTimer()
     b_local = cfg.train.prompts_per_step // eng.world_size()
@@ -147,8 +144,12 @@ def train_step(session: Session, step: int) -> dict[str, float]:
         batch = session.stream.next(cfg.train.prompts_per_step)  # one global order; each rank takes its slice
         mine = slice(eng.rank() * b_local, (eng.rank() + 1) * b_local)
         batch = PromptBatch(batch.problems[mine], batch.texts[mine])
-        rollout = generate_rollouts(lm, batch.problems, batch.texts, G, sampler_config(cfg), gens["sample"],
-                                    cfg.train.rollout_batch_size, model=engine.module)
+        first_row = eng.rank() * b_local * G  # this rank's first row in the step's global batch
+        rollout = generate_rollouts(
+            lm, batch.problems, batch.texts, G, sampler_config(cfg),
+            lambda row: row_generator(cfg.seed, step, "sample", first_row + row, lm.device),
+            cfg.train.rollout_batch_size, model=engine.module,
+        )
 
     # 2 score: every reward function on every completion; a raising reward yields NaN for its rows.
     with timer("score"):
@@ -165,7 +166,10 @@ def train_step(session: Session, step: int) -> dict[str, float]:
     # 4 old/reference likelihoods under shared mask draws (one draw per iteration if masks are resampled).
     with timer("likelihoods"):
         num_draws = algo.num_iterations if algo.resample_masks_per_iteration else 1
-        draws = [draw_masks_for(cfg, lm, rollout, gens["mask"]) for _ in range(num_draws)]
+        draws = [[draw_masks_for(cfg, lm, rollout.select(torch.arange(c.start, c.stop)),
+                                 row_generator(cfg.seed, step, f"mask{d}", first_row + c.start, lm.device))
+                  for c in _row_chunks(rollout.prompt_ids.shape[0], cfg.train.micro_batch_size)]
+                 for d in range(num_draws)]
         old, ref = old_and_ref_logps(cfg, lm, engine, session.ref_policy, rollout, draws)
 
     # 5 policy updates: num_iterations passes, gradient accumulation over micro-batches.
@@ -198,6 +202,17 @@ def sampler_config(cfg: RunConfig) -> SamplerConfig:
     return cfg.sampler
 
 
+def row_generator(seed: int, step: int, phase: str, row: int, device: torch.device) -> torch.Generator:
+    """The generator for the rows of `phase` that start at global `row` of step `step`.
+
+    Keying randomness by (seed, step, phase, global row) instead of carrying generator state means a batch split
+    over 1 or R ranks draws the same noise (when the chunks align), and a resumed run needs no RNG state to
+    continue exactly. Phases: "sample" (rollout batches) and "mask<d>" (ELBO mask draws, per micro-batch).
+    """
+    key = f"{seed}/{step}/{phase}/{row}".encode()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
+
+
 def draw_masks_for(cfg: RunConfig, lm, rollout: Rollout, generator: torch.Generator) -> MaskDraw:
     """`algo.elbo_samples` draws; a coupled/stratified draw is a complementary pair (two forward passes)."""
     passes = cfg.algo.elbo_samples * (2 if cfg.algo.elbo_estimator in ("coupled", "stratified") else 1)
@@ -209,14 +224,21 @@ def _row_chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _elbo(lm, rollout: Rollout, rows, draw: MaskDraw, model):
+def _elbo(lm, rollout: Rollout, rows: torch.Tensor, draw: MaskDraw, chunk_start: int, model):
+    """ELBO terms of `rows` (global indices into the rollout) under their micro-batch's draw."""
     return elbo(lm, rollout.prompt_ids[rows], rollout.prompt_mask[rows], rollout.completion_ids[rows],
-                rollout.completion_mask[rows], select_rows(draw, rows), model=model)
+                rollout.completion_mask[rows], select_rows(draw, rows - chunk_start), model=model)
+
+
+def _chunk_rows(s: slice) -> torch.Tensor:
+    return torch.arange(s.start, s.stop)
 
 
 @torch.no_grad()
 def old_and_ref_logps(cfg, lm, engine, ref_policy, rollout: Rollout, draws) -> tuple[list | None, list | None]:
     """Per-draw old ([N, L], only when num_iterations > 1) and reference ([N, L], only when beta > 0) ELBO terms.
+
+    draws[d][c] is draw d of micro-batch c.
 
     With one iteration the old policy is the current one, so its terms are the current terms detached (the
     ratio is exactly 1 by construction, as in TRL).
@@ -224,12 +246,12 @@ def old_and_ref_logps(cfg, lm, engine, ref_policy, rollout: Rollout, draws) -> t
     n, micro = rollout.prompt_ids.shape[0], cfg.train.micro_batch_size
     old = ref = None
     if cfg.algo.num_iterations > 1:
-        old = [torch.cat([_elbo(lm, rollout, s, d, engine.module).per_token for s in _row_chunks(n, micro)])
-               for d in draws]
+        old = [torch.cat([_elbo(lm, rollout, _chunk_rows(s), d[c], s.start, engine.module).per_token
+                          for c, s in enumerate(_row_chunks(n, micro))]) for d in draws]
     if ref_policy is not None:
         with ref_policy.context(engine.module) as ref_model:
-            ref = [torch.cat([_elbo(lm, rollout, s, d, ref_model).per_token for s in _row_chunks(n, micro)])
-                   for d in draws]
+            ref = [torch.cat([_elbo(lm, rollout, _chunk_rows(s), d[c], s.start, ref_model).per_token
+                              for c, s in enumerate(_row_chunks(n, micro))]) for d in draws]
     return old, ref
 
 
@@ -250,13 +272,12 @@ def policy_updates(cfg, lm, engine, rollout: Rollout, advantages, signal, draws,
     grad_norms, skipped, elbo_per_token = [], 0, []
     for it in range(algo.num_iterations):
         d = it if algo.resample_masks_per_iteration else 0
-        draw = draws[d]
-        for s in chunks:
+        for c, s in enumerate(chunks):
             rows = torch.arange(s.start, s.stop)[signal[s]]
             empty = rows.numel() == 0
             if empty:
                 rows = torch.arange(s.start, s.start + 1)  # keeps the graph (and DeepSpeed's hooks) identical
-            out = _elbo(lm, rollout, rows, draw, engine.module)
+            out = _elbo(lm, rollout, rows, draws[d][c], s.start, engine.module)
             mask = rollout.completion_mask[rows]
             loss, m = policy_loss(
                 out.per_token, None if old is None else old[d][rows], advantages[rows], mask,

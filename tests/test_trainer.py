@@ -82,15 +82,15 @@ def test_two_steps_change_every_lora_parameter_and_no_base_weight(tmp_path, rewa
 
 
 def test_ratio_is_one_and_kl_zero_before_the_first_update(tmp_path, reward_module):
-    cfg = tiny_cfg(tmp_path, "algo.num_iterations=2", "algo.beta=0.04")
+    cfg = tiny_cfg(tmp_path, "algo.num_iterations=2", "algo.beta=0.04", "train.micro_batch_size=8")
     session = setup(cfg)
     try:
         batch = session.stream.next(2)
         rollout = generate_rollouts(session.lm, batch.problems, batch.texts, 4, sampler_config(cfg),
-                                    session.gens["sample"], 8, model=session.engine.module)
-        draw = draw_masks_for(cfg, session.lm, rollout, session.gens["mask"])
-        old, ref = old_and_ref_logps(cfg, session.lm, session.engine, session.ref_policy, rollout, [draw])
-        current = _elbo(session.lm, rollout, torch.arange(8), draw, session.engine.module).per_token
+                                    torch.Generator().manual_seed(0), 8, model=session.engine.module)
+        draw = draw_masks_for(cfg, session.lm, rollout, torch.Generator().manual_seed(1))
+        old, ref = old_and_ref_logps(cfg, session.lm, session.engine, session.ref_policy, rollout, [[draw]])
+        current = _elbo(session.lm, rollout, torch.arange(8), draw, 0, session.engine.module).per_token
     finally:
         session.close()
     assert torch.equal(current.detach(), old[0])  # ratio exp(0) = 1 exactly: same weights, same draw
