@@ -82,6 +82,7 @@ def _harden(job: dict, cfg: dict, fds: dict, cgroups) -> None:
     lim = job["limits"]
     os.setsid()  # kill(0, ...) from the program reaches only its own group
     if cfg["namespaces"]:
+        _jail.unshare(_jail.CLONE_NEWNS)  # its /proc and /tmp mounts live and die with it
         _jail.mount("proc", "/proc", "proc", _jail.MS_NOSUID | _jail.MS_NODEV | _jail.MS_NOEXEC)
         _jail.mount("sbx-tmp", "/tmp", "tmpfs", _jail.MS_NOSUID | _jail.MS_NODEV,
                     f"size={lim['disk_mb']}m,mode=0700,uid={cfg['uid']},gid={cfg['gid']}")

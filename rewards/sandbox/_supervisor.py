@@ -1,22 +1,29 @@
-"""The supervisor: trusted parent of one sandboxed program (one per job, forked by the zygote).
+"""Slots: persistent trusted processes that run one job at a time, and their forkers.
 
-Runs under the system Python, loaded by source (see `pool.py`). Process tree for one job:
+Runs under the system Python, loaded by source (see `pool.py`). Process tree:
 
     zygote   trusted; private mount/net/ipc/uts namespaces, minimal read-only root; never runs model code
-      supervisor   trusted; own session; deadline, output caps, call relay, assert-style tests
-        program    PID 1 of its own PID namespace; cgroups, hard rlimits, nobody, seccomp; runs model code
+      slot (supervisor)   trusted, persistent, own session; deadline, output caps, calls, assert-style tests
+        forker            trusted, persistent; forks each program, reaps it, reports its exit status
+          program         PID 1 of its own PID and mount namespaces; cgroups, hard rlimits, nobody, seccomp
 
-For assert-style jobs the supervisor is also the test worker: after the fork it reads the test code from
-the job's channel (a socket whose other end the parent holds; the zygote only passes it on) and runs it
-against proxies of the program (`_tester.py`), so each `candidate(...)` is one round trip to the program.
-The verdict goes back on that channel; how the program ended goes to the zygote as before.
+The supervisor never forks after it has seen a job, and the forker never receives test code, so the
+program's memory (a copy of the forker's) holds no test code or expected values, of this job or earlier
+ones. The forker hands the supervisor the program's pipes and a pidfd (SCM_RIGHTS): the supervisor talks to
+the program directly and can kill it without racing pid reuse. For assert-style jobs the supervisor reads
+the test spec from the job's channel (a socket whose other end the parent holds; the zygote only passes it
+on) after the program is forked, and runs it against proxies of the program (`_tester.py`), so each
+`candidate(...)` is one round trip to the program. The verdict goes back on that channel; how the program
+ended goes to the zygote.
 """
 
 import contextlib
+import json
 import os
 import selectors
 import shutil
 import signal
+import socket
 import time
 
 from rewards.sandbox import _jail, _program, _tester, wire
@@ -36,8 +43,8 @@ class _Discard:
 class Supervisor:
     """Deadline, output caps, relaying calls; decides how the run ended."""
 
-    def __init__(self, job: dict, cfg: dict, z_in: int, z_out: int, cgroups):
-        self.job, self.cfg, self.z_in, self.z_out, self.cgroups = job, cfg, z_in, z_out, cgroups
+    def __init__(self, job: dict, cfg: dict, slot: "_Slot"):
+        self.job, self.cfg, self.slot, self.cgroups = job, cfg, slot, slot.cgroups
         self.lim = job["limits"]
         self.out, self.err = bytearray(), bytearray()
         self.out_total = 0
@@ -55,33 +62,25 @@ class Supervisor:
         job = self.job
         if not self.cfg["namespaces"]:
             job["workdir"] = _make_workdir()
-        pipes = {n: os.pipe() for n in ("out", "err", "req", "resp")}
-        fds = {"out_w": pipes["out"][1], "err_w": pipes["err"][1], "req_r": pipes["req"][0],
-               "resp_w": pipes["resp"][1]}
-        if self.cfg["namespaces"]:
-            _jail.unshare(_jail.CLONE_NEWPID | _jail.CLONE_NEWNS)
         self.t0 = time.monotonic()
         self.deadline = self.t0 + self.lim["timeout"]
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _program.run_program(job, self.cfg, fds, self.cgroups)
-            finally:
-                os._exit(70)
-        self.pid = pid
-        for fd in fds.values():
-            os.close(fd)
-        self.req_w = pipes["req"][1]
+        self.pid, fds = self.slot.fork_program(job)
+        out_r, err_r, self.req_w, resp_r, self.pidfd = fds
         self.sel = selectors.DefaultSelector()
-        for fd, name in ((pipes["out"][0], "out"), (pipes["err"][0], "err"), (pipes["resp"][0], "resp")):
+        for fd, name in ((out_r, "out"), (err_r, "err"), (resp_r, "resp")):
             self.sel.register(fd, selectors.EVENT_READ, name)
             self.open.add(name)
-        self.sel.register(self.z_in, selectors.EVENT_READ, "z")
+        self.sel.register(self.slot.z_in, selectors.EVENT_READ, "z")
         self.readers = {"resp": wire.FrameReader(self.lim["output_bytes"] + (1 << 20)), "tests": wire.FrameReader()}
-        if job["mode"] == "assert":
-            self._assert_tests()
-        self._pump(lambda: not self.open)
-        self._reap()
+        try:
+            if job["mode"] == "assert":
+                self._assert_tests()
+            self._pump(lambda: not self.open)
+            self._reap()
+        finally:
+            self.sel.close()
+            self._close_req()
+            os.close(self.pidfd)
         self._finish()
 
     # -- assert-style tests -----------------------------------------------------------------------------
@@ -123,6 +122,12 @@ class Supervisor:
             _tester.sys_streams(*saved)
 
     def _call(self, name: str, args: list) -> dict:
+        try:
+            return self._forward(name, args)
+        except Exception as exc:  # ProgramGone and the timer's exceptions are BaseExceptions and pass through
+            raise _tester.HarnessFailure(f"forwarding a call failed: {type(exc).__name__}: {exc}") from exc
+
+    def _forward(self, name: str, args: list) -> dict:
         if self.gone is not None:
             raise _tester.ProgramGone(*self.gone)
         self.seq += 1
@@ -132,9 +137,7 @@ class Supervisor:
         if seq in self.answers:
             return self.answers.pop(seq)
         # The program closed its result channel: it has ended, or can no longer answer.
-        if self.status is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+        self._signal_kill()
         self._reap()
         category, detail = self._classify()
         self.gone = (category if category != "ok" else "runtime_error", detail)
@@ -143,14 +146,18 @@ class Supervisor:
     # -- the program ------------------------------------------------------------------------------------
     def _emit(self, obj: dict) -> None:
         obj["id"] = self.job["id"]
-        write_all(self.z_out, wire.frame(obj))
+        write_all(self.slot.z_out, wire.frame(obj))
 
     def _kill(self, category: str, detail: str) -> None:
         if self.ending is None:
             self.ending = (category, detail)
-        if self.status is None:  # never signal a reaped (maybe reused) pid
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)  # PID 1 of its namespace: the kernel kills the whole tree
+        self._signal_kill()
+
+    def _signal_kill(self) -> None:
+        # Through the pidfd, so a reaped (maybe reused) pid is never signalled. The program is PID 1 of its
+        # namespace: the kernel kills the whole tree.
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
 
     def _send_call(self, msg: dict) -> None:
         # If the program is gone, its ending is reported when the pipes close.
@@ -220,6 +227,7 @@ class Supervisor:
             if not data:  # the zygote went away: stop the program
                 self.sel.unregister(fd)
                 self._kill("sandbox_error", "runner lost its zygote")
+                self.slot.zygote_gone = True
             return
         if not data:
             self.sel.unregister(fd)
@@ -243,8 +251,13 @@ class Supervisor:
             self._on_output(name, data)
 
     def _reap(self) -> None:
-        if self.status is None:
-            _, self.status = os.waitpid(self.pid, 0)
+        """Wait for the forker's report of the program's exit status (killing the program at the deadline)."""
+        while self.status is None:
+            timeout = self.deadline - time.monotonic()
+            if timeout <= 0:
+                self._kill("timeout", f"wall-clock limit of {self.lim['timeout']}s reached")
+                self.deadline, timeout = float("inf"), None
+            self.status = self.slot.exit_status(None if timeout in (None, float("inf")) else timeout)
 
     def _classify(self) -> tuple[str, str]:
         status = self.status
@@ -266,13 +279,106 @@ class Supervisor:
         return "ok", f"exit status {code}"
 
     def _finish(self) -> None:
-        self._close_req()
         category, detail = self._classify()
         elapsed = time.monotonic() - self.t0
         if "workdir" in self.job:
             shutil.rmtree(self.job["workdir"], ignore_errors=True)
         self._emit({"t": "end", "category": category, "detail": str(detail)[:500], "elapsed": round(elapsed, 4),
                     "stdout": self.out.decode("utf-8", "replace"), "stderr": self.err.decode("utf-8", "replace")})
+
+
+class _Slot:
+    """The persistent side of a slot: links to the zygote and to the forker."""
+
+    def __init__(self, cfg: dict, cgroups, z_in: int, z_out: int, fd_sock: int):
+        self.cfg, self.cgroups, self.z_in, self.z_out = cfg, cgroups, z_in, z_out
+        self.fd_sock = socket.socket(fileno=fd_sock)
+        self.zygote_gone = False
+        ctl_slot, ctl_forker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        job_r, self.job_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                keep = {2, job_r, ctl_forker.fileno(), *cgroups.dirs.values()}
+                if cfg.get("pidns_fd") is not None:
+                    keep.add(cfg["pidns_fd"])
+                _jail.close_except(keep)
+                _forker(cfg, cgroups, job_r, ctl_forker)
+                code = 0
+            finally:
+                os._exit(code)
+        ctl_forker.close()
+        os.close(job_r)
+        self.ctl = ctl_slot
+
+    def fork_program(self, job: dict) -> tuple[int, list]:
+        """Have the forker start the program; returns (pid, [out_r, err_r, req_w, resp_r, pidfd])."""
+        write_all(self.job_w, wire.frame(job))
+        msg, fds, _, _ = socket.recv_fds(self.ctl, 256, 5)
+        if len(fds) != 5:
+            for fd in fds:
+                os.close(fd)
+            raise OSError(f"forker failed: {msg[:200]!r}")
+        return json.loads(msg)["pid"], fds
+
+    def exit_status(self, timeout: float | None) -> int | None:
+        self.ctl.settimeout(timeout)
+        try:
+            msg = self.ctl.recv(256)
+        except TimeoutError:
+            return None
+        if not msg:
+            raise OSError("forker exited")
+        return json.loads(msg)["status"]
+
+
+def slot_main(cfg: dict, cgroups, z_in: int, z_out: int, fd_sock: int) -> None:
+    """A slot's loop: one job at a time from the zygote, until the zygote closes the link."""
+    _jail.prctl(_jail.PR_SET_PDEATHSIG, signal.SIGKILL)
+    slot = _Slot(cfg, cgroups, z_in, z_out, fd_sock)
+    reader = wire.FrameReader()
+    while not slot.zygote_gone:
+        data = os.read(z_in, 1 << 20)
+        if not data:
+            return
+        for job in reader.feed(data):
+            if job.get("channel"):
+                _, fds, _, _ = socket.recv_fds(slot.fd_sock, 16, 1)
+                job["channel"] = fds[0]
+            Supervisor(job, cfg, slot).run()
+
+
+def _forker(cfg: dict, cgroups, job_r: int, ctl: socket.socket) -> None:
+    """Forks each program into a fresh PID namespace, hands its pipes to the supervisor, reports its exit status."""
+    _jail.prctl(_jail.PR_SET_PDEATHSIG, signal.SIGKILL)
+    reader = wire.FrameReader()
+    while True:
+        data = os.read(job_r, 1 << 20)
+        if not data:
+            return
+        for job in reader.feed(data):
+            pipes = {n: os.pipe() for n in ("out", "err", "req", "resp")}
+            fds = {"out_w": pipes["out"][1], "err_w": pipes["err"][1], "req_r": pipes["req"][0],
+                   "resp_w": pipes["resp"][1]}
+            if cfg["namespaces"]:
+                _jail.unshare(_jail.CLONE_NEWPID)
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    _program.run_program(job, cfg, fds, cgroups)
+                finally:
+                    os._exit(70)
+            if cfg["namespaces"]:
+                _jail.setns(cfg["pidns_fd"], _jail.CLONE_NEWPID)  # so that the next unshare is allowed
+            for fd in fds.values():
+                os.close(fd)
+            mine = [pipes["out"][0], pipes["err"][0], pipes["req"][1], pipes["resp"][0], os.pidfd_open(pid)]
+            socket.send_fds(ctl, [json.dumps({"pid": pid}).encode()], mine)
+            for fd in mine:
+                os.close(fd)
+            _, status = os.waitpid(pid, 0)
+            ctl.send(json.dumps({"status": status}).encode())
 
 
 def _make_workdir() -> str:

@@ -20,6 +20,10 @@ class Unsupported(BaseException):
     """The test passed something that is not plain data (a lambda, an object): our limit, not the model's."""
 
 
+class HarnessFailure(BaseException):
+    """Our own machinery failed while forwarding a call: sandbox_error, never the model's failure."""
+
+
 class CandidateRaised(Exception):
     """The program raised a non-builtin exception type while answering a call."""
 
@@ -97,7 +101,7 @@ def _categorise(exc: BaseException) -> tuple[str, str]:
     why = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, ProgramGone):
         return exc.args[0], str(exc.args[1])
-    if isinstance(exc, Unsupported):
+    if isinstance(exc, Unsupported | HarnessFailure):
         return "sandbox_error", why
     if getattr(exc, "sbx_from_candidate", False):
         return "runtime_error", why

@@ -37,6 +37,9 @@ def setup(cfg: dict) -> dict:
     layers["cgroups"] = cgroups.error
     cfg["cgroup_paths"] = dict(cgroups.paths)
     if cfg["namespaces"]:
+        # Our own PID namespace, opened while /proc is still the host's: forkers return to it after each program
+        # (setns) so that the next unshare(CLONE_NEWPID) is allowed.
+        cfg["pidns_fd"] = os.open("/proc/self/ns/pid", os.O_RDONLY)
         try:
             prefix = os.path.realpath(sys.base_prefix)
             extra = () if prefix.startswith(("/usr/", "/bin", "/lib")) or prefix == "/usr" else (prefix,)
@@ -87,17 +90,18 @@ def _probe_seccomp(program_hex: str) -> None:
 
 
 class Zygote:
+    """Keeps `max_concurrency` persistent slots (see `_supervisor.py`) busy with queued jobs; relays their frames."""
+
     def __init__(self, cfg: dict, cgroups):
         self.cfg, self.cgroups = cfg, cgroups
         self.queue = []
-        self.running = {}  # job id -> dict(pid, z_in_w, out_r, deadline, cg)
-        self.by_fd = {}
+        self.slots = {}  # fd the slot writes frames to -> slot dict(pid, job_w, fd_sock, reader, job, deadline)
+        self.running = {}  # job id -> slot
         self.sel = selectors.DefaultSelector()
-        self.counter = 0
         self.out = os.dup(1)
         os.dup2(os.open("/dev/null", os.O_RDWR), 1)
         # Assert-style jobs come with a channel (a socket to the parent) passed here as SCM_RIGHTS; the
-        # zygote hands it to the job's supervisor and never reads from it (see `_supervisor.py`).
+        # zygote hands it on to the slot that runs the job and never reads from it.
         self.fd_sock = socket.socket(fileno=cfg["fd_sock"])
         self.fd_sock.setblocking(False)
         self.channels = {}  # job id -> channel fd, until the job is launched
@@ -122,6 +126,8 @@ class Zygote:
         reader = wire.FrameReader()
         self.sel.register(0, selectors.EVENT_READ, None)
         self.sel.register(self.fd_sock, selectors.EVENT_READ, "fds")
+        for _ in range(self.cfg["max_concurrency"]):
+            self._spawn_slot()
         alive = True
         while alive or self.running or self.queue:
             self._launch()
@@ -138,9 +144,11 @@ class Zygote:
                         continue
                     for msg in reader.feed(data):
                         alive = self._on_parent(msg) and alive
-                elif key.data in self.running:  # not retired earlier in this round
-                    self._on_supervisor(key.data, key.fd)
+                elif key.fd in self.slots:  # not retired earlier in this round
+                    self._on_slot(self.slots[key.fd])
             self._reap()
+        for slot in list(self.slots.values()):
+            self._retire(slot, None, respawn=False)
         self._reap()
         if self.cgroups.dirs:
             self.cgroups.remove_all(5.0)
@@ -154,34 +162,60 @@ class Zygote:
             return False
         return True
 
+    # -- slots --------------------------------------------------------------------------------------------
+    def _spawn_slot(self) -> None:
+        job_r, job_w = os.pipe()
+        out_r, out_w = os.pipe()
+        fd_a, fd_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                os.setsid()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                keep = {2, job_r, out_w, fd_b.fileno(), *self.cgroups.dirs.values()}
+                if self.cfg.get("pidns_fd") is not None:
+                    keep.add(self.cfg["pidns_fd"])
+                close_except(keep)
+                _supervisor.slot_main(self.cfg, self.cgroups, job_r, out_w, fd_b.fileno())
+                code = 0
+            finally:
+                os._exit(code)
+        for fd in (job_r, out_w):
+            os.close(fd)
+        fd_b.close()
+        slot = dict(pid=pid, job_w=job_w, out_r=out_r, fd_sock=fd_a, reader=wire.FrameReader(), job=None,
+                    deadline=float("inf"))
+        self.slots[out_r] = slot
+        self.sel.register(out_r, selectors.EVENT_READ, "slot")
+
     def _launch(self) -> None:
-        while self.queue and len(self.running) < self.cfg["max_concurrency"]:
+        idle = [s for s in self.slots.values() if s["job"] is None]
+        while self.queue and idle:
             job = self.queue.pop(0)
             job["cg"], job["oom0"] = None, 0
-            if job.get("channel"):
-                job["channel"] = self._channel_of(job["id"])
+            channel = self._channel_of(job["id"]) if job.get("channel") else None
             try:
                 if self.cgroups.dirs:
                     lim = job["limits"]
                     job["cg"], job["oom0"] = self.cgroups.acquire((lim["memory_mb"] + 64) << 20, lim["max_processes"])
             except OSError as exc:
                 self.emit({"t": "end", "id": job["id"], "category": "sandbox_error", "detail": f"cgroup: {exc}"})
-                self._close_channel(job)
+                if channel is not None:
+                    os.close(channel)
                 continue
-            z_in_r, z_in_w = os.pipe()
-            out_r, out_w = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                self._supervisor_child(job, z_in_r, out_w)
-            os.close(z_in_r)
-            os.close(out_w)
-            self._close_channel(job)
-            grace = job["limits"]["timeout"] + 5.0
-            self.running[job["id"]] = dict(pid=pid, z_in_w=z_in_w, out_r=out_r, cg=job["cg"],
-                                           deadline=time.monotonic() + grace, reader=wire.FrameReader(),
-                                           ended=False)
-            self.by_fd[out_r] = job["id"]
-            self.sel.register(out_r, selectors.EVENT_READ, job["id"])
+            slot = idle.pop()
+            slot.update(job=job["id"], cg=job["cg"], deadline=time.monotonic() + job["limits"]["timeout"] + 5.0)
+            self.running[job["id"]] = slot
+            try:
+                if channel is not None:
+                    socket.send_fds(slot["fd_sock"], [b"c"], [channel])
+                write_all(slot["job_w"], wire.frame(job))
+            except OSError:
+                pass  # the slot died; its closed output retires it
+            finally:
+                if channel is not None:
+                    os.close(channel)
 
     def _channel_of(self, job_id: int) -> int:
         """The parent sends a job's channel before the job itself, so waiting for it here cannot block for long."""
@@ -194,63 +228,52 @@ class Zygote:
             self.fd_sock.setblocking(False)
         return self.channels.pop(job_id)
 
-    def _close_channel(self, job: dict) -> None:
-        if job.get("channel"):
-            with contextlib.suppress(OSError):
-                os.close(job["channel"])
-
-    def _supervisor_child(self, job: dict, z_in: int, z_out: int) -> None:
-        code = 70
-        try:
-            os.setsid()
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            keep = {2, z_in, z_out, *self.cgroups.dirs.values()} | ({job["channel"]} if job.get("channel") else set())
-            close_except(keep)
-            _supervisor.Supervisor(job, self.cfg, z_in, z_out, self.cgroups).run()
-            code = 0
-        except BaseException as exc:
-            try:
-                frame = {"t": "end", "id": job["id"], "category": "sandbox_error", "detail": f"supervisor: {exc!r}"}
-                write_all(z_out, wire.frame(frame))
-            except BaseException:
-                pass
-        finally:
-            os._exit(code)
-
-    def _on_supervisor(self, job_id, fd: int) -> None:
-        job = self.running[job_id]
-        data = os.read(fd, 1 << 16)
-        if data:
-            for msg in job["reader"].feed(data):
-                job["ended"] = job["ended"] or msg.get("t") == "end"
-                self.emit(msg)
+    def _on_slot(self, slot: dict) -> None:
+        data = os.read(slot["out_r"], 1 << 16)
+        if not data:
+            self._retire(slot, "supervisor exited without a verdict" if slot["job"] is not None else None)
             return
-        self._retire(job_id, None if job["ended"] else "supervisor exited without a verdict")
+        for msg in slot["reader"].feed(data):
+            if msg.get("id") != slot["job"]:
+                continue
+            self.emit(msg)
+            if msg.get("t") == "end":
+                self._job_done(slot)
 
-    def _retire(self, job_id, error: str | None) -> None:
-        job = self.running.pop(job_id)
-        self.sel.unregister(job["out_r"])
-        os.close(job["out_r"])
-        os.close(job["z_in_w"])
-        if error:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(job["pid"], signal.SIGKILL)
-            self.emit({"t": "end", "id": job_id, "category": "sandbox_error", "detail": error})
-        if self.cgroups.dirs:
-            self.cgroups.release(job["cg"])
+    def _job_done(self, slot: dict) -> None:
+        self.running.pop(slot["job"], None)
+        if self.cgroups.dirs and slot.get("cg"):
+            self.cgroups.release(slot["cg"])
+        slot.update(job=None, cg=None, deadline=float("inf"))
+
+    def _retire(self, slot: dict, error: str | None, respawn: bool = True) -> None:
+        """Kill a slot (its forker and program die with it: parent-death signals) and replace it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(slot["pid"], signal.SIGKILL)
+        del self.slots[slot["out_r"]]
+        self.sel.unregister(slot["out_r"])
+        for fd in (slot["out_r"], slot["job_w"]):
+            os.close(fd)
+        slot["fd_sock"].close()
+        if slot["job"] is not None:
+            self.emit({"t": "end", "id": slot["job"], "category": "sandbox_error", "detail": error or "slot retired"})
+            self._job_done(slot)
+        if respawn:
+            self._spawn_slot()
 
     def _tick(self) -> float:
         now = time.monotonic()
-        for job_id, job in list(self.running.items()):
-            if now > job["deadline"]:
-                self._retire(job_id, "supervisor missed its deadline")
+        for slot in list(self.slots.values()):
+            if now > slot["deadline"]:
+                self._retire(slot, "supervisor missed its deadline")
+        deadlines = [s["deadline"] - now for s in self.slots.values()] + [1.0]
         # Draining cgroups are polled every 50 ms, not on every wake-up (each poll reads several files per cgroup).
         if self.cgroups.dirs and self.cgroups.draining:
             if now >= self.next_tick:
                 self.next_tick = now + 0.05
                 self.cgroups.tick()
-            return max(0.0, min([self.next_tick - now] + [j["deadline"] - now for j in self.running.values()]))
-        return min([j["deadline"] - now for j in self.running.values()] + [1.0])
+            deadlines.append(self.next_tick - now)
+        return max(0.0, min(deadlines))
 
     def _reap(self) -> None:
         while True:
@@ -268,8 +291,9 @@ class Zygote:
         for fd in self.channels.values():
             os.close(fd)
         self.channels = {}
-        for job_id in list(self.running):
-            self._retire(job_id, "sandbox shut down")
+        for slot in list(self.slots.values()):
+            if slot["job"] is not None:
+                self._retire(slot, "sandbox shut down", respawn=False)
 
 
 def main() -> None:
