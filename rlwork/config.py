@@ -77,6 +77,7 @@ class LoraConfig:
 class DataConfig:
     dataset: str = "synthetic"
     """Adapter: synthetic, humaneval, mbpp, mbpp_plus, apps, codecontests, acecode, kodcode (see rlwork.data)."""
+    # With `columns` set, rows are mapped by that column mapping instead (rlwork.data "mapped").
     data_files: tuple[str, ...] = ()
     """Local JSONL/parquet files (or a hub name in `hub_name`) for file-based adapters."""
     hub_name: str | None = None
