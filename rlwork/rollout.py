@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from rlwork.diffusion.sampler import SamplerConfig, generate
 from rlwork.models import DiffusionLM
@@ -92,6 +93,7 @@ def generate_rollouts(
     generator: torch.Generator | Callable[[int], torch.Generator],
     rollout_batch_size: int,
     model: torch.nn.Module | None = None,
+    progress: bool = False,
 ) -> Rollout:
     """G completions for each of the B prompts, generated in batches of `rollout_batch_size` rows.
 
@@ -106,7 +108,8 @@ def generate_rollouts(
     prompt_ids, prompt_mask = tokenize_prompts(lm.tokenizer, texts, lm.pad_id, lm.device)
     pieces, num_forwards = [], 0
     with torch.no_grad():
-        for start in range(0, len(texts), rollout_batch_size):
+        starts = range(0, len(texts), rollout_batch_size)
+        for start in tqdm(starts, desc="rollout", unit="batch", leave=False, disable=not progress or len(starts) < 2):
             chunk = slice(start, start + rollout_batch_size)
             ids, mask = _trim_left(prompt_ids[chunk], prompt_mask[chunk])
             gen = generator(start) if callable(generator) else generator

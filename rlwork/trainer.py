@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from rlwork import checkpoint as ckpt
 from rlwork import engine as eng
@@ -115,7 +116,8 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, float]:
     session = setup(cfg, resume)
     unscorable_streak, metrics = 0, {}
     try:
-        for step in range(session.start_step, cfg.train.steps):
+        steps = range(session.start_step, cfg.train.steps)
+        for step in tqdm(steps, desc="rl steps", unit="step", disable=not eng.is_main_process()):
             metrics = train_step(session, step)
             unscorable_streak = unscorable_streak + 1 if metrics["reward/frac_unscorable"] == 1.0 else 0
             if unscorable_streak >= cfg.train.max_unscorable_steps:
@@ -148,7 +150,7 @@ def train_step(session: Session, step: int) -> dict[str, float]:
         rollout = generate_rollouts(
             lm, batch.problems, batch.texts, G, sampler_config(cfg),
             lambda row: row_generator(cfg.seed, step, "sample", first_row + row, lm.device),
-            cfg.train.rollout_batch_size, model=engine.module,
+            cfg.train.rollout_batch_size, model=engine.module, progress=eng.is_main_process(),
         )
 
     # 2 score: every reward function on every completion; a raising reward yields NaN for its rows.
@@ -194,7 +196,7 @@ def train_step(session: Session, step: int) -> dict[str, float]:
     metrics = reduce_metrics(metrics)
     session.tracker.log(metrics, step)
     if eng.is_main_process():
-        print(step_summary(step, cfg.train.steps, metrics), flush=True)
+        tqdm.write(step_summary(step, cfg.train.steps, metrics))
     return metrics
 
 
