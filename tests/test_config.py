@@ -60,6 +60,12 @@ def test_overrides_parse_yaml_scalars_and_lists():
     }
 
 
+def test_exponent_without_dot_is_a_number():
+    assert load_config(None, ["train.learning_rate=3e-3"]).train.learning_rate == 0.003
+    with pytest.raises(ConfigError, match="train.learning_rate='fast': expected a number"):
+        load_config(None, ["train.learning_rate=fast"])
+
+
 def test_round_trip_through_plain_dict():
     cfg = load_config(None, ["seed=5"])
     assert build(RunConfig, to_dict(cfg)) == cfg
