@@ -205,14 +205,19 @@ class AlgoConfig:
     """Policy updates per rollout batch (mu)."""
     resample_masks_per_iteration: bool = False
     """New mask draws for each iteration (d1); false = one draw shared by old/ref/current (DiffuCoder, ESPO)."""
-    dynamic_sampling: Literal["keep", "skip"] = "skip"
-    """Groups whose rewards are all equal carry no signal: keep them in the loss, or leave them out (DAPO)."""
+    dynamic_sampling: Literal["keep", "skip", "resample"] = "skip"
+    """Groups whose rewards are all equal carry no signal: keep them in the loss, leave them out, or replace them
+    with groups of fresh prompts that have signal, then leave out what is still flat (DAPO, arXiv 2503.14476)."""
+    max_resample_rounds: int = 2
+    """With dynamic_sampling=resample: extra rollout rounds per step at most (each one costs a rollout)."""
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
             raise ConfigError(
                 f"algo.num_generations={self.num_generations}: group advantages need >= 2 completions per prompt"
             )
+        if self.max_resample_rounds < 0:
+            raise ConfigError(f"algo.max_resample_rounds={self.max_resample_rounds}: use 0 or more")
         if self.elbo_samples < 1 or self.num_iterations < 1:
             raise ConfigError("algo.elbo_samples and algo.num_iterations must be >= 1")
         if self.epsilon <= 0 or (self.epsilon_high is not None and self.epsilon_high <= 0):

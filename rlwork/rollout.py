@@ -62,6 +62,29 @@ class Rollout:
         )
 
 
+def concat_rollouts(a: Rollout, b: Rollout, pad_id: int) -> Rollout:
+    """Rows of `a` then rows of `b`, prompts re-padded on the left and completions on the right to one width."""
+    p, length = max(a.prompt_ids.shape[1], b.prompt_ids.shape[1]), max(a.completion_ids.shape[1],
+                                                                       b.completion_ids.shape[1])
+
+    def left(x: Tensor, value: Any) -> Tensor:
+        pad = torch.full((x.shape[0], p - x.shape[1]), value, dtype=x.dtype, device=x.device)
+        return torch.cat([pad, x], dim=1)
+
+    return Rollout(
+        prompt_ids=torch.cat([left(a.prompt_ids, pad_id), left(b.prompt_ids, pad_id)]),
+        prompt_mask=torch.cat([left(a.prompt_mask, False), left(b.prompt_mask, False)]),
+        completion_ids=torch.cat([_pad_right(a.completion_ids, length, pad_id),
+                                  _pad_right(b.completion_ids, length, pad_id)]),
+        completion_mask=torch.cat([_pad_right(a.completion_mask, length, False),
+                                   _pad_right(b.completion_mask, length, False)]),
+        group_ids=torch.cat([a.group_ids, b.group_ids + int(a.group_ids.max()) + 1]),
+        decode_step=torch.cat([_pad_right(a.decode_step, length, -1), _pad_right(b.decode_step, length, -1)]),
+        prompts=a.prompts + b.prompts, completions=a.completions + b.completions, problems=a.problems + b.problems,
+        num_forwards=a.num_forwards + b.num_forwards,
+    )
+
+
 def tokenize_prompts(tokenizer: Any, texts: Sequence[str], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """Left-padded prompt ids [N, P] and mask [N, P]; no special tokens are added beyond what the text has."""
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]

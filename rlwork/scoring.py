@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from rewards.registry import get_reward, reward_name, score_all
-from rewards.unit_tests import UnitTestReward
+from rewards.unit_tests import UnitTestReward, summarise
 from rlwork.config import RewardsConfig
 
 
@@ -24,14 +24,19 @@ class StepScores:
     names: R reward names, in column order.
     errors: reward name -> the error it raised this step.
     outcomes: N sandbox outcomes (per-test verdicts) of the first unit-test reward, or None per row.
-    sandbox: flat `sandbox/*` metrics of that reward for this step.
     """
 
     per_func: Tensor
     names: tuple[str, ...]
     errors: dict[str, str]
     outcomes: list[Any]
-    sandbox: dict[str, float]
+
+    def select(self, rows: Tensor) -> StepScores:
+        return StepScores(self.per_func[rows], self.names, self.errors, [self.outcomes[i] for i in rows.tolist()])
+
+    def concat(self, other: StepScores) -> StepScores:
+        return StepScores(torch.cat([self.per_func, other.per_func]), self.names, {**self.errors, **other.errors},
+                          self.outcomes + other.outcomes)
 
 
 class RewardScorer:
@@ -57,7 +62,7 @@ class RewardScorer:
         unit = next((fn for fn in self.fns if isinstance(fn, UnitTestReward)), None)
         ran = unit is not None and reward_name(unit) not in result.errors
         outcomes = list(unit.last_outcomes) if ran else [None] * len(completions)
-        return StepScores(per_func, self.names, dict(result.errors), outcomes, dict(unit.last_metrics) if ran else {})
+        return StepScores(per_func, self.names, dict(result.errors), outcomes)
 
     def close(self) -> None:
         for fn in self.fns:
@@ -70,9 +75,11 @@ SANDBOX_KEYS = ("passed", "wrong_answer", "runtime_error", "syntax_error", "time
 
 
 def sandbox_metrics(scores: StepScores) -> dict[str, float]:
-    """`sandbox/<category>_frac` for every category (0 when absent, so every rank logs the same keys)."""
-    metrics = {f"sandbox/{c}_frac": scores.sandbox.get(f"sandbox/{c}_frac", 0.0) for c in SANDBOX_KEYS}
-    metrics["sandbox/tests_passed_frac"] = scores.sandbox.get("sandbox/tests_passed_frac", math.nan)
+    """`sandbox/<category>_frac` over the programs run, for every category (0 when absent, so that every rank
+    logs the same keys), and the mean fraction of tests passed (NaN when no program ran)."""
+    ran = summarise([o for o in scores.outcomes if o is not None])
+    metrics = {f"sandbox/{c}_frac": ran.get(f"sandbox/{c}_frac", 0.0) for c in SANDBOX_KEYS}
+    metrics["sandbox/tests_passed_frac"] = ran.get("sandbox/tests_passed_frac", math.nan)
     return metrics
 
 

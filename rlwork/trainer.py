@@ -12,6 +12,7 @@ Nothing algorithmic lives here: this module only sequences the phases.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -25,14 +26,21 @@ from tqdm.auto import tqdm
 
 from rlwork import checkpoint as ckpt
 from rlwork import engine as eng
-from rlwork.advantages import compute_advantages, reward_metrics, rows_with_signal, weighted_reward_sum
+from rlwork.advantages import (
+    compute_advantages,
+    frac_zero_std,
+    reward_metrics,
+    rows_with_signal,
+    weighted_reward_sum,
+    zero_std_groups,
+)
 from rlwork.config import RunConfig, SamplerConfig, to_dict
 from rlwork.diffusion.elbo import elbo
 from rlwork.diffusion.masking import MaskDraw, draw_masks
 from rlwork.losses import policy_loss
 from rlwork.models import load_diffusion_lm
-from rlwork.prompts import PromptBatch, PromptStream, load_split
-from rlwork.rollout import Rollout, generate_rollouts
+from rlwork.prompts import PromptStream, load_split
+from rlwork.rollout import Rollout, concat_rollouts, generate_rollouts
 from rlwork.scoring import RewardScorer, rollout_rows, sandbox_metrics
 from rlwork.sft import select_rows
 from rlwork.tracking import make_tracker, reduce_metrics, save_rollouts
@@ -142,27 +150,38 @@ def train_step(session: Session, step: int) -> dict[str, float]:
     b_local = cfg.train.prompts_per_step // eng.world_size()
 
     # 1 rollout: G completions per prompt; ZeRO-3 gathers parameters once for the whole phase.
+    first_row = eng.rank() * b_local * G  # this rank's first row in the step's global batch
     with timer("rollout"), eng.gathered_parameters(engine):
-        batch = session.stream.next(cfg.train.prompts_per_step)  # one global order; each rank takes its slice
-        mine = slice(eng.rank() * b_local, (eng.rank() + 1) * b_local)
-        batch = PromptBatch(batch.problems[mine], batch.texts[mine])
-        first_row = eng.rank() * b_local * G  # this rank's first row in the step's global batch
-        rollout = generate_rollouts(
-            lm, batch.problems, batch.texts, G, sampler_config(cfg),
-            lambda row: row_generator(cfg.seed, step, "sample", first_row + row, lm.device),
-            cfg.train.rollout_batch_size, model=engine.module, progress=eng.is_main_process(),
-        )
+        rollout = _rollout(session, step, "sample", first_row)
 
     # 2 score: every reward function on every completion; a raising reward yields NaN for its rows.
     with timer("score"):
         scores = session.scorer.score(rollout.prompts, rollout.completions, rollout.problems)
         rewards = weighted_reward_sum(scores.per_func, torch.tensor(cfg.rewards.weights))  # [N]
+    flat_frac = float(frac_zero_std(rewards, G))
+
+    # 2b DAPO dynamic sampling: replace flat groups by fresh prompts' groups that have signal. Every rank runs
+    # the same number of rounds (the prompt stream advances in lockstep).
+    rounds = 0
+    while algo.dynamic_sampling == "resample" and rounds < algo.max_resample_rounds and _any_rank(
+            bool(zero_std_groups(rewards, G).any())):
+        rounds += 1
+        with timer("rollout"), eng.gathered_parameters(engine):
+            extra = _rollout(session, step, f"sample{rounds}", first_row)
+        with timer("score"):
+            extra_scores = session.scorer.score(extra.prompts, extra.completions, extra.problems)
+            extra_rewards = weighted_reward_sum(extra_scores.per_func, torch.tensor(cfg.rewards.weights))
+            rows = refill_rows(rewards, extra_rewards, G)
+            rollout = concat_rollouts(rollout, extra, lm.pad_id).select(rows)
+            rollout = dataclasses.replace(rollout, group_ids=torch.arange(b_local).repeat_interleave(G))
+            scores = scores.concat(extra_scores).select(rows)
+            rewards = torch.cat([rewards, extra_rewards])[rows]
 
     # 3 advantages; groups whose rewards are all equal carry no signal and are left out of the loss (DAPO).
     with timer("advantages"):
         advantages = compute_advantages(rewards, G, algo.advantage, algo.scale_rewards)  # [N]
         signal = torch.ones_like(rewards, dtype=torch.bool)
-        if algo.dynamic_sampling == "skip":
+        if algo.dynamic_sampling != "keep":
             signal = torch.zeros_like(signal).index_fill_(0, rows_with_signal(rewards, G), True)
 
     # 4 old/reference likelihoods under shared mask draws (one draw per iteration if masks are resampled).
@@ -183,6 +202,8 @@ def train_step(session: Session, step: int) -> dict[str, float]:
         metrics = {**reward_metrics(rewards, G, scores.per_func, list(scores.names)), **update_metrics,
                    **sandbox_metrics(scores), **completion_metrics(rollout, signal, lm.eos_id)}
         metrics["reward/errors"] = float(len(scores.errors))
+        metrics["reward/frac_zero_std_before_resample"] = flat_frac
+        metrics["reward/resample_rounds"] = float(rounds)
         rows = rollout_rows(rollout, scores, rewards, advantages)
         if eng.is_main_process():
             save_rollouts(session.run_dir, step, rows)
@@ -202,6 +223,38 @@ def train_step(session: Session, step: int) -> dict[str, float]:
 
 def sampler_config(cfg: RunConfig) -> SamplerConfig:
     return cfg.sampler
+
+
+def _rollout(session: Session, step: int, phase: str, first_row: int) -> Rollout:
+    """This rank's slice of the next global prompt batch, G completions each, randomness keyed by global row."""
+    cfg, lm, G = session.cfg, session.lm, session.cfg.algo.num_generations
+    b_local = cfg.train.prompts_per_step // eng.world_size()
+    batch = session.stream.next(cfg.train.prompts_per_step)  # one global order; each rank takes its slice
+    mine = slice(eng.rank() * b_local, (eng.rank() + 1) * b_local)
+    return generate_rollouts(
+        lm, batch.problems[mine], batch.texts[mine], G, sampler_config(cfg),
+        lambda row: row_generator(cfg.seed, step, phase, first_row + row, lm.device),
+        cfg.train.rollout_batch_size, model=session.engine.module, progress=eng.is_main_process(),
+    )
+
+
+def _any_rank(flag: bool) -> bool:
+    return bool(eng.all_reduce_mean(torch.tensor([float(flag)])) > 0)
+
+
+def refill_rows(rewards: torch.Tensor, extra_rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """Row indices into [rows, extra rows] that put extra groups with signal in place of flat groups (in order).
+
+    rewards: [N], extra_rewards: [M] (both grouped contiguously by num_generations). Returns [N] int64.
+    """
+    G = num_generations
+    flat = zero_std_groups(rewards, G).tolist()  # [B]
+    donors = [g for g, is_flat in enumerate(zero_std_groups(extra_rewards, G).tolist()) if not is_flat]
+    rows = []
+    for g, is_flat in enumerate(flat):
+        source = len(rewards) + donors.pop(0) * G if is_flat and donors else g * G
+        rows.extend(range(source, source + G))
+    return torch.tensor(rows)
 
 
 def row_generator(seed: int, step: int, phase: str, row: int, device: torch.device) -> torch.Generator:

@@ -14,6 +14,7 @@ from rlwork.trainer import (
     _elbo,
     draw_masks_for,
     old_and_ref_logps,
+    refill_rows,
     sampler_config,
     setup,
     train,
@@ -24,6 +25,11 @@ REWARDS = '''
 def varied(prompts, completions, **columns):
     """Varies within a group for a random model: fraction of letters among the completion's characters."""
     return [sum(c.isalpha() for c in text) / max(len(text), 1) for text in completions]
+
+
+def half_flat(prompts, completions, **columns):
+    """Flat (0.5) for every completion of prompts with an even length: those groups carry no signal."""
+    return [0.5 if len(p) % 2 == 0 else varied([p], [c])[0] for p, c in zip(prompts, completions)]
 
 
 def broken(prompts, completions, **columns):
@@ -155,3 +161,25 @@ def test_resume_reproduces_the_next_step(tmp_path, reward_module):
 def test_bad_config_fails_before_compute(tmp_path):
     with pytest.raises(ValueError, match="num_generations=1"):
         load_config(None, ["algo.num_generations=1"])
+
+
+def test_refill_rows_puts_signal_groups_in_place_of_flat_ones():
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])  # G=2: flat, signal, flat
+    extra = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0, 0.0])  # flat, signal, signal (rows 6..11 of the concat)
+    assert refill_rows(rewards, extra, 2).tolist() == [8, 9, 2, 3, 10, 11]
+    few = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0])  # one donor only: the second flat group stays
+    assert refill_rows(rewards, few, 2).tolist() == [10, 11, 2, 3, 4, 5]
+
+
+def test_resample_replaces_flat_groups(tmp_path, reward_module):
+    cfg = tiny_cfg(tmp_path, "rewards.functions=[my_rewards:half_flat]", "algo.dynamic_sampling=resample",
+                   "train.prompts_per_step=4", "algo.num_generations=2", "algo.max_resample_rounds=3")
+    session = setup(cfg)
+    try:
+        m = train_step(session, 0)
+    finally:
+        session.close()
+    assert m["reward/frac_zero_std_before_resample"] > 0  # this data has flat groups to replace
+    assert m["reward/resample_rounds"] >= 1
+    assert m["reward/frac_zero_std"] < m["reward/frac_zero_std_before_resample"]
+    assert session.stream.state()["position"] == 4 * (1 + int(m["reward/resample_rounds"]))
