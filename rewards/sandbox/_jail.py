@@ -77,6 +77,12 @@ def close_except(keep: set) -> None:
         low = fd + 1
 
 
+def set_name(name: str) -> None:
+    """The process name `ps` and `perf` show (PR_SET_NAME, at most 15 bytes)."""
+    _libc.prctl(ctypes.c_int(15), ctypes.c_char_p(name.encode()[:15]), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                ctypes.c_ulong(0))
+
+
 def set_rlimits(limits: dict) -> None:
     """Hard limits (soft = hard), so the program cannot raise them back."""
     for name, value in limits.items():

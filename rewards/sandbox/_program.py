@@ -81,6 +81,7 @@ def _serve(ns: dict, req: int, send) -> None:
 def _harden(job: dict, cfg: dict, fds: dict, cgroups) -> None:
     lim = job["limits"]
     os.setsid()  # kill(0, ...) from the program reaches only its own group
+    _jail.set_name("sbx-program")
     if cfg["namespaces"]:
         _jail.unshare(_jail.CLONE_NEWNS)  # its /proc and /tmp mounts live and die with it
         _jail.mount("proc", "/proc", "proc", _jail.MS_NOSUID | _jail.MS_NODEV | _jail.MS_NOEXEC)

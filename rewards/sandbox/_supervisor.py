@@ -336,6 +336,7 @@ class _Slot:
 def slot_main(cfg: dict, cgroups, z_in: int, z_out: int, fd_sock: int) -> None:
     """A slot's loop: one job at a time from the zygote, until the zygote closes the link."""
     _jail.prctl(_jail.PR_SET_PDEATHSIG, signal.SIGKILL)
+    _jail.set_name("sbx-slot")
     slot = _Slot(cfg, cgroups, z_in, z_out, fd_sock)
     reader = wire.FrameReader()
     while not slot.zygote_gone:
@@ -352,6 +353,7 @@ def slot_main(cfg: dict, cgroups, z_in: int, z_out: int, fd_sock: int) -> None:
 def _forker(cfg: dict, cgroups, job_r: int, ctl: socket.socket) -> None:
     """Forks each program into a fresh PID namespace, hands its pipes to the supervisor, reports its exit status."""
     _jail.prctl(_jail.PR_SET_PDEATHSIG, signal.SIGKILL)
+    _jail.set_name("sbx-forker")
     reader = wire.FrameReader()
     while True:
         data = os.read(job_r, 1 << 20)

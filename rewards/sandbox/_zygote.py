@@ -306,6 +306,7 @@ def main() -> None:
     # (and so copying) every page the zygote shares with them after the fork.
     gc.collect()
     gc.freeze()
+    _jail.set_name("sbx-zygote")
     zygote = Zygote(cfg, cgroups)
     zygote.emit({"t": "ready", "layers": layers, "cgroup_paths": cfg["cgroup_paths"], "pid": os.getpid()})
     try:

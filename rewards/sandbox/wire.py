@@ -25,6 +25,7 @@ import struct
 TAGS = ("__tuple__", "__set__", "__frozenset__", "__dict__", "__bytes__", "__float__", "__complex__", "__int__",
         "__unserialisable__")
 MAX_FRAME = 64 << 20
+_JSON_INT_LIMIT = 10**4000  # computed once: as a literal in encode() it was recomputed for every int
 _HEADER = struct.Struct(">I")
 
 
@@ -53,7 +54,7 @@ def encode(value, _depth: int = 0):
     if value is None or t is bool or t is str:
         return value
     if t is int:
-        return value if abs(value) < 10**4000 else {"__int__": format(value, "x")}
+        return value if -_JSON_INT_LIMIT < value < _JSON_INT_LIMIT else {"__int__": format(value, "x")}
     if t is float:
         return value if math.isfinite(value) else {"__float__": repr(value)}
     if t is list:
