@@ -183,3 +183,34 @@ def test_load_with_hostile_tenth_stays_whole(evaluator):
     assert not _sandbox_pids(baseline)
     assert not _busy_cgroups(evaluator.sandbox.cgroup_paths)
     assert {n for n in os.listdir("/tmp") if n.startswith("rlwork")} == tmp_before
+
+
+# The marker below, shifted by one byte value, so that no program source holds the marker itself.
+_MARKER_SHIFTED = "tcy.uftu.tfdsfu.8g4b"  # shift("sbx-test-secret-7f3a")
+MEMORY_SCAN = f'''
+import ctypes
+
+
+def probe():
+    """How often the marker occurs in this process's anonymous memory (seen through a +1 byte shift)."""
+    shift = bytes(range(1, 256)) + bytes([0])
+    needle = "{_MARKER_SHIFTED}".encode()
+    with open("/proc/self/maps") as maps:
+        regions = [line.split() for line in maps]
+    found = 0
+    for r in regions:
+        lo, hi = (int(x, 16) for x in r[0].split("-"))
+        if r[1].startswith("r") and (len(r) < 6 or r[5] in ("[heap]", "[stack]")) and hi - lo < 1 << 28:
+            found += ctypes.string_at(lo, hi - lo).translate(shift).count(needle)
+    return found
+'''
+PROBE_TEST = spec.AssertSpec("probe", code="def check(candidate):\n    marker = 'sbx-test-secret-7f3a'\n"
+                                           "    assert candidate() == 0, marker\n")
+
+
+def test_test_code_never_enters_the_program_memory(evaluator):
+    # Twelve runs, so that slots are reused after they ran this test code; the last program carries the marker in
+    # its own source, which shows the scan would see it.
+    programs = [MEMORY_SCAN] * 12 + [MEMORY_SCAN + "# sbx-test-secret-7f3a\n"]
+    outcomes = evaluator.evaluate(programs, [PROBE_TEST] * 13)
+    assert [o.category for o in outcomes] == ["passed"] * 12 + ["wrong_answer"], [o.detail for o in outcomes]
