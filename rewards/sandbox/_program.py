@@ -1,6 +1,6 @@
 """The sandboxed program process: harden, load the model's code, answer call requests with plain data.
 
-Runs in the child the supervisor forks (see `_supervisor.py`); loaded into the runner by source. It
+Runs in the child a slot's forker forks (see `_supervisor.py`); loaded into the runner by source. It
 never sees expected outputs or test code: those reach the supervisor only after this fork.
 """
 

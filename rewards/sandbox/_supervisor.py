@@ -172,7 +172,6 @@ class Supervisor:
             self.load = msg
         elif t == "loaded" and self.names is None:
             self.names = [str(n) for n in msg.get("names", [])][:1000]
-            self._emit({"t": "loaded", "names": self.names})
             self._next_call()
         elif t == "result" and self.job["mode"] == "assert":
             self.answers[msg.get("seq")] = {k: msg[k] for k in ("ok", "exc", "detail") if k in msg}
@@ -284,6 +283,7 @@ class Supervisor:
         if "workdir" in self.job:
             shutil.rmtree(self.job["workdir"], ignore_errors=True)
         self._emit({"t": "end", "category": category, "detail": str(detail)[:500], "elapsed": round(elapsed, 4),
+                    "names": self.names,
                     "stdout": self.out.decode("utf-8", "replace"), "stderr": self.err.decode("utf-8", "replace")})
 
 

@@ -323,7 +323,9 @@ class Sandbox:
                 theirs.close()
             mine.setblocking(False)
             chan = _Channel(sock=mine, index=index, outbuf=wire.frame(job.tests))
-            sel.register(mine, selectors.EVENT_READ | selectors.EVENT_WRITE, chan)
+            with contextlib.suppress(BlockingIOError):  # usually all of it fits in the socket buffer now
+                chan.outbuf = chan.outbuf[mine.send(chan.outbuf):]
+            sel.register(mine, selectors.EVENT_READ | (selectors.EVENT_WRITE if chan.outbuf else 0), chan)
         self._outq.put(wire.frame({
             "op": "run", "id": job_id, "mode": job.mode, "code": job.code, "entry_point": job.entry_point,
             "calls": job.calls, "stdin": job.stdin, "channel": chan is not None,
@@ -367,14 +369,12 @@ class Sandbox:
             if i is None:
                 continue
             t = fr["t"]
-            if t == "loaded":
-                runs[i].names = fr["names"]
-            elif t == "result":
+            if t == "result":
                 runs[i].results[fr["seq"]] = {k: fr[k] for k in ("ok", "exc", "detail") if k in fr}
             elif t == "end" and fr["id"] not in ended:
                 ended.add(fr["id"])
                 r = runs[i]
-                r.category, r.detail = fr["category"], fr.get("detail", "")
+                r.category, r.detail, r.names = fr["category"], fr.get("detail", ""), fr.get("names")
                 r.stdout, r.stderr, r.elapsed = fr.get("stdout", ""), fr.get("stderr", ""), fr.get("elapsed", 0)
         return True
 
