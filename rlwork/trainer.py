@@ -45,6 +45,11 @@ from rlwork.scoring import RewardScorer, rollout_rows, sandbox_metrics
 from rlwork.sft import select_rows
 from rlwork.tracking import make_tracker, reduce_metrics, save_rollouts
 
+UPDATE_KEYS = ("policy/clipfrac_low", "policy/clipfrac_high", "policy/clipfrac", "policy/ratio_mean",
+               "policy/ratio_min", "policy/ratio_max", "policy/kl", "policy/loss", "optim/grad_norm",
+               "optim/skipped_updates", "optim/lr", "elbo/std", "elbo/mean_per_token")
+"""What phase 5 logs; a step without any signal logs them as NaN (JSONL null), so every step has the same keys."""
+
 
 class PhaseTimer:
     """Wall-clock seconds per named phase of one step (`perf/<phase>_s`)."""
@@ -193,9 +198,15 @@ def train_step(session: Session, step: int) -> dict[str, float]:
                  for d in range(num_draws)]
         old, ref = old_and_ref_logps(cfg, lm, engine, session.ref_policy, rollout, draws)
 
-    # 5 policy updates: num_iterations passes, gradient accumulation over micro-batches.
+    # 5 policy updates: num_iterations passes, gradient accumulation over micro-batches. With no signal on any
+    # rank there is nothing to learn, and an optimizer step on zero gradients would still move the weights
+    # (Adam's momentum), so every rank skips the phase together.
     with timer("update"):
-        update_metrics = policy_updates(cfg, lm, engine, rollout, advantages, signal, draws, old, ref)
+        if _any_rank(bool(signal.any())):
+            update_metrics = policy_updates(cfg, lm, engine, rollout, advantages, signal, draws, old, ref)
+        else:
+            update_metrics = {k: math.nan for k in UPDATE_KEYS if k != "policy/kl" or ref is not None}
+        update_metrics["optim/no_signal_step"] = float(not signal.any())
 
     # 6 log: metrics reduced across ranks, rollouts saved, completions table every few steps.
     with timer("log"):

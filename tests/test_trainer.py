@@ -183,3 +183,16 @@ def test_resample_replaces_flat_groups(tmp_path, reward_module):
     assert m["reward/resample_rounds"] >= 1
     assert m["reward/frac_zero_std"] < m["reward/frac_zero_std_before_resample"]
     assert session.stream.state()["position"] == 4 * (1 + int(m["reward/resample_rounds"]))
+
+
+def test_a_step_without_signal_leaves_the_adapter_alone(tmp_path, reward_module):
+    cfg = tiny_cfg(tmp_path, "rewards.functions=[format]", "algo.dynamic_sampling=skip")  # 0 for every sample
+    session = setup(cfg)
+    lora0, _ = _params(session)
+    try:
+        m = train_step(session, 0)
+    finally:
+        session.close()
+    lora1, _ = _params(session)
+    assert m["optim/no_signal_step"] == 1.0 and math.isnan(m["policy/loss"])
+    assert all(torch.equal(lora0[n], lora1[n]) for n in lora0)
