@@ -80,7 +80,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     lm = load_diffusion_lm("tiny", "stable-diffcoder")
     ids, mask = humaneval_prompts(lm, args.batch, args.prompt_min, args.prompt_max, args.seed)
-    config = SamplerConfig(max_new_tokens=args.new_tokens, steps_per_block=args.steps_per_block)
+    config = SamplerConfig(max_new_tokens=args.new_tokens, steps_per_block=args.steps_per_block, temperature=0.0)
     uncached_config = dataclasses.replace(config, use_cache=False)
 
     runs = {
