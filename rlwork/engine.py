@@ -62,12 +62,17 @@ def init_distributed(backend: str | None = None) -> None:
 
     if dist.is_initialized():
         return
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    if backend == "nccl":
+        if backend == "nccl":
+            torch.cuda.set_device(0)
+        # One process needs no rendezvous: an in-memory store cannot lose a race for a TCP port (seen in CI:
+        # EADDRINUSE when another process took the "free" port between probing and binding).
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    elif backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     import deepspeed
 
