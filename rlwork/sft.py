@@ -9,7 +9,6 @@ target so the model learns to stop at variable lengths.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -17,18 +16,9 @@ import torch
 from torch import Tensor
 
 from rlwork.diffusion.elbo import elbo
-from rlwork.diffusion.masking import MaskDraw, draw_masks
+from rlwork.diffusion.masking import draw_masks
 from rlwork.models import DiffusionLM
 from rlwork.rollout import tokenize_prompts
-
-
-def select_rows(draw: MaskDraw, rows: slice | Tensor) -> MaskDraw:
-    """The draw restricted to some rows (a slice or [M] int64 indices): micro-batches keep the shared draws."""
-    return dataclasses.replace(
-        draw, masks=draw.masks[:, rows], weights=draw.weights[:, rows], ratios=draw.ratios[:, rows],
-        prompt_masks=None if draw.prompt_masks is None else draw.prompt_masks[:, rows],
-        block_offset=None if draw.block_offset is None else draw.block_offset[rows],
-    )
 
 
 def target_text(problem: dict[str, Any]) -> str:

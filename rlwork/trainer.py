@@ -36,13 +36,12 @@ from rlwork.advantages import (
 )
 from rlwork.config import RunConfig, SamplerConfig, to_dict
 from rlwork.diffusion.elbo import elbo
-from rlwork.diffusion.masking import MaskDraw, draw_masks
+from rlwork.diffusion.masking import MaskDraw, draw_masks, select_rows
 from rlwork.losses import policy_loss
 from rlwork.models import load_diffusion_lm
 from rlwork.prompts import PromptStream, load_split
 from rlwork.rollout import Rollout, concat_rollouts, generate_rollouts
 from rlwork.scoring import RewardScorer, rollout_rows, sandbox_metrics
-from rlwork.sft import select_rows
 from rlwork.tracking import make_tracker, reduce_metrics, save_rollouts
 
 UPDATE_KEYS = ("policy/clipfrac_low", "policy/clipfrac_high", "policy/clipfrac", "policy/ratio_mean",

@@ -21,6 +21,7 @@ Shape letters: S samples (= forward passes), N rows, P prompt length, L completi
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -125,6 +126,15 @@ class MaskDraw:
         estimators at equal `num_forwards` (e.g. mc with 4 samples vs coupled or stratified with 2 pairs).
         """
         return self.num_samples
+
+
+def select_rows(draw: MaskDraw, rows: slice | Tensor) -> MaskDraw:
+    """The draw restricted to some rows (a slice or [M] int64 indices): micro-batches keep the shared draws."""
+    return dataclasses.replace(
+        draw, masks=draw.masks[:, rows], weights=draw.weights[:, rows], ratios=draw.ratios[:, rows],
+        prompt_masks=None if draw.prompt_masks is None else draw.prompt_masks[:, rows],
+        block_offset=None if draw.block_offset is None else draw.block_offset[rows],
+    )
 
 
 def draw_masks(

@@ -143,3 +143,16 @@ def test_errors_name_the_fix():
     with pytest.raises(ValueError, match="shape"):
         MaskDraw("custom", torch.zeros(1, 2, 3, dtype=torch.bool), torch.zeros(1, 2), torch.zeros(1, 2, 3), None,
                  None, None)
+
+
+def test_select_rows_keeps_each_rows_draw():
+    from rlwork.diffusion.masking import select_rows
+
+    completion_mask = torch.ones(5, 8, dtype=torch.bool)
+    prompt_mask = torch.ones(5, 3, dtype=torch.bool)
+    draw = draw_masks("coupled", completion_mask, 2, 4, torch.Generator().manual_seed(0), prompt_mask=prompt_mask)
+    rows = torch.tensor([4, 1])
+    part = select_rows(draw, rows)
+    assert torch.equal(part.masks, draw.masks[:, rows]) and torch.equal(part.weights, draw.weights[:, rows])
+    assert torch.equal(part.block_offset, draw.block_offset[rows])
+    assert torch.equal(select_rows(draw, slice(1, 3)).ratios, draw.ratios[:, 1:3])
