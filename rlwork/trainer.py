@@ -215,6 +215,9 @@ def train_step(session: Session, step: int) -> dict[str, float]:
         metrics["reward/frac_zero_std_before_resample"] = flat_frac
         metrics["reward/resample_rounds"] = float(rounds)
         rows = rollout_rows(rollout, scores, rewards, advantages)
+        for row in rows:
+            row["group_id"] += eng.rank() * b_local  # global group ids across ranks
+        rows = _gather_rows(rows)  # every rank's rollouts reach the store, not only rank 0's
         if eng.is_main_process():
             save_rollouts(session.run_dir, step, rows)
             if step % cfg.train.table_every == 0:
@@ -246,6 +249,17 @@ def _rollout(session: Session, step: int, phase: str, first_row: int) -> Rollout
         lambda row: row_generator(cfg.seed, step, phase, first_row + row, lm.device),
         cfg.train.rollout_batch_size, model=session.engine.module, progress=eng.is_main_process(),
     )
+
+
+def _gather_rows(rows: list[dict]) -> list[dict]:
+    """All ranks' rollout records on every rank, in rank order (identity in one process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows
+    gathered: list[list[dict] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, rows)
+    return [row for part in gathered for row in part]
 
 
 def _any_rank(flag: bool) -> bool:

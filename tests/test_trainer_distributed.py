@@ -56,3 +56,11 @@ def test_two_ranks_match_one_process(tmp_path, zero):
     assert diffs.max() < 0.1 * LR, diffs.max()
     assert (diffs > 1e-6).float().mean() < 1e-3, (diffs > 1e-6).float().mean()
     assert any(not torch.all(t == 0) for n, t in adapter_one.items() if "lora_B" in n)  # the step did train
+    # both ranks' rollouts are stored, with global group ids, exactly as the single process stored them
+    import pyarrow.parquet as pq
+
+    stored = [pq.read_table(run / "rollouts" / "step_000000.parquet").to_pylist() for run in (tmp_path / "one",
+                                                                                            tmp_path / "two")]
+    assert len(stored[0]) == len(stored[1]) == 4
+    assert [(r["group_id"], r["completion"]) for r in stored[1]] == [(r["group_id"], r["completion"])
+                                                                     for r in stored[0]]
