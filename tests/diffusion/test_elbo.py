@@ -9,8 +9,6 @@ from rlwork.diffusion.elbo import block_elbo_loop, doubled_inputs, elbo
 from rlwork.diffusion.masking import ESTIMATORS, draw_masks
 from rlwork.models import DiffusionLM, load_diffusion_lm
 
-torch.set_num_threads(2)
-
 
 @pytest.fixture(scope="module")
 def block_lm():

@@ -20,15 +20,6 @@ LENGTHS = [5, 8, 11, 14, 3, 6]  # prompt lengths mod 4: 1, 0, 3, 2, 3, 2
 EOS_LENGTHS = [5, 8, 11, 14, 3, 6, 9, 13]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These forwards are tiny: one thread avoids OpenMP spin-waits on shared cores (20x slower when busy)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def ragged(lm: DiffusionLM, lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded random prompts of the given lengths: (ids [N, P], mask [N, P])."""
     g = torch.Generator().manual_seed(seed)
