@@ -88,6 +88,9 @@ class DataConfig:
     """Column mapping onto our schema, e.g. {prompt: question, tests: test_list}."""
     chat: bool = True
     """Render prompts through the tokenizer's chat template (Instruct-style)."""
+    prompt_style: Literal["instruct", "bare"] = "instruct"
+    """instruct: the problem wrapped in an instruction and the answer format (for Instruct checkpoints);
+    bare: the problem's own text alone (a model fine-tuned on exactly that format, like the tiny demo coder)."""
     skip_malformed: bool = False
     """Skip (and count) malformed rows instead of failing on the first one."""
     synthetic_train: int = 256

@@ -517,11 +517,19 @@ def format_instruction(problem: dict) -> str:
     return f"{text}\n\n{ANSWER_FORMAT}"
 
 
-def instruction_prompt(problem: dict, conversational: bool) -> str | list[dict]:
-    """The model's prompt: a user message (conversational) or plain instruction text; messages pass through."""
+PROMPT_STYLES = ("instruct", "bare")
+
+
+def instruction_prompt(problem: dict, conversational: bool, style: str = "instruct") -> str | list[dict]:
+    """The model's prompt: a user message (conversational) or plain text; messages pass through.
+
+    style "instruct" wraps the problem in `format_instruction`; "bare" uses the problem's own prompt text alone.
+    """
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"prompt style {style!r}: use one of {', '.join(PROMPT_STYLES)}")
     if isinstance(problem["prompt"], list):
         return problem["prompt"]
-    text = format_instruction(problem)
+    text = format_instruction(problem) if style == "instruct" else problem["prompt"]
     return [{"role": "user", "content": text}] if conversational else text
 
 

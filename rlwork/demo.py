@@ -43,7 +43,7 @@ def warm_start(cfg: RunConfig, progress: bool = True) -> Path:
     lm = load_diffusion_lm(str(base), cfg.model.family, trust_remote_code=True, dtype=cfg.model.dtype,
                            device=cfg.model.device)
     problems = load_split(cfg.data, "train", cfg.seed)
-    stream = PromptStream(problems, lm.tokenizer, chat=cfg.data.chat, seed=cfg.seed)
+    stream = PromptStream(problems, lm.tokenizer, chat=cfg.data.chat, seed=cfg.seed, style=cfg.data.prompt_style)
     s = cfg.sft
     losses = run_sft(lm, problems, stream.text, steps=s.steps, batch_size=s.batch_size, lr=s.learning_rate,
                      seed=cfg.seed, max_eos=s.max_eos, samples=s.samples, progress=progress)

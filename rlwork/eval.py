@@ -244,7 +244,8 @@ def run_eval(
     try:
         for name, checkpoint in zip(names, checkpoints, strict=True):
             lm = load_policy(cfg.model, checkpoint)
-            render = PromptStream(problems, lm.tokenizer, chat=cfg.data.chat, seed=cfg.seed).text
+            render = PromptStream(problems, lm.tokenizer, chat=cfg.data.chat, seed=cfg.seed,
+                                  style=cfg.data.prompt_style).text
             generator = torch.Generator(device=lm.device).manual_seed(cfg.seed)  # same draws for every policy
             results[name] = evaluate_passk(lm, problems, render, cfg.eval.num_samples, cfg.eval.ks,
                                            sampler_config(cfg), generator, cfg.train.rollout_batch_size,

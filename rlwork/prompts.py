@@ -41,8 +41,9 @@ class PromptBatch:
 class PromptStream:
     """Epochs of seeded permutations over the problems; `state()`/`load_state()` make resume exact."""
 
-    def __init__(self, problems: list[dict[str, Any]], tokenizer: Any, chat: bool, seed: int):
-        self.problems, self.tokenizer, self.chat, self.seed = problems, tokenizer, chat, seed
+    def __init__(self, problems: list[dict[str, Any]], tokenizer: Any, chat: bool, seed: int,
+                 style: str = "instruct"):
+        self.problems, self.tokenizer, self.chat, self.seed, self.style = problems, tokenizer, chat, seed, style
         self.epoch, self.position = 0, 0
         self._order = self._permutation(0)
 
@@ -51,7 +52,7 @@ class PromptStream:
         return torch.randperm(len(self.problems), generator=g).tolist()
 
     def text(self, problem: dict[str, Any]) -> str:
-        return render_prompt(self.tokenizer, instruction_prompt(problem, conversational=self.chat), self.chat)
+        return render_prompt(self.tokenizer, instruction_prompt(problem, self.chat, self.style), self.chat)
 
     def next(self, count: int) -> PromptBatch:
         picked = []

@@ -112,7 +112,7 @@ def setup(cfg: RunConfig, resume: bool = False) -> Session:
         micro_batch_size=cfg.train.micro_batch_size, deepspeed_config_path=cfg.train.deepspeed or "zero2",
     )
     stream = PromptStream(load_split(cfg.data, cfg.data.split, cfg.seed), lm.tokenizer, chat=cfg.data.chat,
-                          seed=cfg.seed)
+                          seed=cfg.seed, style=cfg.data.prompt_style)
     start_step = 0
     if resume and ckpt.latest_checkpoint(run_dir) is not None:
         start_step, _, data_state = ckpt.load_checkpoint(run_dir, engine)

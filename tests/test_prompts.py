@@ -37,6 +37,22 @@ def test_chat_rendering_goes_through_the_template():
     assert text.startswith("<u>") and text.endswith("<a>") and "f0" in text
 
 
+def test_bare_style_sends_the_problem_text_alone():
+    bare = PromptStream(_problems(1), _Tok(), chat=True, seed=0, style="bare").next(1).texts[0]
+    instruct = PromptStream(_problems(1), _Tok(), chat=True, seed=0).next(1).texts[0]
+    assert bare == "<u>def f0(x):\n<a>"
+    assert "Answer with the complete code" in instruct and len(instruct) > len(bare)
+    with pytest.raises(ValueError, match="prompt style 'plain'"):
+        PromptStream(_problems(1), _Tok(), chat=True, seed=0, style="plain").next(1)
+
+
+def test_prompt_style_is_checked_at_config_load():
+    from rlwork.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="prompt_style"):
+        load_config(None, ["data.prompt_style=plain"])
+
+
 def test_synthetic_splits_load_and_are_disjoint():
     cfg = DataConfig(synthetic_train=16, synthetic_heldout=8)
     train, heldout = load_split(cfg, "train", seed=0), load_split(cfg, "heldout", seed=0)
