@@ -17,8 +17,6 @@ from rewards.sandbox._jail import write_all
 
 def run_program(job: dict, cfg: dict, fds: dict, cgroups) -> None:
     """Child side (never returns): harden this process, load the model's code, answer calls with plain data."""
-    import time as _t
-    T = [_t.perf_counter(), _t.process_time()]
     resp = fds["resp_w"]
     send = lambda obj: write_all(resp, wire.frame(obj))
     try:
@@ -26,7 +24,6 @@ def run_program(job: dict, cfg: dict, fds: dict, cgroups) -> None:
     except BaseException as exc:  # our fault: report it as such, never run the code half-isolated
         send({"t": "setup_error", "detail": f"{type(exc).__name__}: {exc}"})
         os._exit(70)
-    T += [_t.perf_counter(), _t.process_time()]
     mode = job["mode"]
     ns = {"__name__": "__main__" if mode == "stdio" else "solution", "__builtins__": builtins}
     try:
@@ -37,7 +34,6 @@ def run_program(job: dict, cfg: dict, fds: dict, cgroups) -> None:
     except BaseException as exc:
         send({"t": "load_error", "category": "syntax_error", "detail": f"{type(exc).__name__}: {exc}"[:500]})
         os._exit(1)
-    T += [_t.perf_counter(), _t.process_time()]
     try:
         exec(code, ns)
     except SystemExit as exc:
@@ -58,8 +54,6 @@ def run_program(job: dict, cfg: dict, fds: dict, cgroups) -> None:
         send({"t": "load_error", "category": "runtime_error", "detail": f"entry point {entry!r} is not defined"})
         os._exit(1)
     send({"t": "loaded", "names": names})
-    T += [_t.perf_counter(), _t.process_time()]
-    os.write(2, ("TIMES " + " ".join(f"{(T[i]-T[i-2])*1e6:.0f}" for i in range(2, len(T))) + "\n").encode())
     _serve(ns, fds["req_r"], send)
 
 
