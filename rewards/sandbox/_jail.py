@@ -6,7 +6,6 @@ which layers are active instead of assuming them.
 
 import ctypes
 import os
-import platform
 import resource
 import struct
 
@@ -26,26 +25,49 @@ PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, PR_SET_DUMPABLE = 1, 38, 
 SECCOMP_MODE_FILTER = 2
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_MACHINE = os.uname().machine
+
+
+def _typed(name: str, *argtypes):
+    """A libc function typed once, so that a call converts its arguments in C instead of building ctypes objects in
+    Python each time (these calls run in every program between its fork and the model's code)."""
+    fn = _libc[name]  # a new function object: _libc.<name> is shared and untyped
+    fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    return fn
+
+
+_c_int, _c_ulong, _c_str = ctypes.c_int, ctypes.c_ulong, ctypes.c_char_p
+_prctl = _typed("prctl", _c_int, _c_ulong, _c_ulong, _c_ulong, _c_ulong)
+_prctl_name = _typed("prctl", _c_int, _c_str, _c_ulong, _c_ulong, _c_ulong)
+_unshare = _typed("unshare", _c_int)
+_setns = _typed("setns", _c_int, _c_int)
+_mount = _typed("mount", _c_str, _c_str, _c_str, _c_ulong, _c_str)
+
+
+def _raise(what: str) -> None:
+    err = ctypes.get_errno()
+    raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
 def _check(ret: int, what: str) -> None:
     if ret != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
+        _raise(what)
 
 
 def unshare(flags: int) -> None:
-    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+    if _unshare(flags):
+        _raise("unshare")
 
 
 def setns(fd: int, nstype: int) -> None:
-    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+    if _setns(fd, nstype):
+        _raise("setns")
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     enc = lambda s: None if s is None else s.encode()
-    ret = _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data))
-    _check(ret, f"mount {target}")
+    if _mount(enc(source), enc(target), enc(fstype), flags, enc(data)):
+        _raise(f"mount {target}")
 
 
 def umount2(target: str, flags: int) -> None:
@@ -53,13 +75,17 @@ def umount2(target: str, flags: int) -> None:
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
-    nr = {"x86_64": 155, "aarch64": 41}[platform.machine()]
+    nr = {"x86_64": 155, "aarch64": 41}[_MACHINE]
     _check(_libc.syscall(ctypes.c_long(nr), new_root.encode(), put_old.encode()), "pivot_root")
 
 
 def prctl(option: int, arg: int) -> None:
-    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0),
-                       ctypes.c_ulong(0)), f"prctl {option}")
+    if _prctl(option, arg, 0, 0, 0):
+        _raise(f"prctl {option}")
+
+
+def malloc_trim() -> None:
+    _libc.malloc_trim(0)
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -79,8 +105,7 @@ def close_except(keep: set) -> None:
 
 def set_name(name: str) -> None:
     """The process name `ps` and `perf` show (PR_SET_NAME, at most 15 bytes)."""
-    _libc.prctl(ctypes.c_int(15), ctypes.c_char_p(name.encode()[:15]), ctypes.c_ulong(0), ctypes.c_ulong(0),
-                ctypes.c_ulong(0))
+    _prctl_name(15, name.encode()[:15], 0, 0, 0)
 
 
 def set_rlimits(limits: dict) -> None:
@@ -119,7 +144,7 @@ _RET_ALLOW, _RET_KILL, _EPERM, _ENOSYS = 0x7FFF0000, 0x80000000, 1, 38
 def seccomp_program(machine: str | None = None) -> bytes:
     """Classic-BPF seccomp filter: wrong arch -> kill; denied syscalls and namespace-creating clone -> EPERM;
     clone3 -> ENOSYS (libc falls back to clone, whose flags we can inspect); everything else allowed."""
-    machine = machine or platform.machine()
+    machine = machine or _MACHINE
     if machine not in _DENY:
         raise OSError(f"no seccomp syscall table for {machine}")
     arch, nr_clone, nr_clone3 = _ARCH[machine]

@@ -9,18 +9,35 @@ import contextlib
 import io
 import os
 import signal
+import socket
 import sys
 
 from rewards.sandbox import _jail, wire
 from rewards.sandbox._jail import write_all
 
+# Set once in the forker, inherited by every program (see `_supervisor._forker`).
+DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, signal.SIGCHLD)
+ENVIRONMENT = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+_SIGKILL = int(signal.SIGKILL)
 
-def run_program(job: dict, cfg: dict, fds: dict, cgroups) -> None:
-    """Child side (never returns): harden this process, load the model's code, answer calls with plain data."""
-    resp = fds["resp_w"]
+
+def run_program(cfg: dict, job_r: int, ctl, cgroups) -> None:
+    """Child side (never returns): wait for the job, hand the supervisor this process's pipes and pidfd, harden,
+    load the model's code, answer calls with plain data."""
+    _jail.prctl(_jail.PR_SET_PDEATHSIG, _SIGKILL)
+    _jail.set_name("sbx-program")
+    job = _read_job(job_r)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    req_r, req_w = os.pipe()
+    resp_r, resp = os.pipe()
+    pidfd = os.pidfd_open(os.getpid())  # PID 1 of its own namespace: its own pid there
+    socket.send_fds(ctl, [b"fds"], [out_r, err_r, req_w, resp_r, pidfd])
+    for fd in (out_r, err_r, req_w, resp_r, pidfd):
+        os.close(fd)
     send = lambda obj: write_all(resp, wire.frame(obj))
     try:
-        _harden(job, cfg, fds, cgroups)
+        _harden(job, cfg, {"out_w": out_w, "err_w": err_w, "req_r": req_r, "resp_w": resp}, cgroups)
     except BaseException as exc:  # our fault: report it as such, never run the code half-isolated
         send({"t": "setup_error", "detail": f"{type(exc).__name__}: {exc}"})
         os._exit(70)
@@ -54,7 +71,18 @@ def run_program(job: dict, cfg: dict, fds: dict, cgroups) -> None:
         send({"t": "load_error", "category": "runtime_error", "detail": f"entry point {entry!r} is not defined"})
         os._exit(1)
     send({"t": "loaded", "names": names})
-    _serve(ns, fds["req_r"], send)
+    _serve(ns, req_r, send)
+
+
+def _read_job(job_r: int) -> dict:
+    reader = wire.FrameReader()
+    while True:
+        data = os.read(job_r, 1 << 16)
+        if not data:  # the slot is gone
+            os._exit(0)
+        frames = reader.feed(data)
+        if frames:
+            return frames[0]
 
 
 def _serve(ns: dict, req: int, send) -> None:
@@ -81,7 +109,6 @@ def _serve(ns: dict, req: int, send) -> None:
 def _harden(job: dict, cfg: dict, fds: dict, cgroups) -> None:
     lim = job["limits"]
     os.setsid()  # kill(0, ...) from the program reaches only its own group
-    _jail.set_name("sbx-program")
     if cfg["namespaces"]:
         _jail.unshare(_jail.CLONE_NEWNS)  # its /proc and /tmp mounts live and die with it
         _jail.mount("proc", "/proc", "proc", _jail.MS_NOSUID | _jail.MS_NODEV | _jail.MS_NOEXEC)
@@ -98,8 +125,6 @@ def _harden(job: dict, cfg: dict, fds: dict, cgroups) -> None:
     os.dup2(fds["out_w"], 1)
     os.dup2(fds["err_w"], 2)
     _jail.close_except({0, 1, 2, fds["req_r"], fds["resp_w"]})
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
     mem = lim["memory_mb"] << 20
     _jail.set_rlimits({"RLIMIT_AS": mem, "RLIMIT_DATA": mem, "RLIMIT_CPU": int(lim["timeout"]) + 1,
                        "RLIMIT_FSIZE": lim["disk_mb"] << 20, "RLIMIT_NOFILE": 64, "RLIMIT_CORE": 0,
@@ -108,11 +133,8 @@ def _harden(job: dict, cfg: dict, fds: dict, cgroups) -> None:
         _jail.drop_privileges(cfg["uid"], cfg["gid"])
         if not cgroups.dirs:
             _jail.set_rlimits({"RLIMIT_NPROC": 64})  # fallback only: it counts every process of the uid
-    _jail.prctl(_jail.PR_SET_PDEATHSIG, signal.SIGKILL)
     _jail.prctl(_jail.PR_SET_DUMPABLE, 0)
     os.chdir("/tmp" if cfg["namespaces"] else job["workdir"])
-    os.environ.clear()
-    os.environ.update({"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp"})
     if cfg["seccomp"]:
         cfg["seccomp_filter"].install()
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8", errors="replace")

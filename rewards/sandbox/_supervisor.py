@@ -4,12 +4,13 @@ Runs under the system Python, loaded by source (see `pool.py`). Process tree:
 
     zygote   trusted; private mount/net/ipc/uts namespaces, minimal read-only root; never runs model code
       slot (supervisor)   trusted, persistent, own session; deadline, output caps, calls, assert-style tests
-        forker            trusted, persistent; forks each program, reaps it, reports its exit status
+        forker            trusted, persistent; keeps the next program forked ahead, reaps it, reports its exit status
           program         PID 1 of its own PID and mount namespaces; cgroups, hard rlimits, nobody, seccomp
 
-The supervisor never forks after it has seen a job, and the forker never receives test code, so the
+The supervisor never forks after it has seen a job, and the forker never receives a job at all, so the
 program's memory (a copy of the forker's) holds no test code or expected values, of this job or earlier
-ones. The forker hands the supervisor the program's pipes and a pidfd (SCM_RIGHTS): the supervisor talks to
+ones. The program, forked ahead, reads its own job (code, limits; no tests) and, still running our code and
+before it hardens itself, hands the supervisor its pipes and a pidfd (SCM_RIGHTS): the supervisor talks to
 the program directly and can kill it without racing pid reuse. For assert-style jobs the supervisor reads
 the test spec from the job's channel (a socket whose other end the parent holds; the zygote only passes it
 on) after the program is forked, and runs it against proxies of the program (`_tester.py`), so each
@@ -18,10 +19,8 @@ ended goes to the zygote.
 """
 
 import contextlib
-import json
 import os
-import selectors
-import shutil
+import select
 import signal
 import socket
 import time
@@ -64,13 +63,12 @@ class Supervisor:
             job["workdir"] = _make_workdir()
         self.t0 = time.monotonic()
         self.deadline = self.t0 + self.lim["timeout"]
-        self.pid, fds = self.slot.fork_program(job)
-        out_r, err_r, self.req_w, resp_r, self.pidfd = fds
-        self.sel = selectors.DefaultSelector()
+        out_r, err_r, self.req_w, resp_r, self.pidfd = self.slot.fork_program(job)
+        self.poll, self.watched = select.poll(), {}  # fd -> name
         for fd, name in ((out_r, "out"), (err_r, "err"), (resp_r, "resp")):
-            self.sel.register(fd, selectors.EVENT_READ, name)
+            self._watch(fd, name)
             self.open.add(name)
-        self.sel.register(self.slot.z_in, selectors.EVENT_READ, "z")
+        self._watch(self.slot.z_in, "z")
         self.readers = {"resp": wire.FrameReader(self.lim["output_bytes"] + (1 << 20)), "tests": wire.FrameReader()}
         try:
             if job["mode"] == "assert":
@@ -78,7 +76,6 @@ class Supervisor:
             self._pump(lambda: not self.open)
             self._reap()
         finally:
-            self.sel.close()
             self._close_req()
             os.close(self.pidfd)
         self._finish()
@@ -88,7 +85,7 @@ class Supervisor:
         channel = self.job["channel"]
         self._pump(lambda: self.names is not None or "resp" not in self.open)
         if self.names is not None:
-            self.sel.register(channel, selectors.EVENT_READ, "tests")
+            self._watch(channel, "tests")
             self.open.add("tests")
             self._pump(lambda: self.tests is not None or "tests" not in self.open or "resp" not in self.open)
         if self.tests is not None:
@@ -96,7 +93,7 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 write_all(channel, wire.frame({"t": "verdict", **verdict}))
         if "tests" in self.open:
-            self.sel.unregister(channel)
+            self._unwatch(channel)
             self.open.discard("tests")
         os.close(channel)
         self._close_req()
@@ -217,19 +214,28 @@ class Supervisor:
                 self._kill("timeout", f"wall-clock limit of {self.lim['timeout']}s reached")
                 self.deadline = float("inf")
                 continue
-            for key, _ in self.sel.select(min(timeout, 3600)):
-                self._on_readable(key.fd, key.data)
+            for fd, _ in self.poll.poll(min(timeout, 3600) * 1000):
+                if fd in self.watched:  # not unwatched earlier in this round
+                    self._on_readable(fd, self.watched[fd])
+
+    def _watch(self, fd: int, name: str) -> None:
+        self.poll.register(fd, select.POLLIN)
+        self.watched[fd] = name
+
+    def _unwatch(self, fd: int) -> None:
+        self.poll.unregister(fd)
+        del self.watched[fd]
 
     def _on_readable(self, fd: int, name: str) -> None:
         data = os.read(fd, 1 << 16)
         if name == "z":
             if not data:  # the zygote went away: stop the program
-                self.sel.unregister(fd)
+                self._unwatch(fd)
                 self._kill("sandbox_error", "runner lost its zygote")
                 self.slot.zygote_gone = True
             return
         if not data:
-            self.sel.unregister(fd)
+            self._unwatch(fd)
             if name != "tests":
                 os.close(fd)
             self.open.discard(name)
@@ -237,7 +243,7 @@ class Supervisor:
         if name in ("resp", "tests"):
             try:
                 msgs = self.readers[name].feed(data)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: a frame nested too deep for the JSON parser
                 msgs = [None]
             for msg in msgs:
                 if name == "tests":
@@ -281,6 +287,7 @@ class Supervisor:
         category, detail = self._classify()
         elapsed = time.monotonic() - self.t0
         if "workdir" in self.job:
+            import shutil  # only without namespaces; imported here to keep it (and bz2, lzma) out of every fork
             shutil.rmtree(self.job["workdir"], ignore_errors=True)
         self._emit({"t": "end", "category": category, "detail": str(detail)[:500], "elapsed": round(elapsed, 4),
                     "names": self.names,
@@ -312,15 +319,15 @@ class _Slot:
         os.close(job_r)
         self.ctl = ctl_slot
 
-    def fork_program(self, job: dict) -> tuple[int, list]:
-        """Have the forker start the program; returns (pid, [out_r, err_r, req_w, resp_r, pidfd])."""
+    def fork_program(self, job: dict) -> list:
+        """Hand the job to the program the forker keeps ready; returns its [out_r, err_r, req_w, resp_r, pidfd]."""
         write_all(self.job_w, wire.frame(job))
         msg, fds, _, _ = socket.recv_fds(self.ctl, 256, 5)
         if len(fds) != 5:
             for fd in fds:
                 os.close(fd)
             raise OSError(f"forker failed: {msg[:200]!r}")
-        return json.loads(msg)["pid"], fds
+        return fds
 
     def exit_status(self, timeout: float | None) -> int | None:
         self.ctl.settimeout(timeout)
@@ -330,7 +337,7 @@ class _Slot:
             return None
         if not msg:
             raise OSError("forker exited")
-        return json.loads(msg)["status"]
+        return int(msg)
 
 
 def slot_main(cfg: dict, cgroups, z_in: int, z_out: int, fd_sock: int) -> None:
@@ -340,7 +347,7 @@ def slot_main(cfg: dict, cgroups, z_in: int, z_out: int, fd_sock: int) -> None:
     slot = _Slot(cfg, cgroups, z_in, z_out, fd_sock)
     reader = wire.FrameReader()
     while not slot.zygote_gone:
-        data = os.read(z_in, 1 << 20)
+        data = os.read(z_in, 1 << 16)
         if not data:
             return
         for job in reader.feed(data):
@@ -351,36 +358,36 @@ def slot_main(cfg: dict, cgroups, z_in: int, z_out: int, fd_sock: int) -> None:
 
 
 def _forker(cfg: dict, cgroups, job_r: int, ctl: socket.socket) -> None:
-    """Forks each program into a fresh PID namespace, hands its pipes to the supervisor, reports its exit status."""
+    """Keeps the slot's next program forked ahead (fresh PID namespace, waiting for its job); reports its exit status.
+
+    The program reads its own job, makes its own pipes and hands them to the supervisor (`_program.py`), so this
+    loop touches very little memory: every page it writes while a program lives is a copy-on-write fault.
+    """
     _jail.prctl(_jail.PR_SET_PDEATHSIG, signal.SIGKILL)
     _jail.set_name("sbx-forker")
-    reader = wire.FrameReader()
+    # Set once here rather than in every program: default signal dispositions and the programs' environment.
+    for sig in _program.DEFAULT_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    os.environ.clear()
+    os.environ.update(_program.ENVIRONMENT)
+    namespaces, pidns_fd = cfg["namespaces"], cfg.get("pidns_fd")
+    unshare, setns, status_of = _jail.unshare, _jail.setns, b"%d".__mod__
     while True:
-        data = os.read(job_r, 1 << 20)
-        if not data:
+        if namespaces:
+            unshare(_jail.CLONE_NEWPID)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _program.run_program(cfg, job_r, ctl, cgroups)
+            finally:
+                os._exit(70)
+        if namespaces:
+            setns(pidns_fd, _jail.CLONE_NEWPID)  # so that the next unshare is allowed
+        _, status = os.waitpid(pid, 0)
+        try:
+            ctl.send(status_of(status))
+        except OSError:  # the slot is gone
             return
-        for job in reader.feed(data):
-            pipes = {n: os.pipe() for n in ("out", "err", "req", "resp")}
-            fds = {"out_w": pipes["out"][1], "err_w": pipes["err"][1], "req_r": pipes["req"][0],
-                   "resp_w": pipes["resp"][1]}
-            if cfg["namespaces"]:
-                _jail.unshare(_jail.CLONE_NEWPID)
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    _program.run_program(job, cfg, fds, cgroups)
-                finally:
-                    os._exit(70)
-            if cfg["namespaces"]:
-                _jail.setns(cfg["pidns_fd"], _jail.CLONE_NEWPID)  # so that the next unshare is allowed
-            for fd in fds.values():
-                os.close(fd)
-            mine = [pipes["out"][0], pipes["err"][0], pipes["req"][1], pipes["resp"][0], os.pidfd_open(pid)]
-            socket.send_fds(ctl, [json.dumps({"pid": pid}).encode()], mine)
-            for fd in mine:
-                os.close(fd)
-            _, status = os.waitpid(pid, 0)
-            ctl.send(json.dumps({"status": status}).encode())
 
 
 def _make_workdir() -> str:

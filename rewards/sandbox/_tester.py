@@ -35,11 +35,12 @@ def proxy(name: str, call):
     def candidate(*args, **kwargs):
         if kwargs:
             raise Unsupported("keyword arguments are not forwarded to the sandboxed program")
-        if _from_program_unserialisable(args):  # the program's own earlier answer was not plain data
-            raise TypeError(f"argument of {name}() is a non-plain value the program returned earlier")
-        tree = wire.encode(list(args))
-        if '"__unserialisable__"' in wire.dumps(tree).decode():
-            raise Unsupported(f"argument of {name}() is not plain data: {[type(a).__name__ for a in args]}")
+        try:
+            tree = wire.encode(list(args), strict=True)
+        except wire.NotPlain:
+            if _from_program_unserialisable(args):  # the program's own earlier answer was not plain data
+                raise TypeError(f"argument of {name}() is a non-plain value the program returned earlier") from None
+            raise Unsupported(f"argument of {name}() is not plain data: {[type(a).__name__ for a in args]}") from None
         msg = call(name, tree)
         if "exc" in msg:
             cls = getattr(builtins, msg["exc"], None)

@@ -256,7 +256,7 @@ class Sandbox:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0 or not sel.select(timeout):
                     return []
-                data = os.read(fd, 1 << 20)
+                data = os.read(fd, 1 << 16)
                 if not data:
                     return []
                 frames = self._reader.feed(data)
@@ -361,7 +361,7 @@ class Sandbox:
         chan.sock.close()
 
     def _on_zygote(self, ids: dict, ended: set, runs: list) -> bool:
-        data = os.read(self.proc.stdout.fileno(), 1 << 20)
+        data = os.read(self.proc.stdout.fileno(), 1 << 16)
         if not data:
             return False
         for fr in self._reader.feed(data):

@@ -46,8 +46,17 @@ class Unserialisable:
         return f"<unserialisable {self.type_name}>"
 
 
-def encode(value, _depth: int = 0):
-    """Python value -> JSON-able tree in the tagged form above (strict types, depth-limited)."""
+class NotPlain(ValueError):
+    """Raised by `encode(..., strict=True)` for a value with no plain-data form; .value is that value."""
+
+    def __init__(self, value):
+        super().__init__(f"{type(value).__name__} is not plain data")
+        self.value = value
+
+
+def encode(value, _depth: int = 0, strict: bool = False):
+    """Python value -> JSON-able tree in the tagged form above (strict types, depth-limited). Values with no plain
+    form become {"__unserialisable__": type name}, or raise NotPlain if strict."""
     if _depth > 200:
         raise ValueError("value nested deeper than 200 levels")
     t = type(value)
@@ -58,17 +67,19 @@ def encode(value, _depth: int = 0):
     if t is float:
         return value if math.isfinite(value) else {"__float__": repr(value)}
     if t is list:
-        return [encode(v, _depth + 1) for v in value]
+        return [encode(v, _depth + 1, strict) for v in value]
     if t is tuple:
-        return {"__tuple__": [encode(v, _depth + 1) for v in value]}
+        return {"__tuple__": [encode(v, _depth + 1, strict) for v in value]}
     if t is set or t is frozenset:
-        return {"__" + t.__name__ + "__": [encode(v, _depth + 1) for v in value]}
+        return {"__" + t.__name__ + "__": [encode(v, _depth + 1, strict) for v in value]}
     if t is dict:
-        return {"__dict__": [[encode(k, _depth + 1), encode(v, _depth + 1)] for k, v in value.items()]}
+        return {"__dict__": [[encode(k, _depth + 1, strict), encode(v, _depth + 1, strict)] for k, v in value.items()]}
     if t is bytes:
         return {"__bytes__": value.hex()}
     if t is complex:
         return {"__complex__": [encode(value.real), encode(value.imag)]}
+    if strict:
+        raise NotPlain(value)
     return {"__unserialisable__": t.__name__}
 
 
@@ -126,18 +137,24 @@ def _as_list(tag: str, body) -> list:
     return body
 
 
+# Built once: json.dumps/json.loads with arguments build a new encoder/decoder on every call (several per
+# candidate call in each process on the path).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_DECODE = json.JSONDecoder().decode
+
+
 def dumps(obj) -> bytes:
     """JSON-able tree -> compact UTF-8 bytes (no NaN literals: they are tagged)."""
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 def loads(data: bytes):
-    return json.loads(data)
+    return _DECODE(data.decode())
 
 
 def frame(obj) -> bytes:
     """One length-prefixed message (4-byte big-endian length + JSON)."""
-    body = dumps(obj)
+    body = _ENCODER.encode(obj).encode()
     return _HEADER.pack(len(body)) + body
 
 
@@ -149,6 +166,10 @@ class FrameReader:
         self.max_frame = max_frame
 
     def feed(self, data: bytes) -> list:
+        if not self.buf and len(data) >= 4:  # the usual case: exactly one whole frame, no copy into the buffer
+            (n,) = _HEADER.unpack_from(data)
+            if n + 4 == len(data) and n <= self.max_frame:
+                return [_DECODE(data[4:].decode())]
         self.buf += data
         out = []
         while len(self.buf) >= 4:
@@ -157,6 +178,6 @@ class FrameReader:
                 raise ValueError(f"frame of {n} bytes exceeds the {self.max_frame}-byte cap")
             if len(self.buf) < 4 + n:
                 break
-            out.append(json.loads(bytes(self.buf[4:4 + n])))
+            out.append(_DECODE(self.buf[4:4 + n].decode()))
             del self.buf[:4 + n]
         return out
