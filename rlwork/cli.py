@@ -32,8 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_args(p_train)
     p_train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     p_train.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
-    p_sft = sub.add_parser("sft", help="diffusion SFT warm start of the base (cached); prints the checkpoint path")
+    p_sft = sub.add_parser("sft", help="diffusion SFT (LoRA or full weights) into output_dir; prints its checkpoint")
     _add_config_args(p_sft)
+    p_sft.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    p_sft.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     p_cfg = sub.add_parser("config", help="print the resolved config as YAML")
     _add_config_args(p_cfg)
     p_export = sub.add_parser("export", help="merge a run's adapter into the base and write an HF checkpoint")
@@ -92,16 +94,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "rescore":
         return _rescore(cfg, args)
     if args.command == "sft":
-        from rlwork.demo import warm_start
-
-        print(warm_start(cfg))
-        return 0
+        return _sft(cfg, args.resume)
     if args.command == "demo":
         from rlwork.demo import run_demo
 
         print(json.dumps(run_demo(cfg)))
         return 0
     return 1
+
+
+def _sft(cfg, resume: bool) -> int:
+    from rlwork.checkpoint import latest_checkpoint
+    from rlwork.engine import is_main_process
+    from rlwork.sft_trainer import train_sft
+
+    metrics = train_sft(cfg, resume=resume)
+    if is_main_process():
+        final = latest_checkpoint(cfg.output_dir)
+        print(f"next: rlwork eval --checkpoint {cfg.output_dir} ...; rlwork export {cfg.output_dir} --out DIR, "
+              "then RL from DIR: rlwork train ... model.path=DIR model.trust_remote_code=true", file=sys.stderr)
+        print(json.dumps({"checkpoint": str(final), **{k: metrics[k] for k in ("sft/loss", "sft/epoch")
+                                                        if k in metrics}}))
+    return 0
 
 
 def _rescore(cfg, args) -> int:

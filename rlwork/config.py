@@ -294,22 +294,61 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SftConfig:
+    """Diffusion SFT (`rlwork sft`, the demo's warm start): the model's own ELBO of the data's reference solutions.
+
+    Model, data (`data.split`), engine (`train.deepspeed`), adapter sizes (`lora`), tracking and `output_dir` come
+    from their own sections, as for RL.
+    """
+
     steps: int = 300
-    """Optimizer steps of diffusion SFT (the warm start before RL)."""
+    """Optimizer steps."""
     batch_size: int = 16
-    """Problems per step."""
+    """Problems per optimizer step across all ranks (one global order; each rank trains on its slice)."""
+    micro_batch_size: int = 16
+    """Rows per forward/backward on one rank (at most its slice); gradients accumulate over the rest of the slice."""
     learning_rate: float = 2e-3
-    """AdamW peak learning rate (linear warm-up, cosine decay); full weights."""
+    """AdamW peak learning rate (linear warm-up, then `lr_schedule`)."""
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    """After warm-up: cosine decay towards 0 at the last step, or constant."""
+    warmup_steps: int | None = None
+    """Linear warm-up steps; null = max(1, steps // 20)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (a non-finite norm skips the update)."""
+    lora: bool = False
+    """Train LoRA adapters sized by the `lora` section; false = every weight (Stable-DiffCoder's own SFT)."""
     max_eos: int = 4
     """1..max_eos EOS tokens are appended to each target, so the model learns to stop (Stable-DiffCoder SFT)."""
     samples: int = 1
     """Mask draws per target per step."""
+    save_every: int = 100
+    """Checkpoint every N steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep (0 = all)."""
+    log_every: int = 10
+    """Print a one-line summary every N steps (every step goes to metrics.jsonl / W&B)."""
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.max_eos < 1 or self.samples < 1:
-            raise ConfigError("sft.steps, sft.batch_size, sft.max_eos and sft.samples must be >= 1")
+        for name in ("steps", "batch_size", "micro_batch_size", "max_eos", "samples", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"sft.{name}={getattr(self, name)}: must be >= 1")
         if self.learning_rate <= 0:
             raise ConfigError(f"sft.learning_rate={self.learning_rate}: must be positive")
+        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
+            raise ConfigError(f"sft.warmup_steps={self.warmup_steps}: use 0..sft.steps={self.steps}, or null "
+                              "for 5% of the steps")
+        if self.weight_decay < 0:
+            raise ConfigError(f"sft.weight_decay={self.weight_decay}: use 0 or a positive value")
+        if not self.max_grad_norm > 0:
+            raise ConfigError(f"sft.max_grad_norm={self.max_grad_norm}: must be positive (a large value = no clip)")
+        if self.keep_checkpoints < 0:
+            raise ConfigError(f"sft.keep_checkpoints={self.keep_checkpoints}: use 0 (keep all) or a positive count")
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up steps with the default resolved."""
+        return max(1, self.steps // 20) if self.warmup_steps is None else self.warmup_steps
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -7,10 +7,10 @@ everything that determines it, so later runs go straight to RL.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,42 +25,53 @@ def base_folder(cfg: RunConfig) -> Path:
 
 def warm_start_key(cfg: RunConfig) -> str:
     data = to_dict(cfg.data)
-    recipe = {"sft": to_dict(cfg.sft), "data": data, "model": str(base_folder(cfg)), "family": cfg.model.family,
-              "seed": cfg.seed, "tiny_build": BUILD_VERSION, "chat": cfg.data.chat}
+    bookkeeping = ("save_every", "keep_checkpoints", "log_every")  # they do not change the weights
+    sft = {k: v for k, v in to_dict(cfg.sft).items() if k not in bookkeeping}
+    recipe = {"sft": sft, "lora": to_dict(cfg.lora) if cfg.sft.lora else None, "data": data,
+              "model": str(base_folder(cfg)), "family": cfg.model.family, "seed": cfg.seed,
+              "tiny_build": BUILD_VERSION, "chat": cfg.data.chat}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def warm_start(cfg: RunConfig, progress: bool = True) -> Path:
-    """Full-weight diffusion SFT of the base on the training split's reference solutions; cached, atomic."""
-    from rlwork.models import load_diffusion_lm
-    from rlwork.prompts import PromptStream, load_split
-    from rlwork.sft import run_sft
+    """Diffusion SFT of the base on the training split's reference solutions (`rlwork.sft_trainer`, `cfg.sft`:
+    full weights unless sft.lora); cached by `warm_start_key`, published by one atomic rename.
 
-    target = cache_root() / "sft" / warm_start_key(cfg)
+    The result is a plain HF model folder (the base's modelling *.py next to the weights and tokenizer) to load as
+    `model.path`. The run itself lives in `.run-<key>` beside it until it is published, so a killed warm start
+    continues from its last checkpoint; a lock file keeps two demos from training the same key at once.
+    """
+    from rlwork.checkpoint import export_merged
+    from rlwork.sft_trainer import train_sft
+
+    root = cache_root() / "sft"
+    key = warm_start_key(cfg)
+    target = root / key
     if (target / "config.json").is_file():
         return target
-    base = base_folder(cfg)
-    lm = load_diffusion_lm(str(base), cfg.model.family, trust_remote_code=True, dtype=cfg.model.dtype,
-                           device=cfg.model.device)
-    problems = load_split(cfg.data, "train", cfg.seed)
-    stream = PromptStream(problems, lm.tokenizer, chat=cfg.data.chat, seed=cfg.seed, style=cfg.data.prompt_style)
-    s = cfg.sft
-    losses = run_sft(lm, problems, stream.text, steps=s.steps, batch_size=s.batch_size, lr=s.learning_rate,
-                     seed=cfg.seed, max_eos=s.max_eos, samples=s.samples, progress=progress)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".sft-", dir=target.parent))
-    try:
-        lm.model.save_pretrained(staging)
-        lm.tokenizer.save_pretrained(staging)
-        for code in base.glob("*.py"):  # remote modelling code travels with the checkpoint
-            shutil.copy(code, staging / code.name)
-        (staging / "sft_losses.json").write_text(json.dumps(losses))
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
+        if (target / "config.json").is_file():  # another process published it while we waited
+            return target
+        base = base_folder(cfg)
+        run_dir = root / f".run-{key}"
+        run_cfg = dataclasses.replace(
+            cfg, output_dir=str(run_dir),
+            model=dataclasses.replace(cfg.model, path=str(base), trust_remote_code=True),
+            train=dataclasses.replace(cfg.train, deepspeed=None),
+            tracking=dataclasses.replace(cfg.tracking, wandb=False),  # the demo's W&B run is the RL run
+            sft=dataclasses.replace(cfg.sft, log_every=max(cfg.sft.log_every, cfg.sft.steps // 10)),  # ~10 lines
+        )
+        train_sft(run_cfg, resume=True, progress=progress)
+        staging = root / f".export-{key}"
+        export_merged(run_dir, base, staging, trust_remote_code=True)  # merges a LoRA adapter; copies the *.py
+        metrics = (run_dir / "metrics.jsonl").read_text()
+        (staging / "sft_metrics.jsonl").write_text(metrics)
+        per_step = {row["step"]: row["sft/loss"] for row in map(json.loads, metrics.splitlines())}  # last wins
+        (staging / "sft_losses.json").write_text(json.dumps([per_step[k] for k in sorted(per_step)]))
         staging.rename(target)
-    except OSError:
-        if not (target / "config.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
     return target
 
 

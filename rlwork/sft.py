@@ -1,15 +1,18 @@
-"""Diffusion SFT warm start: maximise the model's own ELBO of reference solutions (completion tokens only).
+"""Diffusion SFT maths: maximise the model's own ELBO of reference solutions (completion tokens only).
 
 Block-causal models use the clipped per-block linear schedule with 1/u weights (Stable-DiffCoder's recipe);
 bidirectional ones the LLaDA schedule with 1/t weights: both come from `diffusion.masking.draw_masks("mc")`.
-The loss per batch is -sum(ELBO) / (completion tokens), a per-token negative ELBO (an upper bound on the
+The loss of a batch is -sum(ELBO) / (completion tokens), a per-token negative ELBO (an upper bound on the
 per-token negative log-likelihood). Like Stable-DiffCoder's SFT, 1 to `max_eos` EOS tokens are appended to each
-target so the model learns to stop at variable lengths.
+target so the model learns to stop at variable lengths. The training loop is `rlwork.sft_trainer`.
+
+Shape letters: N rows, P prompt length, L completion (target) length.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,9 +27,44 @@ from rlwork.rollout import tokenize_prompts
 def target_text(problem: dict[str, Any]) -> str:
     """The SFT target for a problem: its reference solution in one fenced Python block."""
     reference = problem.get("reference")
-    if not reference:
-        raise ValueError(f"task {problem.get('task_id')!r} has no 'reference' solution to fine-tune on")
+    if not isinstance(reference, str) or not reference.strip():
+        text = isinstance(reference, str) or reference is None
+        what = "no 'reference'" if text else f"a non-text 'reference' ({type(reference).__name__})"
+        raise ValueError(f"task {problem.get('task_id')!r} has {what} solution to fine-tune on")
     return f"```python\n{reference.rstrip()}\n```"
+
+
+def check_targets(problems: list[dict[str, Any]], source: str = "the data") -> None:
+    """Raise ValueError naming the first row whose reference solution is missing or not text (before any compute)."""
+    for i, problem in enumerate(problems):
+        try:
+            target_text(problem)
+        except ValueError as err:
+            raise ValueError(
+                f"row {i} of {source}: {err}. SFT trains on reference solutions: map a solution column with "
+                "data.columns (e.g. {reference: solution}) or use a dataset whose adapter provides one"
+            ) from None
+
+
+@dataclass(frozen=True)
+class SftBatch:
+    """Prompts and targets of N rows, tokenized.
+
+    Attributes:
+        prompt_ids: [N, P] int64, left-padded. prompt_mask: [N, P] bool.
+        completion_ids: [N, L] int64, right-padded; each target ends in 1..max_eos EOS tokens.
+        completion_mask: [N, L] bool; the target tokens (EOS included): the only tokens the loss scores.
+    """
+
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    completion_ids: Tensor
+    completion_mask: Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        """Real (non-pad) prompt and completion tokens."""
+        return int(self.prompt_mask.sum() + self.completion_mask.sum())
 
 
 def encode_targets(lm: DiffusionLM, texts: list[str], num_eos: list[int]) -> tuple[Tensor, Tensor]:
@@ -42,44 +80,47 @@ def encode_targets(lm: DiffusionLM, texts: list[str], num_eos: list[int]) -> tup
     return ids.to(lm.device), mask.to(lm.device)
 
 
-def sft_loss(lm: DiffusionLM, prompt_texts: list[str], targets: list[str], generator: torch.Generator,
-             max_eos: int = 4, num_samples: int = 1, model: torch.nn.Module | None = None) -> Tensor:
-    """Per-token negative ELBO of `targets` given `prompt_texts` (a 0-d tensor with grad)."""
+def make_batch(lm: DiffusionLM, prompt_texts: list[str], targets: list[str], generator: torch.Generator,
+               max_eos: int) -> SftBatch:
+    """Tokenize N prompts and targets; each target gets 1..max_eos EOS tokens drawn from `generator`."""
     num_eos = torch.randint(1, max_eos + 1, (len(targets),), generator=generator).tolist()
     prompt_ids, prompt_mask = tokenize_prompts(lm.tokenizer, prompt_texts, lm.pad_id, lm.device)
     completion_ids, completion_mask = encode_targets(lm, targets, num_eos)
-    draw = draw_masks("mc", completion_mask, num_samples, lm.block_size, generator, prompt_mask=prompt_mask)
-    out = elbo(lm, prompt_ids, prompt_mask, completion_ids, completion_mask, draw, model=model)
-    return -out.sequence.sum() / completion_mask.sum()
+    return SftBatch(prompt_ids, prompt_mask, completion_ids, completion_mask)
 
 
-def run_sft(lm: DiffusionLM, problems: list[dict[str, Any]], render, *, steps: int, batch_size: int, lr: float,
-            seed: int, max_eos: int = 4, samples: int = 1, log_every: int = 10, progress: bool = True) -> list[float]:
-    """Full-weight diffusion SFT of `lm.model` in place with AdamW; returns the loss per step.
+def negative_elbo(lm: DiffusionLM, batch: SftBatch, generator: torch.Generator, num_samples: int = 1,
+                  model: torch.nn.Module | None = None) -> Tensor:
+    """-ELBO of each row's target under `num_samples` fresh mask draws ("mc": the model's own SFT schedule).
 
-    `render(problem) -> prompt text` applies the same prompt format the RL trainer uses.
+    Returns [N] float32 with grad (sum over the row's target tokens; divide by tokens for a per-token loss).
     """
-    from tqdm.auto import tqdm
+    draw = draw_masks("mc", batch.completion_mask, num_samples, lm.block_size, generator,
+                      prompt_mask=batch.prompt_mask)
+    out = elbo(lm, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask, draw,
+               model=model)
+    return -out.sequence
 
-    gen = torch.Generator().manual_seed(seed)
-    params = [p for p in lm.model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / max(1, steps // 20)) * 0.5 * (1 + math.cos(math.pi * i / steps)))
-    lm.model.train()
-    losses = []
-    bar = tqdm(range(steps), desc="sft", disable=not progress)
-    for _ in bar:
-        idx = torch.randint(len(problems), (batch_size,), generator=gen).tolist()
-        batch = [problems[i] for i in idx]
-        loss = sft_loss(lm, [render(p) for p in batch], [target_text(p) for p in batch], gen, max_eos, samples)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        schedule.step()
-        losses.append(float(loss))
-        if len(losses) % log_every == 0:
-            bar.set_postfix(loss=sum(losses[-log_every:]) / log_every)
-    lm.model.eval()
-    return losses
+
+def sft_loss(lm: DiffusionLM, prompt_texts: list[str], targets: list[str], generator: torch.Generator,
+             max_eos: int = 4, num_samples: int = 1, model: torch.nn.Module | None = None) -> Tensor:
+    """Per-token negative ELBO of `targets` given `prompt_texts` (a 0-d tensor with grad)."""
+    batch = make_batch(lm, prompt_texts, targets, generator, max_eos)
+    return negative_elbo(lm, batch, generator, num_samples, model).sum() / batch.completion_mask.sum()
+
+
+def learning_rate_at(step: int, total_steps: int, peak: float, warmup_steps: int, schedule: str = "cosine") -> float:
+    """Learning rate of optimizer step `step` (0-based) of `total_steps`.
+
+    Linear warm-up to `peak` over the first `warmup_steps` steps (0 = none), times a cosine decay towards 0 at
+    `total_steps` (`schedule="cosine"`) or times 1 (`"constant"`). A pure function of the step, so a resumed run
+    needs no scheduler state.
+
+    >>> learning_rate_at(0, 10, 1.0, 0), learning_rate_at(5, 10, 1.0, 0, "constant")
+    (1.0, 1.0)
+    """
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule={schedule!r}: choose 'cosine' or 'constant'")
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    decay = 0.5 * (1 + math.cos(math.pi * step / total_steps)) if schedule == "cosine" else 1.0
+    return peak * warm * decay

@@ -32,3 +32,24 @@ def test_train_then_export_loads_as_an_hf_checkpoint(tmp_path, capsys):
 def test_overrides_may_follow_options(capsys):
     assert main(["config", "--config", "configs/tiny.yaml", "seed=9"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["seed"] == 9
+
+
+def test_sft_resumes_then_eval_and_export_read_its_run(tmp_path, capsys):
+    import json
+
+    run = tmp_path / "sft"
+    small = ["data.synthetic_train=4", "data.synthetic_heldout=2"]
+    args = ["sft", f"output_dir={run}", "sft.batch_size=2", "sft.lora=true", *small]
+    assert main([*args, "sft.steps=1"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["checkpoint"] == str(
+        run / "checkpoints" / "step_000001")
+    assert main([*args, "sft.steps=2", "--resume"]) == 0
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    assert list((run / "wandb").glob("offline-run-*")), "an offline W&B run by default"
+    assert main(["eval", "--checkpoint", str(run), "eval.num_samples=1", "eval.ks=[1]", "sampler.max_new_tokens=4",
+                 "train.rollout_batch_size=2", *small]) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "merged")]) == 0
+    AutoModelForCausalLM.from_pretrained(tmp_path / "merged", trust_remote_code=True)
+    capsys.readouterr()
+    assert main(["sft", "sft.batch_size=0"]) == 2
+    assert "sft.batch_size=0: must be >= 1" in capsys.readouterr().err
