@@ -177,12 +177,12 @@ class SeccompFilter:
     def __init__(self, program: bytes):
         self.buf = ctypes.create_string_buffer(program, len(program))
         self.fprog = _Fprog(len(program) // 8, ctypes.addressof(self.buf))
+        self.address = ctypes.addressof(self.fprog)
 
     def install(self) -> None:
         prctl(PR_SET_NO_NEW_PRIVS, 1)
-        ret = _libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER),
-                          ctypes.c_void_p(ctypes.addressof(self.fprog)), ctypes.c_ulong(0), ctypes.c_ulong(0))
-        _check(ret, "seccomp")
+        if _prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, self.address, 0, 0):
+            _raise("seccomp")
 
 
 def install_seccomp(program: bytes) -> None:

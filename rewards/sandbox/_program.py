@@ -10,6 +10,7 @@ import io
 import os
 import signal
 import socket
+import struct
 import sys
 
 from rewards.sandbox import _jail, wire
@@ -19,6 +20,7 @@ from rewards.sandbox._jail import write_all
 DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, signal.SIGCHLD)
 ENVIRONMENT = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
 _SIGKILL = int(signal.SIGKILL)
+_FDS = struct.Struct("5i")  # five file descriptors in an SCM_RIGHTS message
 
 
 def run_program(cfg: dict, job_r: int, ctl, cgroups) -> None:
@@ -32,7 +34,7 @@ def run_program(cfg: dict, job_r: int, ctl, cgroups) -> None:
     req_r, req_w = os.pipe()
     resp_r, resp = os.pipe()
     pidfd = os.pidfd_open(os.getpid())  # PID 1 of its own namespace: its own pid there
-    socket.send_fds(ctl, [b"fds"], [out_r, err_r, req_w, resp_r, pidfd])
+    ctl.sendmsg([b"fds"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _FDS.pack(out_r, err_r, req_w, resp_r, pidfd))])
     for fd in (out_r, err_r, req_w, resp_r, pidfd):
         os.close(fd)
     send = lambda obj: write_all(resp, wire.frame(obj))
