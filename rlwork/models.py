@@ -238,15 +238,20 @@ class DiffusionLM:
         cache: Any = None,
         use_cache: bool = False,
         model: torch.nn.Module | None = None,
+        logits_to_keep: int = 0,
     ) -> tuple[Tensor, Any]:
         """Aligned logits for `input_ids` under the family's attention.
 
         input_ids: [N, T]. key_mask: [N, K] bool over cached + current tokens (K = cached + T); None = all real.
         `allowed` ([N, 1, T, K] bool) replaces the family mask for custom constructions (the doubled-sequence
         ELBO); then `position_ids` ([N, T]) must be given too. `model` overrides the wrapped module (a DeepSpeed
-        engine or peft wrapper around the same weights). Returns (logits [N, T, V], cache or None).
+        engine or peft wrapper around the same weights). `logits_to_keep` = k > 0 computes the LM head on the
+        last k positions only (the ELBO scores only the trailing noisy completion). Returns (logits [N, T or k, V],
+        cache or None).
         """
         n, t = input_ids.shape
+        keep = 0 if logits_to_keep >= t else logits_to_keep
+        shift = self.family.shift_logits
         if allowed is None:
             if key_mask is None:
                 past = 0 if cache is None else cache.get_seq_length()
@@ -262,8 +267,10 @@ class DiffusionLM:
             position_ids=position_ids,
             cache=cache,
             use_cache=use_cache,
+            **({"logits_to_keep": keep + shift} if keep else {}),  # a shifted family needs one position more
         )
-        return align_logits(out.logits, self.family.shift_logits), (out.cache if use_cache else None)
+        logits = align_logits(out.logits, shift)
+        return (logits[:, 1:] if keep and shift else logits), (out.cache if use_cache else None)
 
     __call__ = forward
 

@@ -110,6 +110,18 @@ def test_shifted_logits_line_up_with_targets(tiny_bidir_lm):
     assert align_logits(raw, shift=False) is raw
 
 
+@pytest.mark.parametrize("shift", [False, True])
+def test_logits_to_keep_equals_the_tail_of_the_full_logits(tiny_bidir_lm, tiny_lm, shift):
+    """The ELBO asks for the trailing completion's logits only; they must equal the full forward's tail."""
+    for lm in (tiny_lm, tiny_bidir_lm):
+        lm = DiffusionLM(lm.model, lm.tokenizer, dataclasses.replace(lm.family, shift_logits=shift))
+        ids = _ids(2, 11)
+        full, _ = lm(ids)
+        for k in (1, 5, 11, 20):
+            tail, _ = lm(ids, logits_to_keep=k)
+            torch.testing.assert_close(tail, full[:, -min(k, 11):], rtol=1e-5, atol=1e-5)
+
+
 def test_kv_cache_matches_full_forward(tiny_lm):
     """Block-causal: committed blocks in the cache give the same logits as recomputing everything.
 

@@ -132,9 +132,10 @@ def elbo(
         noisy = apply_masks(clean, masks, lm.mask_id)
         if lm.block_causal:
             ids, allowed, pos = doubled_inputs(prompts, prompt_keys, clean, noisy, keys, lm.block_size)
-            logits, _ = lm.forward(ids, allowed=allowed, position_ids=pos, model=model)
+            logits, _ = lm.forward(ids, allowed=allowed, position_ids=pos, model=model, logits_to_keep=length)
         else:
-            logits, _ = lm.forward(torch.cat([prompts, noisy], 1), torch.cat([prompt_keys, keys], 1), model=model)
+            logits, _ = lm.forward(torch.cat([prompts, noisy], 1), torch.cat([prompt_keys, keys], 1), model=model,
+                                   logits_to_keep=length)
         calls += 1
         select = masks & keys.bool()
         weights = draw.weights[start:start + c].flatten(0, 1)
