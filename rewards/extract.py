@@ -3,6 +3,8 @@
 Completions are strings or TRL conversational lists of messages ([{"role": "assistant", "content": ...}]).
 """
 
+import ast
+import functools
 import re
 
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
@@ -53,6 +55,39 @@ def extract_code(completion, entry_point: str | None = None) -> str:
         return python[-1]
     text = text.strip()
     return text + "\n" if text and "```" not in text else ""
+
+
+def _defines(text: str, entry_point: str) -> bool:
+    return re.search(rf"^\s*(?:async\s+)?(?:def|class)\s+{re.escape(entry_point)}\b", text, re.MULTILINE) is not None
+
+
+@functools.lru_cache(maxsize=4096)
+def is_code_stub(prompt: str, entry_point: str) -> bool:
+    """True if `prompt` is Python source (a plain, non-chat prompt) defining `entry_point` at its top level."""
+    try:
+        tree = ast.parse(prompt)
+    except (SyntaxError, ValueError):
+        return False
+    return any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and n.name == entry_point
+               for n in tree.body)
+
+
+def program_for(prompt, completion, entry_point: str | None = None) -> str:
+    """The program a completion stands for.
+
+    A base model prompted with a code stub continues it (HumanEval's convention): when the prompt is plain Python
+    source that defines `entry_point` and the completion neither fences code nor defines `entry_point` itself,
+    the program is prompt + completion, indentation kept. Otherwise it is `extract_code(completion, entry_point)`.
+
+    Example:
+        >>> program_for("def f(x):\\n    'Double x.'\\n", "    return 2 * x\\n", "f")
+        "def f(x):\\n    'Double x.'\\n    return 2 * x\\n"
+    """
+    if entry_point and isinstance(prompt, str):
+        text = completion_text(completion)
+        if "```" not in text and not _defines(text, entry_point) and is_code_stub(prompt, entry_point):
+            return prompt + text + ("" if text.endswith("\n") else "\n")
+    return extract_code(completion, entry_point)
 
 
 def has_code_block(completion) -> bool:

@@ -9,7 +9,7 @@ import logging
 import math
 
 from rewards import spec as specs
-from rewards.extract import extract_code
+from rewards.extract import program_for
 from rewards.sandbox import Evaluator, Limits, Outcome
 from rewards.sandbox.verdict import CATEGORIES
 
@@ -62,7 +62,7 @@ class UnitTestReward:
         if column is None:
             return [None] * len(completions)
         rows, programs, parsed = [], [], []
-        for i, (completion, tests) in enumerate(zip(completions, column, strict=True)):
+        for i, (prompt, completion, tests) in enumerate(zip(prompts, completions, column, strict=True)):
             if not tests:
                 continue
             try:
@@ -72,7 +72,7 @@ class UnitTestReward:
                 log.error("%s: row %d has a malformed tests spec (%s); scored None", self.__name__, i, exc)
                 continue
             rows.append(i)
-            programs.append(extract_code(completion, getattr(sp, "entry_point", None)))
+            programs.append(program_for(prompt, completion, getattr(sp, "entry_point", None)))
             parsed.append(sp)
         outcomes = self.evaluator.evaluate(programs, parsed) if programs else []
         self.last_outcomes = [None] * len(completions)
@@ -104,14 +104,19 @@ def summarise(outcomes: list[Outcome]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if not math.isnan(v)}
 
 
-def evaluate(completions: list, tests: list, evaluator: Evaluator | None = None) -> list[Outcome]:
-    """Detailed outcomes (per-test categories) for completions against their `tests` specs."""
+def evaluate(completions: list, tests: list, evaluator: Evaluator | None = None,
+             prompts: list | None = None) -> list[Outcome]:
+    """Detailed outcomes (per-test categories) for completions against their `tests` specs.
+
+    With `prompts`, a completion that continues a code-stub prompt is run as prompt + completion (`program_for`).
+    """
     own = evaluator is None
     ev = evaluator or Evaluator()
     try:
         parsed = [specs.parse(t) for t in tests]
-        programs = [extract_code(c, getattr(sp, "entry_point", None))
-                    for c, sp in zip(completions, parsed, strict=True)]
+        prompts = [None] * len(completions) if prompts is None else prompts
+        programs = [program_for(p, c, getattr(sp, "entry_point", None))
+                    for p, c, sp in zip(prompts, completions, parsed, strict=True)]
         return ev.evaluate(programs, parsed)
     finally:
         if own:

@@ -138,7 +138,8 @@ def evaluate_passk(
                 rollout = generate_rollouts(lm, chunk, [render(p) for p in chunk], num_samples, sampler_config,
                                             generator, batch_size)
                 num_forwards += rollout.num_forwards
-                outcomes = evaluate(rollout.completions, [p["tests"] for p in rollout.problems], ev)
+                outcomes = evaluate(rollout.completions, [p["tests"] for p in rollout.problems], ev,
+                                    prompts=rollout.prompts)
                 for row, (completion, out) in enumerate(zip(rollout.completions, outcomes, strict=True)):
                     task_id = task_ids[start + row // num_samples]  # rows are grouped by problem
                     verdicts.setdefault(task_id, []).append(out.category)

@@ -12,33 +12,63 @@ Shape letters: N rows, P prompt length, L completion (target) length.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from rewards.extract import is_code_stub
+from rlwork.config import DataConfig
 from rlwork.diffusion.elbo import elbo
 from rlwork.diffusion.masking import draw_masks
 from rlwork.models import DiffusionLM
 from rlwork.rollout import tokenize_prompts
 
 
-def target_text(problem: dict[str, Any]) -> str:
-    """The SFT target for a problem: its reference solution in one fenced Python block."""
+def target_text(problem: dict[str, Any], continuation: bool = False) -> str:
+    """The SFT target for a problem: its reference solution in one fenced Python block (an Instruct answer).
+
+    With `continuation` (plain, non-chat prompts) and a prompt that is a code stub defining the entry point, the
+    target is instead what follows the stub, as a base model continues it (HumanEval's convention; the reward
+    runs prompt + completion, `rewards.extract.program_for`): the reference minus the prompt when it starts with
+    it, else minus its header up to the entry point's `def` line when that line equals the prompt's.
+    """
     reference = problem.get("reference")
     if not isinstance(reference, str) or not reference.strip():
         text = isinstance(reference, str) or reference is None
         what = "no 'reference'" if text else f"a non-text 'reference' ({type(reference).__name__})"
         raise ValueError(f"task {problem.get('task_id')!r} has {what} solution to fine-tune on")
+    prompt, entry_point = problem.get("prompt"), problem.get("entry_point")
+    if continuation and isinstance(prompt, str) and entry_point and is_code_stub(prompt, entry_point):
+        if reference.startswith(prompt):
+            return reference[len(prompt):]
+        header = _def_header(prompt, entry_point)
+        if header is not None and _def_header(reference, entry_point) == header:
+            return reference[reference.index(header) + len(header):]
+        raise ValueError(f"task {problem.get('task_id')!r}: the reference neither starts with the prompt stub nor "
+                         f"shares its `def {entry_point}` line, so there is no continuation to train on; use "
+                         "data.chat=true (fenced answers) for this data")
     return f"```python\n{reference.rstrip()}\n```"
 
 
-def check_targets(problems: list[dict[str, Any]], source: str = "the data") -> None:
+def _def_header(code: str, entry_point: str) -> str | None:
+    """The text from the start of `code` through the end of the line that opens `def entry_point`."""
+    match = re.search(rf"^(?:async\s+)?def\s+{re.escape(entry_point)}\b[^\n]*\n", code, re.MULTILINE)
+    return code[: match.end()] if match else None
+
+
+def continues_prompts(cfg: DataConfig) -> bool:
+    """Whether SFT targets continue the prompt (plain code-stub prompts) rather than answer it (chat/instruct)."""
+    return not cfg.chat and cfg.prompt_style == "bare"
+
+
+def check_targets(problems: list[dict[str, Any]], source: str = "the data", continuation: bool = False) -> None:
     """Raise ValueError naming the first row whose reference solution is missing or not text (before any compute)."""
     for i, problem in enumerate(problems):
         try:
-            target_text(problem)
+            target_text(problem, continuation)
         except ValueError as err:
             raise ValueError(
                 f"row {i} of {source}: {err}. SFT trains on reference solutions: map a solution column with "

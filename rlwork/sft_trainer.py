@@ -29,7 +29,15 @@ from rlwork import engine as eng
 from rlwork.config import RunConfig, to_dict
 from rlwork.models import load_diffusion_lm
 from rlwork.prompts import PromptStream, load_split
-from rlwork.sft import SftBatch, check_targets, learning_rate_at, make_batch, negative_elbo, target_text
+from rlwork.sft import (
+    SftBatch,
+    check_targets,
+    continues_prompts,
+    learning_rate_at,
+    make_batch,
+    negative_elbo,
+    target_text,
+)
 from rlwork.tracking import make_tracker, reduce_metrics
 from rlwork.trainer import PhaseTimer, row_generator
 
@@ -67,7 +75,8 @@ def setup_sft(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Sf
         raise ValueError(f"sft.batch_size={s.batch_size} is not divisible by the {world} ranks: use a multiple of "
                          f"{world}")
     problems = load_split(cfg.data, cfg.data.split, cfg.seed)
-    check_targets(problems, f"data.dataset={cfg.data.dataset!r} split {cfg.data.split!r}")  # before loading a model
+    check_targets(problems, f"data.dataset={cfg.data.dataset!r} split {cfg.data.split!r}",
+                  continues_prompts(cfg.data))  # before loading a model
     lm = load_diffusion_lm(
         cfg.model.path, cfg.model.family, trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype,
         device=cfg.model.device, attn_implementation=cfg.model.attn_implementation, block_size=cfg.model.block_size,
@@ -138,7 +147,8 @@ def sft_step(session: SftSession, step: int) -> dict[str, float]:
         for start in range(0, len(problems), s.micro_batch_size):
             rows = slice(start, start + s.micro_batch_size)
             gen = row_generator(cfg.seed, step, "sft", first_row + start, lm.device)
-            batch = make_batch(lm, texts[rows], [target_text(p) for p in problems[rows]], gen, s.max_eos)
+            targets = [target_text(p, continues_prompts(cfg.data)) for p in problems[rows]]
+            batch = make_batch(lm, texts[rows], targets, gen, s.max_eos)
             micro_batches.append((batch, gen))
         local = torch.tensor([sum(float(b.completion_mask.sum()) for b, _ in micro_batches),
                               sum(float(b.num_tokens) for b, _ in micro_batches)], dtype=torch.float64,

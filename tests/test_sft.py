@@ -9,6 +9,7 @@ from rlwork.config import DataConfig
 from rlwork.prompts import PromptStream, load_split
 from rlwork.sft import (
     check_targets,
+    continues_prompts,
     encode_targets,
     learning_rate_at,
     make_batch,
@@ -78,3 +79,29 @@ def test_sft_loss_is_the_per_token_mean_of_negative_elbo(tiny_lm):
         rows = negative_elbo(tiny_lm, batch, gen)  # [N]
     assert rows.shape == (3,) and (rows > 0).all()
     assert float(loss) == pytest.approx(float(rows.sum() / batch.completion_mask.sum()))
+
+
+def test_continuation_targets_follow_the_stub():
+    """Plain code-stub prompts: the target is what a base model writes after the stub; the reward runs both."""
+    from rewards.extract import program_for
+
+    stub = 'def f(x: int) -> int:\n    """Add 1."""\n'
+    synthetic = {"prompt": stub, "entry_point": "f", "reference": "def f(x: int) -> int:\n    return x + 1\n"}
+    humaneval = dict(synthetic, reference=stub + "    return x + 1\n")
+    for problem in (synthetic, humaneval):
+        target = target_text(problem, continuation=True)
+        assert target == "    return x + 1\n"
+        assert program_for(stub, target, "f") == stub + target
+        assert target_text(problem).startswith("```python\ndef f")  # chat: a fenced answer
+    natural = {"prompt": "Write f, adding 1.", "entry_point": "f", "reference": synthetic["reference"]}
+    assert target_text(natural, continuation=True).startswith("```python")  # nothing to continue: fenced
+    other = dict(synthetic, reference="def f(y):\n    return y + 1\n")
+    with pytest.raises(ValueError, match="data.chat=true"):
+        target_text(other, continuation=True)
+    assert continues_prompts(DataConfig(chat=False, prompt_style="bare"))
+    assert not continues_prompts(DataConfig(chat=False)) and not continues_prompts(DataConfig(prompt_style="bare"))
+
+
+def test_continuation_targets_of_the_synthetic_family_rebuild_the_reference():
+    for problem in load_split(DataConfig(synthetic_train=32, synthetic_heldout=0), "train", seed=0):
+        assert problem["prompt"].split("\n")[0] + "\n" + target_text(problem, True) == problem["reference"]

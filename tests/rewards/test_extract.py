@@ -1,6 +1,6 @@
 import pytest
 
-from rewards.extract import completion_text, extract_code, has_code_block
+from rewards.extract import completion_text, extract_code, has_code_block, program_for
 
 F = "def f(x):\n    return x\n"
 G = "def g(x):\n    return 2\n"
@@ -41,3 +41,12 @@ def test_completion_text_rejects_other_types():
 ])
 def test_has_code_block(completion, has):
     assert has_code_block(completion) is has
+
+
+def test_program_for_continues_only_a_python_stub():
+    stub = 'def f(x):\n    """Double x."""\n'
+    assert program_for(stub, "    return 2 * x", "f") == stub + "    return 2 * x\n"
+    assert program_for(stub, f"```python\n{F}```", "f") == F  # fenced answers stand alone
+    assert program_for(stub, "    return 2 * x", None) == "return 2 * x\n"  # no entry point: no stub to continue
+    assert program_for("Write f.\n", F, "f") == F  # a natural-language prompt is never prepended
+    assert program_for([{"role": "user", "content": stub}], "    return 2 * x", "f") == "return 2 * x\n"

@@ -82,3 +82,20 @@ def test_evaluate_api_and_summary():
     assert [o.category for o in outs] == ["passed", "wrong_answer"]
     m = summarise(outs)
     assert m["sandbox/passed_frac"] == 0.5 and m["sandbox/tests_passed_frac"] == 0.5
+
+
+STUB = 'def sq(x):\n    """Square x."""\n'
+
+
+@pytest.mark.parametrize("prompt,completion,expected", [
+    (STUB, "    return x * x\n", 1.0),  # a base model continues the stub (HumanEval's convention)
+    (STUB, "    return 9", 0.5),  # no trailing newline: still one program
+    (STUB, GOOD, 1.0),  # a fenced answer stands alone
+    (STUB, "def sq(x):\n    return x * x\n", 1.0),  # an unfenced full definition stands alone
+    ("<|user|>\n" + STUB + "<|assistant|>\n", "    return x * x\n", 0.0),  # a chat prompt is not code to continue
+    ('def other(x):\n    """Square x."""\n', "    return x * x\n", 0.0),  # the stub must define the entry point
+    (STUB, [{"role": "assistant", "content": "    return x * x\n"}], 1.0),  # conversational completion text
+])
+def test_completions_continue_a_code_stub_prompt(rewards_pair, prompt, completion, expected):
+    assert rewards_pair[0]([prompt], [completion], tests=[CALL]) == [expected]
+    assert evaluate([completion], [CALL], prompts=[prompt])[0].fraction == expected
