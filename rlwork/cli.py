@@ -19,6 +19,16 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algo.beta=0.01 train.steps=5")
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers, e.g. --seeds 0,1,2") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: a seed appears twice")
+    return seeds
+
+
 def _resolve_base(path: str) -> str:
     from rlwork.tiny import TINY_VARIANTS, ensure_tiny_coder
 
@@ -54,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p_rescore.add_argument("--out", help="write the JSON result here too")
     p_demo = sub.add_parser("demo", help="the embedded tiny default, end to end on CPU")
     _add_config_args(p_demo)
+    p_demo.add_argument("--seeds", type=_seed_list, metavar="0,1,2",
+                        help="run the whole demo once per seed (in OUTPUT_DIR/seed<N>); the last line has the means")
     args, extra = parser.parse_known_args(argv)  # dotted overrides may also follow options
     unknown = [e for e in extra if "=" not in e or e.startswith("-")]
     if unknown:
@@ -96,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sft":
         return _sft(cfg, args.resume)
     if args.command == "demo":
-        from rlwork.demo import run_demo
+        from rlwork.demo import run_demo, run_demo_seeds
 
-        print(json.dumps(run_demo(cfg)))
+        print(json.dumps(run_demo_seeds(cfg, args.seeds) if args.seeds else run_demo(cfg)))
         return 0
     return 1
 

@@ -115,9 +115,31 @@ def run_demo(cfg: RunConfig) -> dict[str, Any]:
     train(cfg)
     print("[4/4] held-out pass@k after RL", flush=True)
     after = run_eval(cfg, [str(run_dir)], ["after RL"], out_path=run_dir / "eval_after.json")
-    pass1_before = before["policies"]["warm start"]["pass_at_k"]["pass@1"]
-    pass1_after = after["policies"]["after RL"]["pass_at_k"]["pass@1"]
-    plot = plot_curves(run_dir, pass1_before, pass1_after)
+    scores_before = before["policies"]["warm start"]["pass_at_k"]
+    scores_after = after["policies"]["after RL"]["pass_at_k"]
+    plot = plot_curves(run_dir, scores_before["pass@1"], scores_after["pass@1"])
     print(f"curves: {plot}; metrics: {run_dir / 'metrics.jsonl'}; W&B offline run under {run_dir / 'wandb'}")
-    return {"heldout_pass@1_before": round(pass1_before, 4), "heldout_pass@1_after": round(pass1_after, 4),
-            "seed": cfg.seed, "rl_steps": cfg.train.steps, "minutes": round((time.time() - start) / 60, 2)}
+    summary = {"heldout_pass@1_before": round(scores_before["pass@1"], 4),
+               "heldout_pass@1_after": round(scores_after["pass@1"], 4)}
+    for k in sorted(set(scores_before) - {"pass@1"}):
+        summary[f"heldout_{k}_before"], summary[f"heldout_{k}_after"] = (round(scores_before[k], 4),
+                                                                        round(scores_after[k], 4))
+    return {**summary, "seed": cfg.seed, "preset": cfg.algo.preset, "rl_steps": cfg.train.steps,
+            "minutes": round((time.time() - start) / 60, 2)}
+
+
+def run_demo_seeds(cfg: RunConfig, seeds: list[int]) -> dict[str, Any]:
+    """The demo once per seed (own warm start, split draw, RL and eval), each in `output_dir/seed<N>`; prints each
+    seed's summary and returns the means and the rise of held-out pass@1 in points."""
+    start = time.time()
+    runs = []
+    for seed in seeds:
+        summary = run_demo(dataclasses.replace(cfg, seed=seed, output_dir=str(Path(cfg.output_dir) / f"seed{seed}")))
+        print(json.dumps(summary), flush=True)
+        runs.append(summary)
+    keys = [k for k in runs[0] if k.startswith("heldout_")]
+    means = {f"{k}_mean": round(sum(r[k] for r in runs) / len(runs), 4) for k in keys}
+    rises = [100 * (r["heldout_pass@1_after"] - r["heldout_pass@1_before"]) for r in runs]
+    return {**means, "rise_points_mean": round(sum(rises) / len(rises), 2),
+            "rise_points": [round(x, 2) for x in rises], "seeds": list(seeds), "preset": cfg.algo.preset,
+            "rl_steps": cfg.train.steps, "minutes": round((time.time() - start) / 60, 2)}

@@ -1,5 +1,6 @@
 """The command line: config printing, config errors, train -> export round trip."""
 
+import pytest
 import yaml
 from transformers import AutoModelForCausalLM
 
@@ -53,3 +54,29 @@ def test_sft_resumes_then_eval_and_export_read_its_run(tmp_path, capsys):
     capsys.readouterr()
     assert main(["sft", "sft.batch_size=0"]) == 2
     assert "sft.batch_size=0: must be >= 1" in capsys.readouterr().err
+
+
+def test_demo_seeds_runs_each_seed_in_its_folder_and_reports_means(tmp_path, capsys, monkeypatch):
+    import json
+
+    from rlwork import demo
+
+    seen = []
+
+    def fake_run_demo(cfg):  # the whole pipeline is the slow test's job; here: seeds, folders, the summary maths
+        seen.append((cfg.seed, cfg.output_dir))
+        before = 0.1 * cfg.seed
+        return {"heldout_pass@1_before": before, "heldout_pass@1_after": before + 0.2, "heldout_pass@8_before": 0.5,
+                "heldout_pass@8_after": 0.6, "seed": cfg.seed, "rl_steps": 3, "minutes": 0.1}
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    assert main(["demo", "--seeds", "0,2", f"output_dir={tmp_path}", "train.steps=3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert seen == [(0, str(tmp_path / "seed0")), (2, str(tmp_path / "seed2"))]
+    last = json.loads(lines[-1])
+    assert last["heldout_pass@1_before_mean"] == 0.1 and last["heldout_pass@1_after_mean"] == 0.3
+    assert last["rise_points"] == [20.0, 20.0] and last["rise_points_mean"] == 20.0 and last["seeds"] == [0, 2]
+    assert [json.loads(line)["seed"] for line in lines[:-1]] == [0, 2]
+    with pytest.raises(SystemExit):
+        main(["demo", "--seeds", "0,x"])
+    assert "comma-separated integers" in capsys.readouterr().err
