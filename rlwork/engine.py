@@ -120,9 +120,19 @@ def all_reduce_mean(tensor: Tensor) -> Tensor:
 
     out = tensor.detach().clone()
     if _dist_ready() and world_size() > 1:
+        home = out.device
+        out = out.to(collective_device(dist.get_backend(), home))
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        out /= world_size()
+        out = (out / world_size()).to(home)
     return out
+
+
+def collective_device(backend: str, device: torch.device) -> torch.device:
+    """Where a tensor must live for a collective: NCCL reduces CUDA tensors only (a CPU flag or metric goes to
+    this rank's current GPU and back); gloo takes tensors where they are."""
+    if backend == "nccl" and device.type != "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -277,3 +277,13 @@ def test_two_ranks_agree_with_one_process(tmp_path, stage):
     assert result["moved_after_save"] > 0 and result["restored_max_diff"] == 0, result
     assert result["saved_adapter_max_diff"] == 0 and result["resumed_step"] == 1, result
     assert result["ref_max_diff"] == 0 and result["policy_moved"] > 1e-4, result  # adapter-disabled reference
+
+
+def test_collectives_move_cpu_tensors_to_the_gpu_only_for_nccl(monkeypatch):
+    from rlwork.engine import collective_device
+
+    cpu = torch.device("cpu")
+    assert collective_device("gloo", cpu) == cpu
+    assert collective_device("nccl", torch.device("cuda", 1)) == torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)  # no GPU here: the choice, not the copy
+    assert collective_device("nccl", cpu) == torch.device("cuda", 3)
