@@ -34,6 +34,7 @@ from typing import NamedTuple
 
 from datasets import Dataset, load_dataset
 
+from rewards.extract import is_code_stub
 from rlwork.tasks import make_synthetic_splits
 
 logger = logging.getLogger(__name__)
@@ -495,11 +496,6 @@ def _mapped_row(row: dict, m: ColumnMapping, index: int) -> dict:
 # ---------------------------------------------------------------- prompts
 
 
-def _is_code_stub(prompt: str, entry_point: str) -> bool:
-    defined = _code_defining([prompt])
-    return bool(entry_point) and bool(defined) and entry_point in defined[0]
-
-
 def format_instruction(problem: dict) -> str:
     """The instruction text for a code model: the stub to complete, or the statement plus what to write."""
     prompt, entry_point = problem["prompt"], problem["entry_point"]
@@ -508,7 +504,7 @@ def format_instruction(problem: dict) -> str:
     if not entry_point:
         return (f"{prompt.strip()}\n\nWrite a Python program that reads the input from standard input and "
                 f"prints the answer to standard output. {ANSWER_FORMAT}")
-    if _is_code_stub(prompt, entry_point):
+    if entry_point and is_code_stub(prompt, entry_point):
         return f"Complete the following Python function.\n\n```python\n{prompt.rstrip()}\n```\n\n{ANSWER_FORMAT}"
     text = f"{prompt.strip()}\n\nWrite a Python function `{entry_point}`."
     example = next((a for a in json.loads(problem["tests"]).get("asserts", []) if a.startswith("assert")), None)
