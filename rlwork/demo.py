@@ -25,6 +25,8 @@ def base_folder(cfg: RunConfig) -> Path:
 
 def warm_start_key(cfg: RunConfig) -> str:
     data = to_dict(cfg.data)
+    if cfg.data.dataset == "synthetic" and cfg.data.split == "train":
+        del data["synthetic_heldout"]  # the train split is drawn first and does not depend on the held-out size
     bookkeeping = ("save_every", "keep_checkpoints", "log_every")  # they do not change the weights
     sft = {k: v for k, v in to_dict(cfg.sft).items() if k not in bookkeeping}
     recipe = {"sft": sft, "lora": to_dict(cfg.lora) if cfg.sft.lora else None, "data": data,

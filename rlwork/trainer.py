@@ -195,7 +195,7 @@ def train_step(session: Session, step: int) -> dict[str, float]:
                                  row_generator(cfg.seed, step, f"mask{d}", first_row + c.start, lm.device))
                   for c in _row_chunks(rollout.prompt_ids.shape[0], cfg.train.micro_batch_size)]
                  for d in range(num_draws)]
-        old, ref = old_and_ref_logps(cfg, lm, engine, session.ref_policy, rollout, draws)
+        old, ref = old_and_ref_logps(cfg, lm, engine, session.ref_policy, rollout, draws, needed=signal)
 
     # 5 policy updates: num_iterations passes, gradient accumulation over micro-batches. With no signal on any
     # rank there is nothing to learn, and an optimizer step on zero gradients would still move the weights
@@ -314,23 +314,33 @@ def _chunk_rows(s: slice) -> torch.Tensor:
 
 
 @torch.no_grad()
-def old_and_ref_logps(cfg, lm, engine, ref_policy, rollout: Rollout, draws) -> tuple[list | None, list | None]:
+def old_and_ref_logps(cfg, lm, engine, ref_policy, rollout: Rollout, draws,
+                      needed: torch.Tensor | None = None) -> tuple[list | None, list | None]:
     """Per-draw old ([N, L], only when num_iterations > 1) and reference ([N, L], only when beta > 0) ELBO terms.
 
-    draws[d][c] is draw d of micro-batch c.
+    draws[d][c] is draw d of micro-batch c. needed: [N] bool, the rows the loss uses (None = all); the others
+    are not computed and stay 0, since rows without signal never reach the loss.
 
     With one iteration the old policy is the current one, so its terms are the current terms detached (the
     ratio is exactly 1 by construction, as in TRL).
     """
-    n, micro = rollout.prompt_ids.shape[0], cfg.train.micro_batch_size
+    n, length = rollout.completion_ids.shape
+    needed = torch.ones(n, dtype=torch.bool) if needed is None else needed
+
+    def terms(model, d) -> torch.Tensor:
+        out = torch.zeros(n, length, device=rollout.completion_ids.device)
+        for c, s in enumerate(_row_chunks(n, cfg.train.micro_batch_size)):
+            rows = _chunk_rows(s)[needed[s].cpu()]
+            if rows.numel():
+                out[rows.to(out.device)] = _elbo(lm, rollout, rows, d[c], s.start, model).per_token
+        return out
+
     old = ref = None
     if cfg.algo.num_iterations > 1:
-        old = [torch.cat([_elbo(lm, rollout, _chunk_rows(s), d[c], s.start, engine.module).per_token
-                          for c, s in enumerate(_row_chunks(n, micro))]) for d in draws]
+        old = [terms(engine.module, d) for d in draws]
     if ref_policy is not None:
         with ref_policy.context(engine.module) as ref_model:
-            ref = [torch.cat([_elbo(lm, rollout, _chunk_rows(s), d[c], s.start, ref_model).per_token
-                              for c, s in enumerate(_row_chunks(n, micro))]) for d in draws]
+            ref = [terms(ref_model, d) for d in draws]
     return old, ref
 
 

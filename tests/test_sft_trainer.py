@@ -166,3 +166,15 @@ def test_demo_warm_start_is_a_cached_plain_hf_folder(tmp_path, monkeypatch):
     assert any(not torch.equal(a, b) for a, b in zip(lm.model.parameters(), base.model.parameters(), strict=True))
     monkeypatch.setattr("rlwork.sft_trainer.train_sft", lambda *a, **k: pytest.fail("the cache was not used"))
     assert demo.warm_start(cfg, progress=False) == path
+
+
+def test_warm_start_key_follows_what_changes_the_weights():
+    from rlwork.demo import warm_start_key
+
+    def key(*overrides: str) -> str:
+        return warm_start_key(load_config(ROOT / "configs" / "tiny.yaml", list(overrides)))
+
+    assert key() == key("data.synthetic_heldout=256")  # eval-only: the train split does not depend on it
+    assert key() == key("sft.save_every=7", "sft.log_every=3")
+    for changed in ("data.synthetic_train=100", "sft.steps=10", "seed=1", "sft.learning_rate=1e-3"):
+        assert key(changed) != key(), changed

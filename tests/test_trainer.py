@@ -196,3 +196,23 @@ def test_a_step_without_signal_leaves_the_adapter_alone(tmp_path, reward_module)
     lora1, _ = _params(session)
     assert m["optim/no_signal_step"] == 1.0 and math.isnan(m["policy/loss"])
     assert all(torch.equal(lora0[n], lora1[n]) for n in lora0)
+
+
+def test_reference_terms_skip_rows_without_signal(tmp_path, reward_module):
+    cfg = tiny_cfg(tmp_path, "algo.num_iterations=2", "algo.beta=0.04", "train.micro_batch_size=4")
+    session = setup(cfg)
+    try:
+        batch = session.stream.next(2)
+        rollout = generate_rollouts(session.lm, batch.problems, batch.texts, 4, sampler_config(cfg),
+                                    torch.Generator().manual_seed(0), 8, model=session.engine.module)
+        draws = [[draw_masks_for(cfg, session.lm, rollout.select(torch.arange(s, s + 4)),
+                                 torch.Generator().manual_seed(s)) for s in (0, 4)]]
+        needed = torch.tensor([True, False, True, True, False, False, False, False])
+        full = old_and_ref_logps(cfg, session.lm, session.engine, session.ref_policy, rollout, draws)
+        part = old_and_ref_logps(cfg, session.lm, session.engine, session.ref_policy, rollout, draws, needed)
+    finally:
+        session.close()
+    for f, p in zip(full, part, strict=True):
+        torch.testing.assert_close(p[0][needed], f[0][needed])  # same terms where the loss needs them
+        assert not p[0][~needed].any()
+    assert full[1][0][~needed].abs().sum() > 0  # the skipped rows do have terms: the test can tell
