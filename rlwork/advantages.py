@@ -196,10 +196,25 @@ def rows_with_signal(rewards: Tensor, num_generations: int, atol: float = 0.0) -
 
     rewards: [N]. Returns [M] int64 row indices, M a multiple of G, whole groups in their original order, so
     ``x[idx]`` stays contiguously grouped. Unscorable rows inside a kept group are kept (their advantage is 0).
-    Refilling the batch with new prompts until it is full is the trainer's job.
+    Refilling the batch with new prompts is the trainer's job; `refill_rows` picks the rows that replace flat groups.
     """
     keep = ~zero_std_groups(rewards, num_generations, atol)  # [B]
     return torch.nonzero(keep.repeat_interleave(num_generations), as_tuple=False).flatten()
+
+
+def refill_rows(rewards: Tensor, extra_rewards: Tensor, num_generations: int) -> Tensor:
+    """Row indices into [rows, extra rows] that put extra groups with signal in place of flat groups (in order).
+
+    rewards: [N], extra_rewards: [M] (both grouped contiguously by num_generations). Returns [N] int64.
+    """
+    G = num_generations
+    flat = zero_std_groups(rewards, G).tolist()  # [B]
+    donors = [g for g, is_flat in enumerate(zero_std_groups(extra_rewards, G).tolist()) if not is_flat]
+    rows = []
+    for g, is_flat in enumerate(flat):
+        source = len(rewards) + donors.pop(0) * G if is_flat and donors else g * G
+        rows.extend(range(source, source + G))
+    return torch.tensor(rows)
 
 
 def reward_metrics(

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlwork import dist
 from rlwork import engine as eng
 
 CHECKPOINTS = "checkpoints"
@@ -111,7 +112,7 @@ def _save_weights(engine: eng.TrainEngine, directory: Path) -> None:
     """Adapter (LoRA) or whole model (full FT) in HF format; ZeRO-3 parameters are gathered on every rank first."""
     params = engine.trainable_parameters() if eng.is_peft(engine.model) else list(engine.model.parameters())
     with _gathered(engine, params):
-        if eng.is_main_process():
+        if dist.is_main_process():
             name = "adapter" if eng.is_peft(engine.model) else "model"
             engine.model.save_pretrained(directory / name)
 
@@ -149,22 +150,22 @@ def save_checkpoint(
     root = _ckpt_root(run_dir)
     tmp = root / f".tmp-{step}"
     final = root / _step_name(step)
-    if eng.is_main_process():
+    if dist.is_main_process():
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob(".tmp-*"):  # left by a killed save; never loaded
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
-    eng.barrier()
+    dist.barrier()
     engine.save_state(tmp / "engine")
     (tmp / "rng").mkdir(exist_ok=True)
-    torch.save(capture_rng_states(rng_states), tmp / "rng" / f"rank_{eng.rank()}.pt")
+    torch.save(capture_rng_states(rng_states), tmp / "rng" / f"rank_{dist.rank()}.pt")
     _save_weights(engine, tmp)
-    eng.barrier()
-    if eng.is_main_process():
+    dist.barrier()
+    if dist.is_main_process():
         (tmp / "data_state.json").write_text(json.dumps(data_state, indent=2, sort_keys=True))
         (tmp / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
         meta = {"step": step, "backend": engine.backend, "zero_stage": engine.zero_stage,
-                "world_size": eng.world_size(), "peft": eng.is_peft(engine.model)}
+                "world_size": dist.world_size(), "peft": eng.is_peft(engine.model)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         _fsync_tree(tmp)
         if final.exists():  # re-saving a step (e.g. after resuming from it): replace the old copy
@@ -177,7 +178,7 @@ def save_checkpoint(
         if keep_last:
             for old in _complete_checkpoints(root)[:-keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
-    eng.barrier()
+    dist.barrier()
     return final
 
 
@@ -219,11 +220,11 @@ def load_checkpoint(
     meta = json.loads((ckpt / "meta.json").read_text())
     if meta["backend"] != engine.backend:
         raise ValueError(f"{ckpt} was written by the {meta['backend']} backend; resume with the same backend")
-    if meta["world_size"] != eng.world_size():
-        raise ValueError(f"{ckpt} was written by {meta['world_size']} ranks, this run has {eng.world_size()}: "
+    if meta["world_size"] != dist.world_size():
+        raise ValueError(f"{ckpt} was written by {meta['world_size']} ranks, this run has {dist.world_size()}: "
                          "resume with the same number of processes")
     engine.load_state(ckpt / "engine")
-    rng = torch.load(ckpt / "rng" / f"rank_{eng.rank()}.pt", map_location="cpu", weights_only=False)
+    rng = torch.load(ckpt / "rng" / f"rank_{dist.rank()}.pt", map_location="cpu", weights_only=False)
     restore_rng_states(rng, generators)
     data_state = json.loads((ckpt / "data_state.json").read_text())
     return meta["step"], rng["generators"], data_state

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sft(cfg, resume: bool) -> int:
     from rlwork.checkpoint import latest_checkpoint
-    from rlwork.engine import is_main_process
+    from rlwork.dist import is_main_process
     from rlwork.sft_trainer import train_sft
 
     metrics = train_sft(cfg, resume=resume)

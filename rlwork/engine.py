@@ -1,13 +1,12 @@
-"""Training setup: adapters (peft), the reference policy, one optimisation interface over two backends, ranks.
+"""Training setup: adapters (peft), the reference policy, one optimisation interface over two backends.
 
 Nothing algorithmic lives here. The trainer calls, per micro-batch, `engine.backward(loss)` then `engine.step()`;
 `step()` returns None between gradient-accumulation boundaries and a `StepResult` at each boundary.
 
 Backends of `TrainEngine`:
 - `"torch"`: one process, `torch.optim.AdamW` over the trainable parameters.
-- `"deepspeed"`: `deepspeed.initialize` with a ZeRO stage 2/3 JSON from `configs/deepspeed/`. Values our config owns
-  (`train_micro_batch_size_per_gpu`, `gradient_accumulation_steps`, `gradient_clipping`) are `"auto"` in the JSON
-  and filled here; bf16 is switched on for CUDA and off on CPU. We pass a `torch.optim.AdamW`, so no fused Adam is
+- `"deepspeed"`: `deepspeed.initialize` with a ZeRO stage 2/3 JSON from `configs/deepspeed/`, filled with our
+  values by `rlwork.ds_config` (bf16 on for CUDA, off on CPU). We pass a `torch.optim.AdamW`, so no fused Adam is
   compiled; the `*_offload.json` configs need DeepSpeed's `DeepSpeedCPUAdam` instead, built here, which compiles a
   C++ op on first use (measured ~3 min on 2 busy cores, then ~6 s; cache it with `TORCH_EXTENSIONS_DIR`).
   ZeRO-3 models are partitioned by `deepspeed.initialize`, so each rank first loads the whole model in host memory.
@@ -21,19 +20,15 @@ the norm itself; DeepSpeed's ZeRO-2/3 optimizers do the same check in fp32 and i
 `optimizer.overflow`, the step is dropped, gradients are cleared and `engine.skipped_steps` grows; we read
 `skipped_steps` before and after the step. Reduced gradients are averaged over ranks, so all ranks skip together.
 
-Launch: one process needs no launcher (`init_distributed` sets `RANK=0 WORLD_SIZE=1 ...` defaults, without which
-DeepSpeed looks for mpi4py). Several processes: `torchrun --nproc_per_node N ...`, or `deepspeed --num_gpus N ...`
-and `deepspeed --hostfile hosts ...` across nodes. Checkpoints assume a file system shared by all ranks.
+Ranks, the process group and how to launch several processes: `rlwork.dist`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import os
-import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,108 +37,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from rlwork.dist import init_distributed
+from rlwork.ds_config import deepspeed_config, offloads_optimizer
+
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
-OWNED_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping")
-"""DeepSpeed config keys our config owns: `"auto"` in the JSON files, filled by `deepspeed_config`."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Ranks
-
-
-def init_distributed(backend: str | None = None) -> None:
-    """Join (or create) the process group. Idempotent.
-
-    Without a launcher, sets the single-process defaults (`RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1`,
-    a free `MASTER_PORT`). Backend: nccl when CUDA is available, gloo otherwise.
-    """
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        if backend == "nccl":
-            torch.cuda.set_device(0)
-        # One process needs no rendezvous: an in-memory store cannot lose a race for a TCP port (seen in CI:
-        # EADDRINUSE when another process took the "free" port between probing and binding).
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-    elif backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _dist_ready() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized()
-
-
-def rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if _dist_ready() else 0
-
-
-def world_size() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size() if _dist_ready() else 1
-
-
-def is_main_process() -> bool:
-    return rank() == 0
-
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if _dist_ready() and world_size() > 1:
-        dist.barrier()
-
-
-def all_reduce_mean(tensor: Tensor) -> Tensor:
-    """Mean over ranks (a new tensor; the input is not modified). Identity on one process."""
-    import torch.distributed as dist
-
-    out = tensor.detach().clone()
-    if _dist_ready() and world_size() > 1:
-        home = out.device
-        out = out.to(collective_device(dist.get_backend(), home))
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        out = (out / world_size()).to(home)
-    return out
-
-
-def collective_device(backend: str, device: torch.device) -> torch.device:
-    """Where a tensor must live for a collective: NCCL reduces CUDA tensors only (a CPU flag or metric goes to
-    this rank's current GPU and back); gloo takes tensors where they are."""
-    if backend == "nccl" and device.type != "cuda":
-        return torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """`obj` from rank `src` on every rank (picklable objects). Identity on one process."""
-    import torch.distributed as dist
-
-    if not (_dist_ready() and world_size() > 1):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -236,70 +133,6 @@ class RefPolicy:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# DeepSpeed configs
-
-
-def deepspeed_config(
-    config: str | Path | dict,
-    *,
-    micro_batch_size: int,
-    gradient_accumulation_steps: int,
-    max_grad_norm: float,
-    bf16: bool,
-) -> dict:
-    """A DeepSpeed config dict from a JSON path (or a name in configs/deepspeed/, e.g. "zero2") with our values.
-
-    Keys starting with "_" (comments) are dropped. Any `"auto"` left after filling is an error.
-    """
-    if isinstance(config, dict):
-        raw = copy.deepcopy(config)
-    else:
-        path = Path(config)
-        if not path.suffix:
-            path = CONFIG_DIR / f"{path}.json"
-        if not path.is_file():
-            names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
-            raise ValueError(f"deepspeed config {config}: no such file; use a path or one of {names}")
-        raw = json.loads(path.read_text())
-    cfg = _drop_comments(raw)
-    cfg.update(
-        train_micro_batch_size_per_gpu=micro_batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        gradient_clipping=max_grad_norm,
-    )
-    cfg.pop("train_batch_size", None)  # derived by DeepSpeed: micro * accumulation * data-parallel ranks
-    cfg["bf16"] = {**cfg.get("bf16", {}), "enabled": bf16}
-    if bf16 and cfg["bf16"].get("check_grad_overflow") is False:
-        raise ValueError(f"deepspeed config {config}: bf16.check_grad_overflow=false would let non-finite gradients "
-                         "reach the weights; remove it")
-    left = _auto_keys(cfg)
-    if left:
-        raise ValueError(f"deepspeed config {config}: {', '.join(left)} still 'auto'; set them in the JSON")
-    return cfg
-
-
-def _drop_comments(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _drop_comments(v) for k, v in value.items() if not k.startswith("_")}
-    return value
-
-
-def _auto_keys(cfg: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key, value in cfg.items():
-        if isinstance(value, dict):
-            out += _auto_keys(value, f"{prefix}{key}.")
-        elif value == "auto":
-            out.append(prefix + key)
-    return out
-
-
-def _offloads_optimizer(cfg: dict) -> bool:
-    device = cfg.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
-    return device not in (None, "none")
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The engine
 
 
@@ -381,7 +214,7 @@ class TrainEngine:
         cfg = deepspeed_config(deepspeed_config_path, micro_batch_size=micro_batch_size,
                                gradient_accumulation_steps=gradient_accumulation_steps,
                                max_grad_norm=max_grad_norm, bf16=on_gpu)
-        if _offloads_optimizer(cfg):
+        if offloads_optimizer(cfg):
             from deepspeed.ops.adam import DeepSpeedCPUAdam  # compiles cpu_adam on first use
 
             optimizer = DeepSpeedCPUAdam(params, adamw_mode=True, **opt_kwargs)

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlwork import checkpoint as ckpt
+from rlwork import dist
 from rlwork import engine as eng
 from rlwork.config import RunConfig, to_dict
 from rlwork.models import load_diffusion_lm
@@ -60,7 +61,7 @@ class SftSession:
 
     @property
     def rows_per_rank(self) -> int:
-        return self.cfg.sft.batch_size // eng.world_size()
+        return self.cfg.sft.batch_size // dist.world_size()
 
     def close(self) -> None:
         self.tracker.finish()
@@ -69,8 +70,8 @@ class SftSession:
 def setup_sft(cfg: RunConfig, resume: bool = False, progress: bool = True) -> SftSession:
     """Check the data, load the model, wrap it (LoRA or full weights, torch or DeepSpeed), restore if asked."""
     s = cfg.sft
-    eng.init_distributed()
-    world = eng.world_size()
+    dist.init_distributed()
+    world = dist.world_size()
     if s.batch_size % world:
         raise ValueError(f"sft.batch_size={s.batch_size} is not divisible by the {world} ranks: use a multiple of "
                          f"{world}")
@@ -103,8 +104,8 @@ def setup_sft(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Sf
                              "from its own output_dir, or start a new one")
         stream.load_state(data_state)
     tracker = make_tracker(run_dir, cfg.tracking.wandb_project if cfg.tracking.wandb else None,
-                           cfg.tracking.wandb_mode, to_dict(cfg), eng.is_main_process())
-    return SftSession(cfg, lm, engine, stream, tracker, run_dir, start_step, progress and eng.is_main_process())
+                           cfg.tracking.wandb_mode, to_dict(cfg), dist.is_main_process())
+    return SftSession(cfg, lm, engine, stream, tracker, run_dir, start_step, progress and dist.is_main_process())
 
 
 def train_sft(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict[str, float]:
@@ -135,7 +136,7 @@ def sft_step(session: SftSession, step: int) -> dict[str, float]:
     """One SFT step: the three phases, in order."""
     cfg, lm, engine, s = session.cfg, session.lm, session.engine, session.cfg.sft
     timer = PhaseTimer()
-    first_row = eng.rank() * session.rows_per_rank  # this rank's first row in the step's global batch
+    first_row = dist.rank() * session.rows_per_rank  # this rank's first row in the step's global batch
 
     # 1 batch: one global order on every rank, each rank its slice; micro-batch c's randomness (EOS counts, then
     # mask draws) comes from a generator keyed by its first global row.
@@ -153,7 +154,7 @@ def sft_step(session: SftSession, step: int) -> dict[str, float]:
         local = torch.tensor([sum(float(b.completion_mask.sum()) for b, _ in micro_batches),
                               sum(float(b.num_tokens) for b, _ in micro_batches)], dtype=torch.float64,
                              device=lm.device)  # NCCL reduces device tensors only
-        global_targets, global_tokens = (eng.all_reduce_mean(local) * eng.world_size()).tolist()
+        global_targets, global_tokens = (dist.all_reduce_mean(local) * dist.world_size()).tolist()
 
     # 2 update: the per-token loss of the global batch. engine.backward divides by the accumulation steps and the
     # ranks' gradients are averaged, so each micro-batch's share is scaled back by both.
@@ -161,7 +162,7 @@ def sft_step(session: SftSession, step: int) -> dict[str, float]:
         lr = learning_rate_at(step, s.steps, s.learning_rate, s.warmup, s.lr_schedule)
         for group in engine.optimizer.param_groups:  # torch AdamW, or DeepSpeed's ZeRO wrapper around it
             group["lr"] = lr
-        scale = engine.gradient_accumulation_steps * eng.world_size() / global_targets
+        scale = engine.gradient_accumulation_steps * dist.world_size() / global_targets
         loss_sum, result = 0.0, None
         for batch, gen in micro_batches:
             neg_elbo = negative_elbo(lm, batch, gen, s.samples, model=engine.module).sum()
@@ -173,7 +174,7 @@ def sft_step(session: SftSession, step: int) -> dict[str, float]:
     # 3 log: metrics reduced across ranks (every rank passes the same keys); only rank 0 writes.
     with timer("log"):
         epoch = session.stream.epoch + session.stream.position / len(session.stream.problems)
-        loss_total = float(eng.all_reduce_mean(torch.tensor([loss_sum], device=lm.device))) * eng.world_size()
+        loss_total = float(dist.all_reduce_mean(torch.tensor([loss_sum], device=lm.device))) * dist.world_size()
         metrics = {"sft/loss": loss_total / global_targets,
                    "sft/target_tokens": global_targets, "sft/epoch": epoch, "optim/lr": lr,
                    "optim/grad_norm": result.grad_norm, "optim/skipped_updates": float(not result.applied)}

@@ -25,10 +25,12 @@ import torch
 from tqdm.auto import tqdm
 
 from rlwork import checkpoint as ckpt
+from rlwork import dist
 from rlwork import engine as eng
 from rlwork.advantages import (
     compute_advantages,
     frac_zero_std,
+    refill_rows,
     reward_metrics,
     rows_with_signal,
     weighted_reward_sum,
@@ -88,8 +90,8 @@ class Session:
 
 def setup(cfg: RunConfig, resume: bool = False) -> Session:
     """Load the model, wrap it (LoRA, engine), open data, rewards and trackers; restore a checkpoint if asked."""
-    eng.init_distributed()
-    world = eng.world_size()
+    dist.init_distributed()
+    world = dist.world_size()
     if cfg.train.prompts_per_step % world:
         raise ValueError(
             f"train.prompts_per_step={cfg.train.prompts_per_step} is not divisible by the {world} ranks: "
@@ -118,7 +120,7 @@ def setup(cfg: RunConfig, resume: bool = False) -> Session:
         start_step, _, data_state = ckpt.load_checkpoint(run_dir, engine)
         stream.load_state(data_state)
     tracker = make_tracker(run_dir, cfg.tracking.wandb_project if cfg.tracking.wandb else None,
-                           cfg.tracking.wandb_mode, to_dict(cfg), eng.is_main_process())
+                           cfg.tracking.wandb_mode, to_dict(cfg), dist.is_main_process())
     ref_policy = eng.RefPolicy.build(policy, cfg.algo.beta, copy_for_full_ft=cfg.algo.reference_copy)
     return Session(cfg, lm, engine, ref_policy, stream, RewardScorer(cfg.rewards), tracker, run_dir, start_step)
 
@@ -129,7 +131,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, float]:
     unscorable_streak, metrics = 0, {}
     try:
         steps = range(session.start_step, cfg.train.steps)
-        for step in tqdm(steps, desc="rl steps", unit="step", disable=not eng.is_main_process()):
+        for step in tqdm(steps, desc="rl steps", unit="step", disable=not dist.is_main_process()):
             metrics = train_step(session, step)
             unscorable_streak = unscorable_streak + 1 if metrics["reward/frac_unscorable"] == 1.0 else 0
             if unscorable_streak >= cfg.train.max_unscorable_steps:
@@ -151,10 +153,10 @@ def train_step(session: Session, step: int) -> dict[str, float]:
     cfg, lm, engine = session.cfg, session.lm, session.engine
     algo, G = cfg.algo, cfg.algo.num_generations
     timer = PhaseTimer()
-    b_local = cfg.train.prompts_per_step // eng.world_size()
+    b_local = cfg.train.prompts_per_step // dist.world_size()
 
     # 1 rollout: G completions per prompt; ZeRO-3 gathers parameters once for the whole phase.
-    first_row = eng.rank() * b_local * G  # this rank's first row in the step's global batch
+    first_row = dist.rank() * b_local * G  # this rank's first row in the step's global batch
     with timer("rollout"), eng.gathered_parameters(engine):
         rollout = _rollout(session, step, "sample", first_row)
 
@@ -167,7 +169,7 @@ def train_step(session: Session, step: int) -> dict[str, float]:
     # 2b DAPO dynamic sampling: replace flat groups by fresh prompts' groups that have signal. Every rank runs
     # the same number of rounds (the prompt stream advances in lockstep).
     rounds = 0
-    while algo.dynamic_sampling == "resample" and rounds < algo.max_resample_rounds and _any_rank(
+    while algo.dynamic_sampling == "resample" and rounds < algo.max_resample_rounds and dist.any_rank(
             bool(zero_std_groups(rewards, G).any())):
         rounds += 1
         with timer("rollout"), eng.gathered_parameters(engine):
@@ -201,7 +203,7 @@ def train_step(session: Session, step: int) -> dict[str, float]:
     # rank there is nothing to learn, and an optimizer step on zero gradients would still move the weights
     # (Adam's momentum), so every rank skips the phase together.
     with timer("update"):
-        if _any_rank(bool(signal.any())):
+        if dist.any_rank(bool(signal.any())):
             update_metrics = policy_updates(cfg, lm, engine, rollout, advantages, signal, draws, old, ref)
         else:
             update_metrics = {k: math.nan for k in UPDATE_KEYS if k != "policy/kl" or ref is not None}
@@ -216,9 +218,9 @@ def train_step(session: Session, step: int) -> dict[str, float]:
         metrics["reward/resample_rounds"] = float(rounds)
         rows = rollout_rows(rollout, scores, rewards, advantages)
         for row in rows:
-            row["group_id"] += eng.rank() * b_local  # global group ids across ranks
-        rows = _gather_rows(rows)  # every rank's rollouts reach the store, not only rank 0's
-        if eng.is_main_process():
+            row["group_id"] += dist.rank() * b_local  # global group ids across ranks
+        rows = dist.gather_lists(rows)  # every rank's rollouts reach the store, not only rank 0's
+        if dist.is_main_process():
             save_rollouts(session.run_dir, step, rows)
             if step % cfg.train.table_every == 0:
                 session.tracker.log_table("completions", rows[: 4 * G], step)
@@ -229,7 +231,7 @@ def train_step(session: Session, step: int) -> dict[str, float]:
     metrics["perf/sampler_forwards"] = float(rollout.num_forwards)
     metrics = reduce_metrics(metrics)
     session.tracker.log(metrics, step)
-    if eng.is_main_process():
+    if dist.is_main_process():
         tqdm.write(step_summary(step, cfg.train.steps, metrics))
     return metrics
 
@@ -241,44 +243,14 @@ def sampler_config(cfg: RunConfig) -> SamplerConfig:
 def _rollout(session: Session, step: int, phase: str, first_row: int) -> Rollout:
     """This rank's slice of the next global prompt batch, G completions each, randomness keyed by global row."""
     cfg, lm, G = session.cfg, session.lm, session.cfg.algo.num_generations
-    b_local = cfg.train.prompts_per_step // eng.world_size()
+    b_local = cfg.train.prompts_per_step // dist.world_size()
     batch = session.stream.next(cfg.train.prompts_per_step)  # one global order; each rank takes its slice
-    mine = slice(eng.rank() * b_local, (eng.rank() + 1) * b_local)
+    mine = slice(dist.rank() * b_local, (dist.rank() + 1) * b_local)
     return generate_rollouts(
         lm, batch.problems[mine], batch.texts[mine], G, sampler_config(cfg),
         lambda row: row_generator(cfg.seed, step, phase, first_row + row, lm.device),
-        cfg.train.rollout_batch_size, model=session.engine.module, progress=eng.is_main_process(),
+        cfg.train.rollout_batch_size, model=session.engine.module, progress=dist.is_main_process(),
     )
-
-
-def _gather_rows(rows: list[dict]) -> list[dict]:
-    """All ranks' rollout records on every rank, in rank order (identity in one process)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return rows
-    gathered: list[list[dict] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, rows)
-    return [row for part in gathered for row in part]
-
-
-def _any_rank(flag: bool) -> bool:
-    return bool(eng.all_reduce_mean(torch.tensor([float(flag)])) > 0)
-
-
-def refill_rows(rewards: torch.Tensor, extra_rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
-    """Row indices into [rows, extra rows] that put extra groups with signal in place of flat groups (in order).
-
-    rewards: [N], extra_rewards: [M] (both grouped contiguously by num_generations). Returns [N] int64.
-    """
-    G = num_generations
-    flat = zero_std_groups(rewards, G).tolist()  # [B]
-    donors = [g for g, is_flat in enumerate(zero_std_groups(extra_rewards, G).tolist()) if not is_flat]
-    rows = []
-    for g, is_flat in enumerate(flat):
-        source = len(rewards) + donors.pop(0) * G if is_flat and donors else g * G
-        rows.extend(range(source, source + G))
-    return torch.tensor(rows)
 
 
 def row_generator(seed: int, step: int, phase: str, row: int, device: torch.device) -> torch.Generator:

@@ -11,6 +11,7 @@ from rlwork.advantages import (
     frac_zero_std,
     group_stats,
     grpo_advantages,
+    refill_rows,
     reward_metrics,
     rloo_advantages,
     rows_with_signal,
@@ -206,3 +207,11 @@ def test_reward_metrics_hand_case():
     assert m["reward/format/mean"].item() == 0.5
     with pytest.raises(ValueError, match="one name per column"):
         reward_metrics(rewards, 2, per_func, ["unit_tests"])
+
+
+def test_refill_rows_puts_signal_groups_in_place_of_flat_ones():
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])  # G=2: flat, signal, flat
+    extra = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0, 0.0])  # flat, signal, signal (rows 6..11 of the concat)
+    assert refill_rows(rewards, extra, 2).tolist() == [8, 9, 2, 3, 10, 11]
+    few = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0])  # one donor only: the second flat group stays
+    assert refill_rows(rewards, few, 2).tolist() == [10, 11, 2, 3, 4, 5]

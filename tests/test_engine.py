@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlwork import dist
 from rlwork import engine as eng
 from rlwork.models import DiffusionLM
 
@@ -153,27 +154,6 @@ def test_engine_arguments_are_validated(tiny_lm, monkeypatch):
         eng.TrainEngine.create(lora_copy(tiny_lm), lr=1e-3)
 
 
-def test_deepspeed_config_fills_owned_values():
-    cfg = eng.deepspeed_config("zero3", micro_batch_size=2, gradient_accumulation_steps=4, max_grad_norm=0.5,
-                               bf16=False)
-    assert cfg["train_micro_batch_size_per_gpu"] == 2 and cfg["gradient_accumulation_steps"] == 4
-    assert cfg["gradient_clipping"] == 0.5 and cfg["zero_optimization"]["stage"] == 3
-    assert cfg["bf16"] == {"enabled": False}
-    assert not any(k.startswith("_") for k in cfg)
-    for name in ("zero2", "zero3", "zero2_offload", "zero3_offload"):
-        raw = json.loads((eng.CONFIG_DIR / f"{name}.json").read_text())
-        assert all(raw[k] == "auto" for k in eng.OWNED_KEYS), name
-    with pytest.raises(ValueError, match="still 'auto'"):
-        eng.deepspeed_config({"zero_optimization": {"stage": "auto"}}, micro_batch_size=1,
-                             gradient_accumulation_steps=1, max_grad_norm=1.0, bf16=False)
-    with pytest.raises(ValueError, match="check_grad_overflow"):
-        eng.deepspeed_config({"bf16": {"check_grad_overflow": False}}, micro_batch_size=1,
-                             gradient_accumulation_steps=1, max_grad_norm=1.0, bf16=True)
-    with pytest.raises(ValueError, match="zero2"):
-        eng.deepspeed_config("zero9", micro_batch_size=1, gradient_accumulation_steps=1, max_grad_norm=1.0,
-                             bf16=False)
-
-
 @pytest.fixture(scope="module")
 def ds_engine_pair(tiny_lm):
     """A torch and a DeepSpeed ZeRO-2 engine over identical LoRA copies (in this process, world size 1)."""
@@ -188,7 +168,7 @@ def ds_engine_pair(tiny_lm):
 
 def test_deepspeed_zero2_matches_torch(tiny_lm, ds_engine_pair):
     plain, ds = ds_engine_pair
-    assert ds.zero_stage == 2 and eng.world_size() == 1 and eng.is_main_process()
+    assert ds.zero_stage == 2 and dist.world_size() == 1 and dist.is_main_process()
     ids, targets = toy_batch(4, n=4)
     results = {}
     for name, engine in (("torch", plain), ("deepspeed", ds)):
@@ -242,14 +222,6 @@ def test_deepspeed_offload_matches_torch(tiny_lm, name):
         torch.testing.assert_close(ds_w[name_], value, rtol=1e-4, atol=1e-6)
 
 
-def test_rank_helpers_on_one_process():
-    assert eng.rank() == 0 and eng.world_size() == 1 and eng.is_main_process()
-    x = torch.tensor([1.0, 3.0])
-    assert torch.equal(eng.all_reduce_mean(x), x)
-    assert eng.broadcast_object({"a": 1}) == {"a": 1}
-    eng.barrier()
-
-
 # 20-30 s each on 2 shared cores (two fresh interpreters importing torch/transformers/deepspeed): opt-in, so the
 # default run of this file and test_checkpoint.py stays under a minute. ZeRO-2 on one process runs by default.
 @pytest.mark.slow
@@ -261,7 +233,7 @@ def test_two_ranks_agree_with_one_process(tmp_path, stage):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)  # this pytest process may have set single-process defaults
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(eng._free_port()), str(ROOT / "tests" / "scripts" / "ds_two_ranks.py"), str(stage), str(out)]
+           str(dist._free_port()), str(ROOT / "tests" / "scripts" / "ds_two_ranks.py"), str(stage), str(out)]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     print(f"2-rank ZeRO-{stage}: {time.perf_counter() - start:.1f}s")
@@ -277,13 +249,3 @@ def test_two_ranks_agree_with_one_process(tmp_path, stage):
     assert result["moved_after_save"] > 0 and result["restored_max_diff"] == 0, result
     assert result["saved_adapter_max_diff"] == 0 and result["resumed_step"] == 1, result
     assert result["ref_max_diff"] == 0 and result["policy_moved"] > 1e-4, result  # adapter-disabled reference
-
-
-def test_collectives_move_cpu_tensors_to_the_gpu_only_for_nccl(monkeypatch):
-    from rlwork.engine import collective_device
-
-    cpu = torch.device("cpu")
-    assert collective_device("gloo", cpu) == cpu
-    assert collective_device("nccl", torch.device("cuda", 1)) == torch.device("cuda", 1)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)  # no GPU here: the choice, not the copy
-    assert collective_device("nccl", cpu) == torch.device("cuda", 3)

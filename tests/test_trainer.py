@@ -14,7 +14,6 @@ from rlwork.trainer import (
     _elbo,
     draw_masks_for,
     old_and_ref_logps,
-    refill_rows,
     sampler_config,
     setup,
     train,
@@ -161,14 +160,6 @@ def test_resume_reproduces_the_next_step(tmp_path, reward_module):
 def test_bad_config_fails_before_compute(tmp_path):
     with pytest.raises(ValueError, match="num_generations=1"):
         load_config(None, ["algo.num_generations=1"])
-
-
-def test_refill_rows_puts_signal_groups_in_place_of_flat_ones():
-    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])  # G=2: flat, signal, flat
-    extra = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0, 0.0])  # flat, signal, signal (rows 6..11 of the concat)
-    assert refill_rows(rewards, extra, 2).tolist() == [8, 9, 2, 3, 10, 11]
-    few = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0])  # one donor only: the second flat group stays
-    assert refill_rows(rewards, few, 2).tolist() == [10, 11, 2, 3, 4, 5]
 
 
 def test_resample_replaces_flat_groups(tmp_path, reward_module):

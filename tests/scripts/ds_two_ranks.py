@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from rlwork import checkpoint as ckpt
+from rlwork import dist
 from rlwork import engine as eng
 from rlwork.models import load_diffusion_lm
 
@@ -37,8 +38,8 @@ def max_diff(a, b):
 
 
 def main(stage: int, out: Path) -> None:
-    eng.init_distributed()
-    rank, world = eng.rank(), eng.world_size()
+    dist.init_distributed()
+    rank, world = dist.rank(), dist.world_size()
     assert world == 2, world
     lm = load_diffusion_lm("tiny", "stable-diffcoder")
     torch.manual_seed(0)
@@ -76,9 +77,9 @@ def main(stage: int, out: Path) -> None:
         with ref.context(ds.module) as ref_module:  # the LoRA B matrices start at 0: base == initial policy
             ref_diff = float((lm.forward(ids, model=ref_module)[0] - plain_logits).abs().max())
         policy_moved = float((lm.forward(ids, model=ds.module)[0] - plain_logits).abs().max())
-    others = eng.broadcast_object(weights, src=1)
+    others = dist.broadcast_object(weights, src=1)
     identical = all(torch.equal(weights[n], others[n]) for n in weights)
-    identical = bool(eng.all_reduce_mean(torch.tensor(float(identical))) == 1.0)
+    identical = bool(dist.all_reduce_mean(torch.tensor(float(identical))) == 1.0)
     vs_single = max_diff(weights, {n: p.detach() for n, p in single.named_trainable_parameters()})
 
     run = out.parent / f"run-zero{stage}"
@@ -102,7 +103,7 @@ def main(stage: int, out: Path) -> None:
             "restored_max_diff": restored, "saved_adapter_max_diff": saved_diff,
             "resumed_step": step, "data_state": data_state, "ref_max_diff": ref_diff, "policy_moved": policy_moved,
         }, indent=2))
-    eng.barrier()
+    dist.barrier()
 
 
 if __name__ == "__main__":
