@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
 
-    from rlwork.config import ConfigError, load_config, to_dict
+    from rlwork.config import ConfigError, load_config
+    from rlwork.typed_config import to_dict
 
     if args.command == "export":
         return _export(args.checkpoint, args.out)

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from rlwork import checkpoint as ckpt
 from rlwork import dist
 from rlwork import engine as eng
-from rlwork.config import RunConfig, to_dict
+from rlwork.config import RunConfig
 from rlwork.models import load_diffusion_lm
 from rlwork.prompts import PromptStream, load_split
 from rlwork.sft import (
@@ -41,6 +41,7 @@ from rlwork.sft import (
 )
 from rlwork.tracking import make_tracker, reduce_metrics
 from rlwork.trainer import PhaseTimer, row_generator
+from rlwork.typed_config import to_dict
 
 RUN_KIND = "sft"
 """Stored in each checkpoint's data state, so `--resume` refuses a folder that holds an RL run."""

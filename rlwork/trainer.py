@@ -36,7 +36,7 @@ from rlwork.advantages import (
     weighted_reward_sum,
     zero_std_groups,
 )
-from rlwork.config import RunConfig, SamplerConfig, to_dict
+from rlwork.config import RunConfig, SamplerConfig
 from rlwork.diffusion.elbo import elbo
 from rlwork.diffusion.masking import MaskDraw, draw_masks, select_rows
 from rlwork.losses import policy_loss
@@ -45,6 +45,7 @@ from rlwork.prompts import PromptStream, load_split
 from rlwork.rollout import Rollout, concat_rollouts, generate_rollouts
 from rlwork.scoring import RewardScorer, rollout_rows, sandbox_metrics
 from rlwork.tracking import make_tracker, reduce_metrics, save_rollouts
+from rlwork.typed_config import to_dict
 
 UPDATE_KEYS = ("policy/clipfrac_low", "policy/clipfrac_high", "policy/clipfrac", "policy/ratio_mean",
                "policy/ratio_min", "policy/ratio_max", "policy/kl", "policy/loss", "optim/grad_norm",

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from rlwork.config import ConfigError, RunConfig, build, load_config, parse_overrides, to_dict
+from rlwork.config import ConfigError, RunConfig, load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("**/*.yaml"))
 
@@ -52,23 +52,6 @@ def test_missing_or_broken_yaml(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(bad)
-
-
-def test_overrides_parse_yaml_scalars_and_lists():
-    assert parse_overrides(["a.b=0.01", "a.c=[1, 2]", "d=null", "e=hello"]) == {
-        "a": {"b": 0.01, "c": [1, 2]}, "d": None, "e": "hello"
-    }
-
-
-def test_exponent_without_dot_is_a_number():
-    assert load_config(None, ["train.learning_rate=3e-3"]).train.learning_rate == 0.003
-    with pytest.raises(ConfigError, match="train.learning_rate='fast': expected a number"):
-        load_config(None, ["train.learning_rate=fast"])
-
-
-def test_round_trip_through_plain_dict():
-    cfg = load_config(None, ["seed=5"])
-    assert build(RunConfig, to_dict(cfg)) == cfg
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
