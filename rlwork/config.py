@@ -13,8 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-# to_dict is not used here: rlwork.demo still imports it from this module (new code: from rlwork.typed_config)
-from rlwork.typed_config import ConfigError, build, merge, parse_overrides, read_yaml, to_dict  # noqa: F401
+from rlwork.typed_config import ConfigError, build, merge, parse_overrides, read_yaml
 
 T = TypeVar("T")
 

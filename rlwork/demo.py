@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlwork.config import RunConfig, to_dict
+from rlwork.config import RunConfig
 from rlwork.tiny import BUILD_VERSION, TINY_VARIANTS, cache_root, ensure_tiny_coder
+from rlwork.typed_config import to_dict
 
 
 def base_folder(cfg: RunConfig) -> Path:
