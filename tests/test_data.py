@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 from datasets import Dataset
+from test_schema import as_json, good_problem  # the schema's example problem (tests/ is on sys.path)
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -48,18 +49,6 @@ def test_unknown_adapter_and_missing_source():
         load_source(str(DATA / "nope.jsonl"))
     with pytest.raises(ValueError, match="dataset='mapped' only"):
         load_problems("mbpp", sample("mbpp"), columns={"prompt": "text", "tests": "test_list"})
-
-
-def good_problem(**changes) -> dict:
-    problem = {"prompt": "Add two numbers.", "entry_point": "add", "task_id": "t1",
-               "tests": json.dumps({"kind": "assert", "entry_point": "add", "asserts": ["assert add(1, 2) == 3"]}),
-               "reference": "def add(a, b):\n    return a + b\n"}
-    problem.update(changes)
-    return problem
-
-
-def as_json(**fields) -> str:
-    return json.dumps(fields)
 
 
 def test_convert_rows_raises_or_skips_and_counts():

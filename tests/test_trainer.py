@@ -86,13 +86,18 @@ def test_two_steps_change_every_lora_parameter_and_no_base_weight(tmp_path, rewa
         "step_000000.parquet", "step_000001.parquet"]
 
 
+def two_groups_of_four(session):
+    """8 rows: 4 completions of each of the stream's next 2 prompts, sampled from the session's policy."""
+    batch = session.stream.next(2)
+    return generate_rollouts(session.lm, batch.problems, batch.texts, 4, sampler_config(session.cfg),
+                             torch.Generator().manual_seed(0), 8, model=session.engine.module)
+
+
 def test_ratio_is_one_and_kl_zero_before_the_first_update(tmp_path, reward_module):
     cfg = tiny_cfg(tmp_path, "algo.num_iterations=2", "algo.beta=0.04", "train.micro_batch_size=8")
     session = setup(cfg)
     try:
-        batch = session.stream.next(2)
-        rollout = generate_rollouts(session.lm, batch.problems, batch.texts, 4, sampler_config(cfg),
-                                    torch.Generator().manual_seed(0), 8, model=session.engine.module)
+        rollout = two_groups_of_four(session)
         draw = draw_masks_for(cfg, session.lm, rollout, torch.Generator().manual_seed(1))
         old, ref = old_and_ref_logps(cfg, session.lm, session.engine, session.ref_policy, rollout, [[draw]])
         current = _elbo(session.lm, rollout, torch.arange(8), draw, 0, session.engine.module).per_token
@@ -193,9 +198,7 @@ def test_reference_terms_skip_rows_without_signal(tmp_path, reward_module):
     cfg = tiny_cfg(tmp_path, "algo.num_iterations=2", "algo.beta=0.04", "train.micro_batch_size=4")
     session = setup(cfg)
     try:
-        batch = session.stream.next(2)
-        rollout = generate_rollouts(session.lm, batch.problems, batch.texts, 4, sampler_config(cfg),
-                                    torch.Generator().manual_seed(0), 8, model=session.engine.module)
+        rollout = two_groups_of_four(session)
         draws = [[draw_masks_for(cfg, session.lm, rollout.select(torch.arange(s, s + 4)),
                                  torch.Generator().manual_seed(s)) for s in (0, 4)]]
         needed = torch.tensor([True, False, True, True, False, False, False, False])
