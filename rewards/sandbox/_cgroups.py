@@ -45,7 +45,7 @@ class Cgroups:
         if "memory" in v1 and "pids" in v1:
             for c in v1:
                 base = f"{CGROUP_ROOT}/{c}{own[c].rstrip('/')}/{name}"
-                os.mkdir(base)
+                _make_base(base)
                 self.paths[c] = base
                 self.dirs[c] = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
             return
@@ -54,7 +54,7 @@ class Cgroups:
             parent = f"{CGROUP_ROOT}{own.get('unified', '/').rstrip('/')}"
             _write_path(f"{parent}/cgroup.subtree_control", b"+memory +pids")
             base = f"{parent}/{name}"
-            os.mkdir(base)
+            _make_base(base)
             _write_path(f"{base}/cgroup.subtree_control", b"+memory +pids")
             self.v2, self.paths["unified"] = True, base
             self.dirs["unified"] = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
@@ -134,6 +134,20 @@ class Cgroups:
         for fd in self.dirs.values():
             with contextlib.suppress(OSError):
                 os.rmdir(job, dir_fd=fd)
+
+
+def _make_base(path: str) -> None:
+    """mkdir the runner's base cgroup. One already there carries this live process's PID, so a runner that was
+    killed before it could clean up left it (PIDs are reused): remove its empty job cgroups and it, then create it
+    afresh. A job cgroup that still holds processes makes rmdir fail, and the layer is reported unavailable."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        for child in os.scandir(path):
+            if child.is_dir(follow_symlinks=False):
+                os.rmdir(child.path)
+        os.rmdir(path)
+        os.mkdir(path)
 
 
 def _write_at(dir_fd: int, name: str, data: bytes) -> None:

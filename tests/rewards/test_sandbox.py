@@ -214,3 +214,22 @@ def test_test_code_never_enters_the_program_memory(evaluator):
     programs = [MEMORY_SCAN] * 12 + [MEMORY_SCAN + "# sbx-test-secret-7f3a\n"]
     outcomes = evaluator.evaluate(programs, [PROBE_TEST] * 13)
     assert [o.category for o in outcomes] == ["passed"] * 12 + ["wrong_answer"], [o.detail for o in outcomes]
+
+
+def test_a_base_cgroup_left_by_a_killed_runner_with_our_pid_is_reclaimed():
+    from rewards.sandbox._cgroups import Cgroups
+
+    stale = Cgroups(want=True)  # stands for a runner killed before cleanup, whose PID this process now has
+    if stale.error:
+        pytest.skip(f"no cgroups here: {stale.error}")
+    stale.acquire(64 << 20, 16)  # it had handed out a job cgroup too
+    fresh = Cgroups(want=True)  # same PID, same base name: used to fail with EEXIST
+    try:
+        assert fresh.error is None, fresh.error
+        assert fresh.paths == stale.paths
+        for path in fresh.paths.values():
+            assert not [e for e in os.scandir(path) if e.is_dir()], path  # the stale job cgroup is gone
+    finally:
+        fresh.remove_all(1.0)
+        for path in fresh.paths.values():
+            os.rmdir(path)
