@@ -21,7 +21,8 @@ T = TypeVar("T")
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     path: str = "tiny"
-    """HF checkpoint folder or hub name; `tiny` / `tiny-bidirectional` = an embedded tiny coder (built once)."""
+    """HF checkpoint folder or hub name; `tiny` / `tiny-bidirectional` = an embedded tiny coder (built once); or an
+    rlwork run/checkpoint folder (e.g. an SFT warm start): its weights merged into its base (rlwork.policies)."""
     family: Literal[
         "stable-diffcoder", "sdar", "llada", "dream", "diffucoder",
         "block-diffusion", "masked-diffusion", "masked-diffusion-shifted",

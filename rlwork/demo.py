@@ -24,6 +24,13 @@ def base_folder(cfg: RunConfig) -> Path:
     return ensure_tiny_coder(cfg.model.path) if cfg.model.path in TINY_VARIANTS else Path(cfg.model.path)
 
 
+def base_identity(cfg: RunConfig) -> str:
+    """What names the base in the cache key. An embedded tiny coder is its variant name (with BUILD_VERSION in the
+    key): the build is deterministic, so clones at different paths share a warm start. Any other model is its
+    resolved path."""
+    return cfg.model.path if cfg.model.path in TINY_VARIANTS else str(Path(cfg.model.path).resolve())
+
+
 def warm_start_key(cfg: RunConfig) -> str:
     data = to_dict(cfg.data)
     if cfg.data.dataset == "synthetic" and cfg.data.split == "train":
@@ -31,7 +38,7 @@ def warm_start_key(cfg: RunConfig) -> str:
     bookkeeping = ("save_every", "keep_checkpoints", "log_every")  # they do not change the weights
     sft = {k: v for k, v in to_dict(cfg.sft).items() if k not in bookkeeping}
     recipe = {"sft": sft, "lora": to_dict(cfg.lora) if cfg.sft.lora else None, "data": data,
-              "model": str(base_folder(cfg)), "family": cfg.model.family, "seed": cfg.seed,
+              "model": base_identity(cfg), "family": cfg.model.family, "seed": cfg.seed,
               "tiny_build": BUILD_VERSION, "chat": cfg.data.chat}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -24,11 +24,11 @@ import torch
 
 from rewards.sandbox import CATEGORIES, Evaluator, Limits
 from rewards.unit_tests import evaluate
-from rlwork.checkpoint import latest_checkpoint
-from rlwork.config import ModelConfig, RunConfig
+from rlwork.config import RunConfig
 from rlwork.diffusion.sampler import SamplerConfig
-from rlwork.models import DTYPES, DiffusionLM, load_diffusion_lm
+from rlwork.models import DiffusionLM
 from rlwork.passk import format_passk_table, pass_at_k
+from rlwork.policies import load_policy
 from rlwork.prompts import PromptStream, load_split
 from rlwork.rollout import generate_rollouts
 
@@ -159,53 +159,6 @@ def evaluate_passk(
         sandbox_errors=counts.get(SANDBOX_ERROR, 0), excluded=excluded, samples=samples, num_samples=num_samples,
         num_forwards=num_forwards,
     )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Policies
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint folder (with meta.json), the newest complete checkpoint of a run folder, or a bare adapter
-    folder (with adapter_config.json, as peft's `save_pretrained` writes it)."""
-    path = Path(path)
-    if (path / "meta.json").is_file() or (path / "adapter_config.json").is_file():
-        return path
-    latest = latest_checkpoint(path)
-    if latest is None:
-        raise ValueError(f"checkpoint={str(path)!r} is neither a checkpoint folder (with meta.json), a run folder "
-                         "with a complete checkpoint under checkpoints/, nor a peft adapter folder")
-    return latest
-
-
-def load_policy(model_cfg: ModelConfig, checkpoint: str | os.PathLike | None) -> DiffusionLM:
-    """The base model of `model_cfg` (checkpoint=None), or base + the weights of a run/checkpoint folder.
-
-    LoRA checkpoints: `PeftModel.from_pretrained` on the checkpoint's `adapter/`, so every forward of the returned
-    DiffusionLM goes through the adapter. Full fine-tuning checkpoints: the weights in `model/`, loaded with the
-    base's model class (the base folder keeps the modelling code). Tokenizer and family always come from the base.
-    The model is in eval mode (adapter dropout off).
-    """
-    lm = load_diffusion_lm(
-        model_cfg.path, model_cfg.family, trust_remote_code=model_cfg.trust_remote_code, dtype=model_cfg.dtype,
-        device=model_cfg.device, attn_implementation=model_cfg.attn_implementation, block_size=model_cfg.block_size,
-    )
-    if checkpoint is None:
-        lm.model.eval()
-        return lm
-    ckpt = resolve_checkpoint(checkpoint)
-    adapter = ckpt if (ckpt / "adapter_config.json").is_file() else ckpt / "adapter"
-    if adapter.is_dir():
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(lm.model, adapter, is_trainable=False)
-    elif (ckpt / "model").is_dir():
-        model = type(lm.model).from_pretrained(ckpt / "model", dtype=DTYPES[model_cfg.dtype],
-                                               attn_implementation=model_cfg.attn_implementation)
-        model.config.is_causal = getattr(lm.model.config, "is_causal", True)
-    else:
-        raise ValueError(f"{ckpt} holds neither adapter/ nor model/: not an rlwork checkpoint")
-    return DiffusionLM(model.to(lm.device).eval(), lm.tokenizer, lm.family)
 
 
 # ---------------------------------------------------------------------------------------------------------------

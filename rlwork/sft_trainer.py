@@ -28,7 +28,7 @@ from rlwork import checkpoint as ckpt
 from rlwork import dist
 from rlwork import engine as eng
 from rlwork.config import RunConfig
-from rlwork.models import load_diffusion_lm
+from rlwork.policies import load_model
 from rlwork.prompts import PromptStream, load_split
 from rlwork.sft import (
     SftBatch,
@@ -79,10 +79,7 @@ def setup_sft(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Sf
     problems = load_split(cfg.data, cfg.data.split, cfg.seed)
     check_targets(problems, f"data.dataset={cfg.data.dataset!r} split {cfg.data.split!r}",
                   continues_prompts(cfg.data))  # before loading a model
-    lm = load_diffusion_lm(
-        cfg.model.path, cfg.model.family, trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype,
-        device=cfg.model.device, attn_implementation=cfg.model.attn_implementation, block_size=cfg.model.block_size,
-    )
+    lm = load_model(cfg.model)  # an HF folder, a tiny variant, or a run folder (its weights merged into its base)
     with torch.random.fork_rng(devices=[]):  # adapter init depends on cfg.seed only, not on what ran before
         torch.manual_seed(cfg.seed)
         policy = eng.apply_lora(lm.model, cfg.lora.r if s.lora else 0, cfg.lora.alpha, cfg.lora.dropout,

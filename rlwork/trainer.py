@@ -40,7 +40,7 @@ from rlwork.config import RunConfig, SamplerConfig
 from rlwork.diffusion.elbo import elbo
 from rlwork.diffusion.masking import MaskDraw, draw_masks, select_rows
 from rlwork.losses import policy_loss
-from rlwork.models import load_diffusion_lm
+from rlwork.policies import load_model
 from rlwork.prompts import PromptStream, load_split
 from rlwork.rollout import Rollout, concat_rollouts, generate_rollouts
 from rlwork.scoring import RewardScorer, rollout_rows, sandbox_metrics
@@ -99,10 +99,7 @@ def setup(cfg: RunConfig, resume: bool = False) -> Session:
             f"use a multiple of {world}"
         )
     run_dir = Path(cfg.output_dir)
-    lm = load_diffusion_lm(
-        cfg.model.path, cfg.model.family, trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype,
-        device=cfg.model.device, attn_implementation=cfg.model.attn_implementation, block_size=cfg.model.block_size,
-    )
+    lm = load_model(cfg.model)  # an HF folder, a tiny variant, or a run folder (its weights merged into its base)
     with torch.random.fork_rng(devices=[]):  # adapter init depends on cfg.seed only, not on what ran before
         torch.manual_seed(cfg.seed)
         policy = eng.apply_lora(lm.model, cfg.lora.r if cfg.lora.enabled else 0, cfg.lora.alpha, cfg.lora.dropout,

@@ -1,8 +1,6 @@
 """pass@k evaluation: hand-computed cases through the real rollout/sandbox path with controlled completions,
-sandbox errors kept out of n, exact enumeration of the estimator, adapter and full-FT checkpoint loading, and
-run_eval end to end on the tiny coder."""
+sandbox errors kept out of n, exact enumeration of the estimator, and run_eval end to end on the tiny coder."""
 
-import copy
 import itertools
 import json
 import math
@@ -10,15 +8,15 @@ import random
 
 import pytest
 import torch
+from test_policies import perturbed_engine  # tests/ is on sys.path
 
 from rewards.sandbox import Evaluator, Limits
 from rewards.sandbox.verdict import make_outcome
 from rlwork import checkpoint as ckpt
-from rlwork import engine as eng
 from rlwork import rollout as rollout_mod
-from rlwork.config import ModelConfig, load_config
+from rlwork.config import load_config
 from rlwork.diffusion.sampler import Generation, SamplerConfig
-from rlwork.eval import evaluate_passk, load_policy, resolve_checkpoint, run_eval, summarise_verdicts
+from rlwork.eval import evaluate_passk, run_eval, summarise_verdicts
 
 SANDBOX_DOWN = "# sandbox-down marker"
 
@@ -165,39 +163,8 @@ def test_bad_arguments_are_refused(tiny_lm, kwargs, match):
                        torch.Generator(), args["batch_size"], progress=False)
 
 
-def _perturbed_engine(tiny_lm, r: int):
-    torch.manual_seed(0)
-    model = eng.apply_lora(copy.deepcopy(tiny_lm.model), r=r, alpha=8)
-    with torch.no_grad():  # LoRA's B starts at zero; move every trainable weight so the adapter matters
-        for p in model.parameters():
-            if p.requires_grad and p.dim() == 2:
-                p.add_(0.05 * torch.randn_like(p))
-    return eng.TrainEngine.create(model, lr=1e-2)
-
-
-@pytest.mark.parametrize("r", [4, 0], ids=["lora", "full_ft"])
-def test_load_policy_reproduces_the_saved_policy(tiny_lm, tmp_path, r):
-    engine = _perturbed_engine(tiny_lm, r)
-    folder = ckpt.save_checkpoint(tmp_path, 2, engine, None, {}, {"seed": 0})
-    ids = torch.randint(8, 500, (2, 12), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected, _ = tiny_lm.forward(ids, model=engine.module.eval())
-        base, _ = tiny_lm.forward(ids)
-    assert not torch.allclose(expected, base, atol=1e-3)  # the saved policy is not the base
-    for where in (tmp_path, folder):  # a run folder resolves to its newest checkpoint
-        policy = load_policy(ModelConfig(), where)
-        with torch.no_grad():
-            got, _ = policy.forward(ids)
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-        assert eng.is_peft(policy.model) == (r > 0)
-    with torch.no_grad():
-        torch.testing.assert_close(load_policy(ModelConfig(), None).forward(ids)[0], base)
-    with pytest.raises(ValueError, match="neither a checkpoint folder"):
-        resolve_checkpoint(tmp_path / "nowhere")
-
-
 def test_run_eval_base_vs_trained_on_the_tiny_coder(tiny_lm, tmp_path, capsys):
-    engine = _perturbed_engine(tiny_lm, 4)
+    engine = perturbed_engine(tiny_lm, 4)
     ckpt.save_checkpoint(tmp_path / "run", 1, engine, None, {}, {"seed": 0})
     cfg = load_config(None, ["data.synthetic_train=4", "data.synthetic_heldout=2", "eval.num_samples=2",
                              "eval.ks=[1,2]", "sampler.max_new_tokens=8", "train.rollout_batch_size=3"])

@@ -146,7 +146,7 @@ def test_bad_configs_and_missing_references_fail_before_compute(tmp_path, monkey
         load_config(None, ["sft.lora=3"])
     rows = [{"task_id": "t0", "prompt": "p", "reference": "x = 1"}, {"task_id": "t1", "prompt": "p"}]
     monkeypatch.setattr(sft_trainer, "load_split", lambda *a: rows)
-    monkeypatch.setattr(sft_trainer, "load_diffusion_lm", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(sft_trainer, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     with pytest.raises(ValueError, match="row 1 of data.dataset='synthetic' split 'train': task 't1' has no"):
         train_sft(sft_cfg(tmp_path), progress=False)
 
@@ -178,3 +178,15 @@ def test_warm_start_key_follows_what_changes_the_weights():
     assert key() == key("sft.save_every=7", "sft.log_every=3")
     for changed in ("data.synthetic_train=100", "sft.steps=10", "seed=1", "sft.learning_rate=1e-3"):
         assert key(changed) != key(), changed
+
+
+def test_warm_start_key_does_not_depend_on_where_the_cache_is(tmp_path, monkeypatch):
+    """Two clones (two cache roots, two tiny builds on disk) share one key; another model path gets another."""
+    from rlwork.demo import warm_start_key
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [])
+    monkeypatch.setenv("RLWORK_CACHE", str(tmp_path / "clone-a"))
+    first = warm_start_key(cfg)
+    monkeypatch.setenv("RLWORK_CACHE", str(tmp_path / "clone-b"))
+    assert warm_start_key(cfg) == first
+    assert warm_start_key(load_config(ROOT / "configs" / "tiny.yaml", [f"model.path={tmp_path}"])) != first

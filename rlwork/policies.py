@@ -1,0 +1,129 @@
+"""Loading policies: a base model, base + a run's weights, or a run folder used as the starting model.
+
+`model.path` can name an rlwork run or checkpoint folder (an SFT warm start, an RL run) as well as an HF
+checkpoint: the run's base is the model its saved `config.yaml` names (recursively, so RL on SFT on a base
+works), and the run's weights are merged into it, so the result is an ordinary model that a new run adapts and
+whose adapter-disabled self is the reference policy. Nothing has to be exported first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from rlwork.checkpoint import latest_checkpoint
+from rlwork.config import ModelConfig
+from rlwork.models import DTYPES, DiffusionLM, load_diffusion_lm
+from rlwork.tiny import TINY_VARIANTS
+from rlwork.typed_config import ConfigError, build, read_yaml
+
+MAX_RUN_CHAIN = 16
+"""A run whose base is a run whose base is ... stops here (a loop of runs naming each other)."""
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint folder (with meta.json), the newest complete checkpoint of a run folder, or a bare adapter
+    folder (with adapter_config.json, as peft's `save_pretrained` writes it)."""
+    path = Path(path)
+    if (path / "meta.json").is_file() or (path / "adapter_config.json").is_file():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise ValueError(f"checkpoint={str(path)!r} is neither a checkpoint folder (with meta.json), a run folder "
+                         "with a complete checkpoint under checkpoints/, nor a peft adapter folder")
+    return latest
+
+
+def run_checkpoint(path: str | os.PathLike) -> Path | None:
+    """The rlwork checkpoint that `path` names as a starting model, or None when it is not an rlwork run.
+
+    A checkpoint folder (meta.json) or a run folder with checkpoints/ counts; an HF folder (config.json) never does.
+    A run folder whose checkpoints are all incomplete raises: starting from the base instead would be wrong.
+    """
+    path = Path(path)
+    if (path / "config.json").is_file() or not path.is_dir():
+        return None
+    if (path / "meta.json").is_file():
+        return path
+    if (path / "checkpoints").is_dir():
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise ValueError(f"model.path={str(path)!r} is an rlwork run folder without a complete checkpoint: let it "
+                             "save one (sft.save_every / train.save_every), or point at an HF checkpoint folder")
+        return latest
+    return None
+
+
+def saved_base(ckpt: Path, model_cfg: ModelConfig) -> ModelConfig:
+    """The base model config of the run that wrote `ckpt` (its `config.yaml`), with this run's dtype, device and
+    attention kernel. The family must agree: it fixes the mask/eos/pad ids both runs trained with."""
+    saved = read_yaml(ckpt / "config.yaml").get("model")
+    if not isinstance(saved, dict):
+        raise ValueError(f"{ckpt}/config.yaml has no model section: not a checkpoint rlwork wrote")
+    try:
+        base = build(ModelConfig, saved, prefix="model")
+    except ConfigError as err:
+        raise ValueError(f"{ckpt}/config.yaml: {err}") from None
+    if base.family != model_cfg.family:
+        raise ValueError(f"model.path={str(ckpt)!r} was trained as model.family={base.family!r}, this run says "
+                         f"{model_cfg.family!r}: set model.family={base.family}")
+    block_size = model_cfg.block_size if model_cfg.block_size is not None else base.block_size
+    return dataclasses.replace(base, trust_remote_code=base.trust_remote_code or model_cfg.trust_remote_code,
+                               dtype=model_cfg.dtype, device=model_cfg.device,
+                               attn_implementation=model_cfg.attn_implementation, block_size=block_size)
+
+
+def load_model(model_cfg: ModelConfig, _depth: int = 0) -> DiffusionLM:
+    """The starting model that `model_cfg.path` names: an HF folder or tiny variant as is, or an rlwork run or
+    checkpoint folder as its base with the run's weights merged in (LoRA merged with `merge_and_unload`, full
+    weights loaded). Train mode, as `from_pretrained` leaves it."""
+    ckpt = run_checkpoint(model_cfg.path) if model_cfg.path not in TINY_VARIANTS else None
+    if ckpt is None:
+        return load_diffusion_lm(
+            model_cfg.path, model_cfg.family, trust_remote_code=model_cfg.trust_remote_code, dtype=model_cfg.dtype,
+            device=model_cfg.device, attn_implementation=model_cfg.attn_implementation,
+            block_size=model_cfg.block_size,
+        )
+    if _depth >= MAX_RUN_CHAIN:
+        raise ValueError(f"model.path={model_cfg.path!r}: more than {MAX_RUN_CHAIN} runs chained through their "
+                         "config.yaml (a loop?); export one with `rlwork export` and start from that folder")
+    base_cfg = saved_base(ckpt, model_cfg)
+    lm = attach_checkpoint(load_model(base_cfg, _depth + 1), ckpt, base_cfg, merge=True)
+    lm.model.train()
+    return lm
+
+
+def attach_checkpoint(lm: DiffusionLM, ckpt: Path, model_cfg: ModelConfig, *, merge: bool) -> DiffusionLM:
+    """`lm` with the weights of checkpoint folder `ckpt`: its `adapter/` (or a bare adapter folder) through peft,
+    merged into the weights when `merge`, or its full weights in `model/`. Tokenizer and family stay lm's."""
+    adapter = ckpt if (ckpt / "adapter_config.json").is_file() else ckpt / "adapter"
+    if adapter.is_dir():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(lm.model, adapter, is_trainable=False)
+        if merge:
+            model = model.merge_and_unload()
+    elif (ckpt / "model").is_dir():
+        model = type(lm.model).from_pretrained(ckpt / "model", dtype=DTYPES[model_cfg.dtype],
+                                               attn_implementation=model_cfg.attn_implementation)
+        model.config.is_causal = getattr(lm.model.config, "is_causal", True)
+    else:
+        raise ValueError(f"{ckpt} holds neither adapter/ nor model/: not an rlwork checkpoint")
+    return DiffusionLM(model.to(lm.device), lm.tokenizer, lm.family)
+
+
+def load_policy(model_cfg: ModelConfig, checkpoint: str | os.PathLike | None) -> DiffusionLM:
+    """The starting model of `model_cfg` (checkpoint=None; see `load_model`), or it + the weights of a
+    run/checkpoint folder.
+
+    LoRA checkpoints: `PeftModel.from_pretrained` on the checkpoint's `adapter/`, so every forward of the returned
+    DiffusionLM goes through the adapter. Full fine-tuning checkpoints: the weights in `model/`, loaded with the
+    base's model class (the base folder keeps the modelling code). Tokenizer and family always come from the base.
+    The model is in eval mode (adapter dropout off).
+    """
+    lm = load_model(model_cfg)
+    if checkpoint is not None:
+        lm = attach_checkpoint(lm, resolve_checkpoint(checkpoint), model_cfg, merge=False)
+    lm.model.eval()
+    return lm

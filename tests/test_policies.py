@@ -1,0 +1,103 @@
+"""Loading policies: base + a checkpoint's adapter or full weights, and a run folder as the starting model (its
+weights merged into the base its config.yaml names, recursively), with the errors a wrong path gets."""
+
+import copy
+
+import pytest
+import torch
+
+from rlwork import checkpoint as ckpt
+from rlwork import engine as eng
+from rlwork.config import ModelConfig, load_config
+from rlwork.policies import load_model, load_policy, resolve_checkpoint, run_checkpoint
+from rlwork.trainer import setup
+
+BASE = {"model": {"path": "tiny", "family": "stable-diffcoder"}}
+
+
+def perturbed_engine(tiny_lm, r: int, seed: int = 0):
+    """A LoRA (r > 0) or full fine-tuning engine whose trainable weights were moved off the base."""
+    torch.manual_seed(seed)
+    model = eng.apply_lora(copy.deepcopy(tiny_lm.model), r=r, alpha=8)
+    with torch.no_grad():  # LoRA's B starts at zero; move every trainable weight so the adapter matters
+        for p in model.parameters():
+            if p.requires_grad and p.dim() == 2:
+                p.add_(0.05 * torch.randn_like(p))
+    return eng.TrainEngine.create(model, lr=1e-2)
+
+
+IDS = torch.randint(8, 500, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+def logits(lm, model=None):
+    with torch.no_grad():
+        return lm.forward(IDS, model=model)[0]
+
+
+@pytest.mark.parametrize("r", [4, 0], ids=["lora", "full_ft"])
+def test_load_policy_reproduces_the_saved_policy(tiny_lm, tmp_path, r):
+    engine = perturbed_engine(tiny_lm, r)
+    folder = ckpt.save_checkpoint(tmp_path, 2, engine, None, {}, {"seed": 0})
+    expected, base = logits(tiny_lm, engine.module.eval()), logits(tiny_lm)
+    assert not torch.allclose(expected, base, atol=1e-3)  # the saved policy is not the base
+    for where in (tmp_path, folder):  # a run folder resolves to its newest checkpoint
+        policy = load_policy(ModelConfig(), where)
+        torch.testing.assert_close(logits(policy), expected, rtol=1e-5, atol=1e-5)
+        assert eng.is_peft(policy.model) == (r > 0)
+    torch.testing.assert_close(logits(load_policy(ModelConfig(), None)), base)
+    with pytest.raises(ValueError, match="neither a checkpoint folder"):
+        resolve_checkpoint(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("r", [4, 0], ids=["lora", "full_ft"])
+def test_a_run_folder_as_model_path_starts_from_its_weights(tiny_lm, tmp_path, r):
+    """model.path=<SFT run>: the run's policy as plain weights (LoRA merged), so a new adapter sits on top."""
+    engine = perturbed_engine(tiny_lm, r)
+    folder = ckpt.save_checkpoint(tmp_path / "sft", 5, engine, None, {}, BASE)
+    expected = logits(tiny_lm, engine.module.eval())
+    for where in (tmp_path / "sft", folder):
+        lm = load_model(ModelConfig(path=str(where)))
+        assert not eng.is_peft(lm.model) and lm.model.training
+        torch.testing.assert_close(logits(lm), expected, rtol=1e-5, atol=1e-5)
+    assert run_checkpoint(tmp_path / "sft") == folder
+    assert run_checkpoint(tmp_path) is None  # neither a run nor a checkpoint: an ordinary path
+
+
+def test_runs_chain_through_their_saved_base(tiny_lm, tmp_path):
+    """RL on SFT on the base: the RL run's adapter applies to the SFT weights, not to the raw base."""
+    sft = perturbed_engine(tiny_lm, 0, seed=1)
+    ckpt.save_checkpoint(tmp_path / "sft", 3, sft, None, {}, BASE)
+    sft_lm = load_model(ModelConfig(path=str(tmp_path / "sft")))
+    rl = perturbed_engine(sft_lm, 4, seed=2)
+    ckpt.save_checkpoint(tmp_path / "rl", 1, rl, None, {}, {"model": {"path": str(tmp_path / "sft")}})
+    expected = logits(sft_lm, rl.module.eval())
+    torch.testing.assert_close(logits(load_model(ModelConfig(path=str(tmp_path / "rl")))), expected,
+                               rtol=1e-5, atol=1e-5)
+    policy = load_policy(ModelConfig(path=str(tmp_path / "sft")), tmp_path / "rl")  # eval --checkpoint on it
+    torch.testing.assert_close(logits(policy), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_run_without_a_complete_checkpoint_or_with_another_family_is_refused(tiny_lm, tmp_path):
+    (tmp_path / "empty" / "checkpoints" / ".tmp-3").mkdir(parents=True)  # a save killed half-way
+    with pytest.raises(ValueError, match="without a complete checkpoint"):
+        load_model(ModelConfig(path=str(tmp_path / "empty")))
+    ckpt.save_checkpoint(tmp_path / "run", 1, perturbed_engine(tiny_lm, 4), None, {}, BASE)
+    with pytest.raises(ValueError, match="set model.family=stable-diffcoder"):
+        load_model(ModelConfig(path=str(tmp_path / "run"), family="sdar"))
+
+
+def test_rl_setup_on_a_run_folder_uses_it_as_policy_and_reference(tiny_lm, tmp_path):
+    sft = perturbed_engine(tiny_lm, 0, seed=3)
+    ckpt.save_checkpoint(tmp_path / "sft", 2, sft, None, {}, BASE)
+    expected = logits(tiny_lm, sft.module.eval())
+    cfg = load_config(None, [f"model.path={tmp_path / 'sft'}", f"output_dir={tmp_path / 'rl'}", "tracking.wandb=false",
+                             "data.synthetic_train=8", "data.synthetic_heldout=2", "algo.beta=0.04"])
+    session = setup(cfg)
+    try:
+        model = session.engine.module.eval()
+        assert eng.is_peft(model)  # a fresh adapter on the SFT weights
+        torch.testing.assert_close(logits(session.lm, model), expected, rtol=1e-5, atol=1e-5)
+        with session.ref_policy.context(model) as ref:
+            torch.testing.assert_close(logits(session.lm, ref), expected, rtol=1e-5, atol=1e-5)
+    finally:
+        session.close()
