@@ -29,12 +29,6 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
-def _resolve_base(path: str) -> str:
-    from rlwork.tiny import TINY_VARIANTS, ensure_tiny_coder
-
-    return str(ensure_tiny_coder(path)) if path in TINY_VARIANTS else path
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlwork", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,21 +145,13 @@ def _rescore(cfg, args) -> int:
 
 
 def _export(checkpoint: str, out: str) -> int:
-    from pathlib import Path
+    from rlwork.policies import export_run
 
-    import yaml
-
-    from rlwork.checkpoint import export_merged, latest_checkpoint
-
-    source = Path(checkpoint)
-    ckpt = source if (source / "meta.json").is_file() else latest_checkpoint(source)
-    if ckpt is None:
-        print(f"rlwork: {source} holds no complete checkpoint: pass a run folder or a checkpoint folder",
-              file=sys.stderr)
+    try:
+        path = export_run(checkpoint, out)
+    except ValueError as err:
+        print(f"rlwork: {err}", file=sys.stderr)
         return 2
-    model = yaml.safe_load((ckpt / "config.yaml").read_text())["model"]
-    path = export_merged(ckpt, _resolve_base(model["path"]), out, trust_remote_code=model["trust_remote_code"]
-                         or model["path"] in ("tiny", "tiny-bidirectional"))
     print(path)
     return 0
 

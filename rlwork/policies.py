@@ -127,3 +127,31 @@ def load_policy(model_cfg: ModelConfig, checkpoint: str | os.PathLike | None) ->
         lm = attach_checkpoint(lm, resolve_checkpoint(checkpoint), model_cfg, merge=False)
     lm.model.eval()
     return lm
+
+
+def export_run(source: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """`rlwork export`: the policy of a run or checkpoint folder as a standalone HF checkpoint in `out_dir`.
+
+    The base is the model the run's config.yaml names; when that is itself a run (RL on an SFT warm start), it is
+    exported first into a temporary folder, so the result holds every stage's weights merged.
+    """
+    import tempfile
+
+    from rlwork.checkpoint import export_merged
+    from rlwork.tiny import ensure_tiny_coder
+
+    ckpt = run_checkpoint(source)
+    if ckpt is None:
+        raise ValueError(f"{source} holds no complete checkpoint: pass a run folder or a checkpoint folder")
+    saved = read_yaml(ckpt / "config.yaml").get("model")
+    if not isinstance(saved, dict) or "path" not in saved:
+        raise ValueError(f"{ckpt}/config.yaml has no model.path: not a checkpoint rlwork wrote")
+    path, trust = str(saved["path"]), bool(saved.get("trust_remote_code", False))
+    if path in TINY_VARIANTS:
+        return export_merged(ckpt, ensure_tiny_coder(path), out_dir, trust_remote_code=True)
+    if run_checkpoint(path) is None:
+        return export_merged(ckpt, path, out_dir, trust_remote_code=trust)
+    with tempfile.TemporaryDirectory(dir=Path(out_dir).resolve().parent) as tmp:
+        base = export_run(path, Path(tmp) / "base")
+        base_trust = trust or any(base.glob("*.py"))  # the chain's root shipped its modelling code
+        return export_merged(ckpt, base, out_dir, trust_remote_code=base_trust)

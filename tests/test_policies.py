@@ -1,5 +1,6 @@
 """Loading policies: base + a checkpoint's adapter or full weights, and a run folder as the starting model (its
-weights merged into the base its config.yaml names, recursively), with the errors a wrong path gets."""
+weights merged into the base its config.yaml names, recursively), exporting such a chain, and the errors a wrong
+path gets."""
 
 import copy
 
@@ -9,7 +10,8 @@ import torch
 from rlwork import checkpoint as ckpt
 from rlwork import engine as eng
 from rlwork.config import ModelConfig, load_config
-from rlwork.policies import load_model, load_policy, resolve_checkpoint, run_checkpoint
+from rlwork.models import load_diffusion_lm
+from rlwork.policies import export_run, load_model, load_policy, resolve_checkpoint, run_checkpoint
 from rlwork.trainer import setup
 
 BASE = {"model": {"path": "tiny", "family": "stable-diffcoder"}}
@@ -75,6 +77,10 @@ def test_runs_chain_through_their_saved_base(tiny_lm, tmp_path):
                                rtol=1e-5, atol=1e-5)
     policy = load_policy(ModelConfig(path=str(tmp_path / "sft")), tmp_path / "rl")  # eval --checkpoint on it
     torch.testing.assert_close(logits(policy), expected, rtol=1e-5, atol=1e-5)
+    out = export_run(tmp_path / "rl", tmp_path / "instruct")  # both stages merged into one HF folder
+    exported = load_diffusion_lm(str(out), "stable-diffcoder", trust_remote_code=True)
+    torch.testing.assert_close(logits(exported), expected, rtol=1e-5, atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["instruct", "rl", "sft"]  # the staged base is gone
 
 
 def test_a_run_without_a_complete_checkpoint_or_with_another_family_is_refused(tiny_lm, tmp_path):
