@@ -118,8 +118,8 @@ def _sft(cfg, resume: bool) -> int:
     metrics = train_sft(cfg, resume=resume)
     if is_main_process():
         final = latest_checkpoint(cfg.output_dir)
-        print(f"next: rlwork eval --checkpoint {cfg.output_dir} ...; rlwork export {cfg.output_dir} --out DIR, "
-              "then RL from DIR: rlwork train ... model.path=DIR model.trust_remote_code=true", file=sys.stderr)
+        print(f"next: rlwork eval --checkpoint {cfg.output_dir} ...; RL from this run: rlwork train ... "
+              f"model.path={cfg.output_dir}; or rlwork export {cfg.output_dir} --out DIR", file=sys.stderr)
         print(json.dumps({"checkpoint": str(final), **{k: metrics[k] for k in ("sft/loss", "sft/epoch")
                                                         if k in metrics}}))
     return 0

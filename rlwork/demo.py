@@ -27,8 +27,9 @@ def base_folder(cfg: RunConfig) -> Path:
 def base_identity(cfg: RunConfig) -> str:
     """What names the base in the cache key. An embedded tiny coder is its variant name (with BUILD_VERSION in the
     key): the build is deterministic, so clones at different paths share a warm start. Any other model is its
-    resolved path."""
-    return cfg.model.path if cfg.model.path in TINY_VARIANTS else str(Path(cfg.model.path).resolve())
+    resolved path when it is a local folder, else its (hub) name."""
+    path = cfg.model.path
+    return str(Path(path).resolve()) if path not in TINY_VARIANTS and Path(path).exists() else path
 
 
 def warm_start_key(cfg: RunConfig) -> str:

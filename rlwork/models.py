@@ -309,8 +309,8 @@ def load_diffusion_lm(
         )
     except OSError as err:
         raise ValueError(
-            f"could not load model.path='{path}' ({err}); pass a local HF checkpoint folder, or 'tiny' for the "
-            "embedded tiny coder (no hub downloads are possible offline)"
+            f"could not load model.path='{path}' ({err}); pass a local HF checkpoint folder, an rlwork run or "
+            "checkpoint folder, or 'tiny' for the embedded tiny coder (no hub downloads are possible offline)"
         ) from None
     spec = resolve_family(get_family(family), model.config, tokenizer, block_size=block_size)
     if spec.attention == "bidirectional" and getattr(model.config, "is_causal", True):

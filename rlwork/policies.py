@@ -9,14 +9,20 @@ whose adapter-disabled self is the reference policy. Nothing has to be exported 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import tempfile
 from pathlib import Path
 
-from rlwork.checkpoint import latest_checkpoint
+import torch
+
+from rlwork.checkpoint import export_merged, latest_checkpoint
 from rlwork.config import ModelConfig
 from rlwork.models import DTYPES, DiffusionLM, load_diffusion_lm
-from rlwork.tiny import TINY_VARIANTS
+from rlwork.tiny import TINY_VARIANTS, ensure_tiny_coder
 from rlwork.typed_config import ConfigError, build, read_yaml
+
+logger = logging.getLogger(__name__)
 
 MAX_RUN_CHAIN = 16
 """A run whose base is a run whose base is ... stops here (a loop of runs naming each other)."""
@@ -55,6 +61,33 @@ def run_checkpoint(path: str | os.PathLike) -> Path | None:
     return None
 
 
+def pin_model_path(model_cfg: ModelConfig) -> ModelConfig:
+    """`model_cfg` with `path` naming the exact weights it names now: a run folder becomes its newest checkpoint
+    folder, any local folder its absolute path. A run's saved config then names the same weights from any working
+    directory, even after the run it started from trained on. Tiny variants and hub names stay as they are."""
+    path = model_cfg.path
+    if path in TINY_VARIANTS:
+        return model_cfg
+    ckpt = run_checkpoint(path)
+    if ckpt is not None:
+        return dataclasses.replace(model_cfg, path=str(ckpt.resolve()))
+    if Path(path).exists():
+        return dataclasses.replace(model_cfg, path=str(Path(path).resolve()))
+    return model_cfg
+
+
+def check_started_from(ckpt: Path, model_cfg: ModelConfig) -> None:
+    """Raise when checkpoint `ckpt` was trained on other starting weights than `model_cfg` names: an adapter on
+    the wrong base gives wrong numbers without any error. Checkpoints without a saved model.path pass."""
+    saved = read_yaml(ckpt / "config.yaml").get("model") if (ckpt / "config.yaml").is_file() else None
+    if not isinstance(saved, dict) or "path" not in saved:
+        return
+    started = pin_model_path(dataclasses.replace(model_cfg, path=str(saved["path"]))).path
+    if started != pin_model_path(model_cfg).path:
+        raise ValueError(f"{ckpt} was trained from model.path={saved['path']!r}, but this run names "
+                         f"model.path={model_cfg.path!r}: pass model.path={saved['path']}")
+
+
 def saved_base(ckpt: Path, model_cfg: ModelConfig) -> ModelConfig:
     """The base model config of the run that wrote `ckpt` (its `config.yaml`), with this run's dtype, device and
     attention kernel. The family must agree: it fixes the mask/eos/pad ids both runs trained with."""
@@ -74,10 +107,14 @@ def saved_base(ckpt: Path, model_cfg: ModelConfig) -> ModelConfig:
                                attn_implementation=model_cfg.attn_implementation, block_size=block_size)
 
 
-def load_model(model_cfg: ModelConfig, _depth: int = 0) -> DiffusionLM:
+def load_model(model_cfg: ModelConfig) -> DiffusionLM:
     """The starting model that `model_cfg.path` names: an HF folder or tiny variant as is, or an rlwork run or
     checkpoint folder as its base with the run's weights merged in (LoRA merged with `merge_and_unload`, full
-    weights loaded). Train mode, as `from_pretrained` leaves it."""
+    weights loaded). Mode as `from_pretrained` leaves it (eval); trainers set the mode they need."""
+    return _load_chain(model_cfg, depth=0)
+
+
+def _load_chain(model_cfg: ModelConfig, depth: int) -> DiffusionLM:
     ckpt = run_checkpoint(model_cfg.path) if model_cfg.path not in TINY_VARIANTS else None
     if ckpt is None:
         return load_diffusion_lm(
@@ -85,32 +122,41 @@ def load_model(model_cfg: ModelConfig, _depth: int = 0) -> DiffusionLM:
             device=model_cfg.device, attn_implementation=model_cfg.attn_implementation,
             block_size=model_cfg.block_size,
         )
-    if _depth >= MAX_RUN_CHAIN:
-        raise ValueError(f"model.path={model_cfg.path!r}: more than {MAX_RUN_CHAIN} runs chained through their "
-                         "config.yaml (a loop?); export one with `rlwork export` and start from that folder")
+    _check_depth(model_cfg.path, depth)
     base_cfg = saved_base(ckpt, model_cfg)
-    lm = attach_checkpoint(load_model(base_cfg, _depth + 1), ckpt, base_cfg, merge=True)
-    lm.model.train()
-    return lm
+    return attach_checkpoint(_load_chain(base_cfg, depth + 1), ckpt, base_cfg, merge=True)
+
+
+def _check_depth(path: str | os.PathLike, depth: int) -> None:
+    if depth >= MAX_RUN_CHAIN:
+        raise ValueError(f"model.path={str(path)!r}: more than {MAX_RUN_CHAIN} runs chained through their "
+                         "config.yaml (a loop?); export one with `rlwork export` and start from that folder")
 
 
 def attach_checkpoint(lm: DiffusionLM, ckpt: Path, model_cfg: ModelConfig, *, merge: bool) -> DiffusionLM:
     """`lm` with the weights of checkpoint folder `ckpt`: its `adapter/` (or a bare adapter folder) through peft,
-    merged into the weights when `merge`, or its full weights in `model/`. Tokenizer and family stay lm's."""
+    merged into the weights when `merge`, or its full weights in `model/`. Tokenizer and family stay lm's.
+    Consumes `lm`: use the returned model only."""
     adapter = ckpt if (ckpt / "adapter_config.json").is_file() else ckpt / "adapter"
+    tokenizer, family, device = lm.tokenizer, lm.family, lm.device
     if adapter.is_dir():
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(lm.model, adapter, is_trainable=False)
         if merge:
+            if lm.dtype != torch.float32:
+                logger.warning("merging the LoRA adapter of %s into %s weights rounds away updates smaller than "
+                               "their precision; model.dtype=float32 merges exactly", ckpt, lm.dtype)
             model = model.merge_and_unload()
     elif (ckpt / "model").is_dir():
-        model = type(lm.model).from_pretrained(ckpt / "model", dtype=DTYPES[model_cfg.dtype],
-                                               attn_implementation=model_cfg.attn_implementation)
-        model.config.is_causal = getattr(lm.model.config, "is_causal", True)
+        cls, causal = type(lm.model), getattr(lm.model.config, "is_causal", True)
+        lm.model = None  # the base's weights go before the checkpoint's arrive (peak memory: one model, not two)
+        model = cls.from_pretrained(ckpt / "model", dtype=DTYPES[model_cfg.dtype],
+                                    attn_implementation=model_cfg.attn_implementation)
+        model.config.is_causal = causal
     else:
         raise ValueError(f"{ckpt} holds neither adapter/ nor model/: not an rlwork checkpoint")
-    return DiffusionLM(model.to(lm.device), lm.tokenizer, lm.family)
+    return DiffusionLM(model.to(device), tokenizer, family)
 
 
 def load_policy(model_cfg: ModelConfig, checkpoint: str | os.PathLike | None) -> DiffusionLM:
@@ -122,9 +168,12 @@ def load_policy(model_cfg: ModelConfig, checkpoint: str | os.PathLike | None) ->
     base's model class (the base folder keeps the modelling code). Tokenizer and family always come from the base.
     The model is in eval mode (adapter dropout off).
     """
+    ckpt = None if checkpoint is None else resolve_checkpoint(checkpoint)
+    if ckpt is not None:
+        check_started_from(ckpt, model_cfg)
     lm = load_model(model_cfg)
-    if checkpoint is not None:
-        lm = attach_checkpoint(lm, resolve_checkpoint(checkpoint), model_cfg, merge=False)
+    if ckpt is not None:
+        lm = attach_checkpoint(lm, ckpt, model_cfg, merge=False)
     lm.model.eval()
     return lm
 
@@ -133,13 +182,14 @@ def export_run(source: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """`rlwork export`: the policy of a run or checkpoint folder as a standalone HF checkpoint in `out_dir`.
 
     The base is the model the run's config.yaml names; when that is itself a run (RL on an SFT warm start), it is
-    exported first into a temporary folder, so the result holds every stage's weights merged.
+    exported first into a temporary folder beside `out_dir`, so the result holds every stage's weights merged.
     """
-    import tempfile
+    Path(out_dir).resolve().parent.mkdir(parents=True, exist_ok=True)
+    return _export_chain(source, Path(out_dir), depth=0)
 
-    from rlwork.checkpoint import export_merged
-    from rlwork.tiny import ensure_tiny_coder
 
+def _export_chain(source: str | os.PathLike, out_dir: Path, depth: int) -> Path:
+    _check_depth(source, depth)
     ckpt = run_checkpoint(source)
     if ckpt is None:
         raise ValueError(f"{source} holds no complete checkpoint: pass a run folder or a checkpoint folder")
@@ -151,7 +201,7 @@ def export_run(source: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
         return export_merged(ckpt, ensure_tiny_coder(path), out_dir, trust_remote_code=True)
     if run_checkpoint(path) is None:
         return export_merged(ckpt, path, out_dir, trust_remote_code=trust)
-    with tempfile.TemporaryDirectory(dir=Path(out_dir).resolve().parent) as tmp:
-        base = export_run(path, Path(tmp) / "base")
+    with tempfile.TemporaryDirectory(dir=out_dir.resolve().parent) as tmp:
+        base = _export_chain(path, Path(tmp) / "base", depth + 1)
         base_trust = trust or any(base.glob("*.py"))  # the chain's root shipped its modelling code
         return export_merged(ckpt, base, out_dir, trust_remote_code=base_trust)

@@ -16,6 +16,7 @@ ranks), so it does not depend on how rows are split into micro-batches and ranks
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from rlwork import checkpoint as ckpt
 from rlwork import dist
 from rlwork import engine as eng
 from rlwork.config import RunConfig
-from rlwork.policies import load_model
+from rlwork.policies import check_started_from, load_model, pin_model_path
 from rlwork.prompts import PromptStream, load_split
 from rlwork.sft import (
     SftBatch,
@@ -79,6 +80,9 @@ def setup_sft(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Sf
     problems = load_split(cfg.data, cfg.data.split, cfg.seed)
     check_targets(problems, f"data.dataset={cfg.data.dataset!r} split {cfg.data.split!r}",
                   continues_prompts(cfg.data))  # before loading a model
+    cfg = dataclasses.replace(cfg, model=pin_model_path(cfg.model))  # saved configs name these exact weights
+    if resume and ckpt.latest_checkpoint(cfg.output_dir) is not None:
+        check_started_from(ckpt.latest_checkpoint(cfg.output_dir), cfg.model)  # same start as the run resumed
     lm = load_model(cfg.model)  # an HF folder, a tiny variant, or a run folder (its weights merged into its base)
     with torch.random.fork_rng(devices=[]):  # adapter init depends on cfg.seed only, not on what ran before
         torch.manual_seed(cfg.seed)
@@ -121,7 +125,7 @@ def train_sft(cfg: RunConfig, resume: bool = False, progress: bool = True) -> di
             # 4 checkpoint: weights (adapter/ or model/), optimizer, data position; atomic
             if (step + 1) % s.save_every == 0 or step + 1 == s.steps:
                 folder = ckpt.save_checkpoint(session.run_dir, step + 1, session.engine, None,
-                                              {**session.stream.state(), "kind": RUN_KIND}, to_dict(cfg),
+                                              {**session.stream.state(), "kind": RUN_KIND}, to_dict(session.cfg),
                                               keep_last=s.keep_checkpoints)
                 if session.progress:
                     tqdm.write(f"checkpoint: {folder}")

@@ -13,6 +13,7 @@ from rlwork.config import ModelConfig, load_config
 from rlwork.models import load_diffusion_lm
 from rlwork.policies import export_run, load_model, load_policy, resolve_checkpoint, run_checkpoint
 from rlwork.trainer import setup
+from rlwork.typed_config import read_yaml
 
 BASE = {"model": {"path": "tiny", "family": "stable-diffcoder"}}
 
@@ -59,7 +60,7 @@ def test_a_run_folder_as_model_path_starts_from_its_weights(tiny_lm, tmp_path, r
     expected = logits(tiny_lm, engine.module.eval())
     for where in (tmp_path / "sft", folder):
         lm = load_model(ModelConfig(path=str(where)))
-        assert not eng.is_peft(lm.model) and lm.model.training
+        assert not eng.is_peft(lm.model)
         torch.testing.assert_close(logits(lm), expected, rtol=1e-5, atol=1e-5)
     assert run_checkpoint(tmp_path / "sft") == folder
     assert run_checkpoint(tmp_path) is None  # neither a run nor a checkpoint: an ordinary path
@@ -107,3 +108,40 @@ def test_rl_setup_on_a_run_folder_uses_it_as_policy_and_reference(tiny_lm, tmp_p
             torch.testing.assert_close(logits(session.lm, ref), expected, rtol=1e-5, atol=1e-5)
     finally:
         session.close()
+
+
+def test_a_run_started_from_a_run_folder_keeps_naming_the_same_weights(tiny_lm, tmp_path, monkeypatch):
+    """The saved model.path is pinned to the exact checkpoint, absolute: the SFT run training on, or another
+    working directory, cannot change what the RL run's adapter sits on; eval/resume on another start is refused."""
+    sft = perturbed_engine(tiny_lm, 0, seed=4)
+    first = ckpt.save_checkpoint(tmp_path / "sft", 1, sft, None, {}, BASE)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["model.path=sft", f"output_dir={tmp_path / 'rl'}", "tracking.wandb=false",
+                             "data.synthetic_train=8", "data.synthetic_heldout=2", "train.steps=1",
+                             "train.prompts_per_step=2", "algo.num_generations=2", "sampler.max_new_tokens=4"])
+    from rlwork.trainer import train
+
+    train(cfg)
+    saved = read_yaml(tmp_path / "rl" / "checkpoints" / "step_000001" / "config.yaml")["model"]["path"]
+    assert saved == str(first.resolve())
+    with torch.no_grad():  # the SFT run trains on: a newer checkpoint appears
+        for p in sft.module.parameters():
+            p.add_(0.01)
+    ckpt.save_checkpoint(tmp_path / "sft", 2, sft, None, {}, BASE)
+    with pytest.raises(ValueError, match="pass model.path=" + str(first.resolve())):
+        load_policy(ModelConfig(path="sft"), tmp_path / "rl")  # "sft" now means step 2
+    load_policy(ModelConfig(path=str(first)), tmp_path / "rl")  # the weights it was trained on
+    with pytest.raises(ValueError, match="was trained from model.path"):
+        train(cfg, resume=True)
+    with pytest.raises(ValueError, match="was trained from model.path='tiny'"):
+        load_policy(ModelConfig(path=str(first)), first)  # the SFT checkpoint itself sits on the raw base
+
+
+def test_a_loop_of_runs_naming_each_other_is_refused(tiny_lm, tmp_path):
+    engine = perturbed_engine(tiny_lm, 4)
+    ckpt.save_checkpoint(tmp_path / "a", 1, engine, None, {}, {"model": {"path": str(tmp_path / "b")}})
+    ckpt.save_checkpoint(tmp_path / "b", 1, engine, None, {}, {"model": {"path": str(tmp_path / "a")}})
+    with pytest.raises(ValueError, match="chained through their config.yaml"):
+        load_model(ModelConfig(path=str(tmp_path / "a")))
+    with pytest.raises(ValueError, match="chained through their config.yaml"):
+        export_run(tmp_path / "a", tmp_path / "new" / "out")
