@@ -32,13 +32,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint folder (with meta.json), the newest complete checkpoint of a run folder, or a bare adapter
     folder (with adapter_config.json, as peft's `save_pretrained` writes it)."""
     path = Path(path)
-    if (path / "meta.json").is_file() or (path / "adapter_config.json").is_file():
-        return path
-    latest = latest_checkpoint(path)
-    if latest is None:
+    found = path if (path / "adapter_config.json").is_file() else run_checkpoint(path)
+    if found is None:
         raise ValueError(f"checkpoint={str(path)!r} is neither a checkpoint folder (with meta.json), a run folder "
                          "with a complete checkpoint under checkpoints/, nor a peft adapter folder")
-    return latest
+    return found
 
 
 def run_checkpoint(path: str | os.PathLike) -> Path | None:
@@ -55,8 +53,8 @@ def run_checkpoint(path: str | os.PathLike) -> Path | None:
     if (path / "checkpoints").is_dir():
         latest = latest_checkpoint(path)
         if latest is None:
-            raise ValueError(f"model.path={str(path)!r} is an rlwork run folder without a complete checkpoint: let it "
-                             "save one (sft.save_every / train.save_every), or point at an HF checkpoint folder")
+            raise ValueError(f"{str(path)!r} is an rlwork run folder without a complete checkpoint: let it save one "
+                             "(sft.save_every / train.save_every), or name a checkpoint or HF model folder")
         return latest
     return None
 
