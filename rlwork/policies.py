@@ -86,6 +86,16 @@ def check_started_from(ckpt: Path, model_cfg: ModelConfig) -> None:
                          f"model.path={model_cfg.path!r}: pass model.path={saved['path']}")
 
 
+def starting_model(model_cfg: ModelConfig, run_dir: str | os.PathLike, resume: bool) -> ModelConfig:
+    """What a trainer starts from: `model_cfg` pinned (`pin_model_path`, so saved configs name these exact weights),
+    checked against the checkpoint it resumes, if any (`check_started_from`)."""
+    pinned = pin_model_path(model_cfg)
+    latest = latest_checkpoint(run_dir) if resume else None
+    if latest is not None:
+        check_started_from(latest, pinned)
+    return pinned
+
+
 def saved_base(ckpt: Path, model_cfg: ModelConfig) -> ModelConfig:
     """The base model config of the run that wrote `ckpt` (its `config.yaml`), with this run's dtype, device and
     attention kernel. The family must agree: it fixes the mask/eos/pad ids both runs trained with."""

@@ -29,7 +29,7 @@ from rlwork import checkpoint as ckpt
 from rlwork import dist
 from rlwork import engine as eng
 from rlwork.config import RunConfig
-from rlwork.policies import check_started_from, load_model, pin_model_path
+from rlwork.policies import load_model, starting_model
 from rlwork.prompts import PromptStream, load_split
 from rlwork.sft import (
     SftBatch,
@@ -80,9 +80,7 @@ def setup_sft(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Sf
     problems = load_split(cfg.data, cfg.data.split, cfg.seed)
     check_targets(problems, f"data.dataset={cfg.data.dataset!r} split {cfg.data.split!r}",
                   continues_prompts(cfg.data))  # before loading a model
-    cfg = dataclasses.replace(cfg, model=pin_model_path(cfg.model))  # saved configs name these exact weights
-    if resume and ckpt.latest_checkpoint(cfg.output_dir) is not None:
-        check_started_from(ckpt.latest_checkpoint(cfg.output_dir), cfg.model)  # same start as the run resumed
+    cfg = dataclasses.replace(cfg, model=starting_model(cfg.model, cfg.output_dir, resume))  # pinned, checked
     lm = load_model(cfg.model)  # an HF folder, a tiny variant, or a run folder (its weights merged into its base)
     with torch.random.fork_rng(devices=[]):  # adapter init depends on cfg.seed only, not on what ran before
         torch.manual_seed(cfg.seed)

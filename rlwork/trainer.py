@@ -40,7 +40,7 @@ from rlwork.config import RunConfig, SamplerConfig
 from rlwork.diffusion.elbo import elbo
 from rlwork.diffusion.masking import MaskDraw, draw_masks, select_rows
 from rlwork.losses import policy_loss
-from rlwork.policies import check_started_from, load_model, pin_model_path
+from rlwork.policies import load_model, starting_model
 from rlwork.prompts import PromptStream, load_split
 from rlwork.rollout import Rollout, concat_rollouts, generate_rollouts
 from rlwork.scoring import RewardScorer, rollout_rows, sandbox_metrics
@@ -99,9 +99,7 @@ def setup(cfg: RunConfig, resume: bool = False) -> Session:
             f"use a multiple of {world}"
         )
     run_dir = Path(cfg.output_dir)
-    cfg = dataclasses.replace(cfg, model=pin_model_path(cfg.model))  # saved configs name these exact weights
-    if resume and ckpt.latest_checkpoint(cfg.output_dir) is not None:
-        check_started_from(ckpt.latest_checkpoint(cfg.output_dir), cfg.model)  # same start as the run resumed
+    cfg = dataclasses.replace(cfg, model=starting_model(cfg.model, cfg.output_dir, resume))  # pinned, checked
     lm = load_model(cfg.model)  # an HF folder, a tiny variant, or a run folder (its weights merged into its base)
     with torch.random.fork_rng(devices=[]):  # adapter init depends on cfg.seed only, not on what ran before
         torch.manual_seed(cfg.seed)
