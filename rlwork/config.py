@@ -279,10 +279,20 @@ class EvalConfig:
     """pass@k values to report."""
     split: str = "heldout"
     """Which split to evaluate (synthetic: train or heldout)."""
+    every_steps: int = 0
+    """During `rlwork train`: pass@k of the policy on `split` after every N-th RL step and after the last one,
+    logged as eval/pass@k (W&B, metrics.jsonl); 0 = off. Same samples, ks and sampler as `rlwork eval`."""
+    training_problems: int | None = 64
+    """Problems per in-training evaluation: the first N of `split` (null = all). `rlwork eval` always uses all."""
 
     def __post_init__(self) -> None:
         if any(k > self.num_samples or k < 1 for k in self.ks):
             raise ConfigError(f"eval.ks={list(self.ks)}: each k must be in [1, eval.num_samples={self.num_samples}]")
+        if self.every_steps < 0:
+            raise ConfigError(f"eval.every_steps={self.every_steps}: use 0 (off) or a positive step interval")
+        if self.training_problems is not None and self.training_problems < 1:
+            raise ConfigError(f"eval.training_problems={self.training_problems}: use a positive count, or null "
+                              "for the whole split")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -87,7 +87,8 @@ def warm_start(cfg: RunConfig, progress: bool = True) -> Path:
 
 
 def plot_curves(run_dir: Path, before: float, after: float) -> Path:
-    """PNG of the training reward and training pass rate per step, with held-out pass@1 before/after."""
+    """PNG of the training reward and training pass rate per step, held-out pass@1 before/after RL (whole split),
+    and the in-training held-out pass@1 (`eval/pass@1`, a subset of the split) where the run logged it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,7 +99,10 @@ def plot_curves(run_dir: Path, before: float, after: float) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, [r.get("reward/mean") for r in rows], label="train reward (mean)")
     ax.plot(steps, [r.get("sandbox/passed_frac") for r in rows], label="train pass rate (all tests)")
-    ax.scatter([steps[0], steps[-1]], [before, after], color="black", zorder=3, label="held-out pass@1")
+    during = [(r["step"], r["eval/pass@1"]) for r in rows if r.get("eval/pass@1") is not None]
+    if during:
+        ax.plot(*zip(*during, strict=True), marker="o", label="held-out pass@1 during RL (subset)")
+    ax.scatter([steps[0], steps[-1]], [before, after], color="black", zorder=3, label="held-out pass@1 (all)")
     ax.set_xlabel("RL step")
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left")

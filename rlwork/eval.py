@@ -111,16 +111,19 @@ def evaluate_passk(
     num_samples: int,
     ks: Sequence[int],
     sampler_config: SamplerConfig,
-    generator: torch.Generator,
+    generator: torch.Generator | Callable[[int], torch.Generator],
     batch_size: int,
     evaluator: Evaluator | None = None,
     progress: bool = True,
+    model: torch.nn.Module | None = None,
 ) -> EvalResult:
     """n = `num_samples` completions per problem, run against the problem's `tests`; pass@k per problem and mean.
 
     render: problem -> prompt text (e.g. `PromptStream(...).text`). Rows are sampled `batch_size` at a time, and
-    whole problems are scored together, so the sandbox sees one batch per chunk of problems. `evaluator` is
-    reused if given (and left open); otherwise one is started and closed here.
+    whole problems are scored together, so the sandbox sees one batch per chunk of problems. `generator` is one
+    generator for all rows, or a function from a batch's first row (row b*n + g is sample g of problem b) to that
+    batch's generator. `evaluator` is reused if given (and left open); otherwise one is started and closed here.
+    `model` overrides lm.model (the trainer's peft/DeepSpeed wrapper).
     """
     from tqdm.auto import tqdm
 
@@ -135,8 +138,11 @@ def evaluate_passk(
         with tqdm(total=len(problems), desc="pass@k", unit="problem", disable=not progress) as bar:
             for start in range(0, len(problems), per_chunk):
                 chunk = [dict(p) for p in problems[start:start + per_chunk]]
+                gen = generator
+                if callable(generator):
+                    gen = lambda row, first=start * num_samples: generator(first + row)  # noqa: E731
                 rollout = generate_rollouts(lm, chunk, [render(p) for p in chunk], num_samples, sampler_config,
-                                            generator, batch_size)
+                                            gen, batch_size, model=model)
                 num_forwards += rollout.num_forwards
                 outcomes = evaluate(rollout.completions, [p["tests"] for p in rollout.problems], ev,
                                     prompts=rollout.prompts)

@@ -5,7 +5,8 @@
     3 advantages   weighted reward -> group advantages; zero-signal groups filtered    (advantages.py)
     4 likelihoods  old and reference ELBOs under the step's shared mask draws           (diffusion/elbo.py)
     5 update       num_iterations passes of the clipped ELBO policy gradient            (losses.py, engine.py)
-    6 log          metrics, rollouts, completions table, checkpoint                     (tracking.py, checkpoint.py)
+    6 evaluate     every eval.every_steps steps: pass@k of the updated policy on eval.split (eval.py)
+    7 log          metrics, rollouts, completions table, checkpoint                     (tracking.py, checkpoint.py)
 
 Nothing algorithmic lives here: this module only sequences the phases.
 """
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from rewards.sandbox import Evaluator, Limits
 from rlwork import checkpoint as ckpt
 from rlwork import dist
 from rlwork import engine as eng
@@ -39,6 +41,7 @@ from rlwork.advantages import (
 from rlwork.config import RunConfig, SamplerConfig
 from rlwork.diffusion.elbo import elbo
 from rlwork.diffusion.masking import MaskDraw, draw_masks, select_rows
+from rlwork.eval import evaluate_passk, summarise_verdicts
 from rlwork.losses import policy_loss
 from rlwork.policies import load_model, starting_model
 from rlwork.prompts import PromptStream, load_split
@@ -83,10 +86,15 @@ class Session:
     tracker: Any
     run_dir: Path
     start_step: int
+    eval_problems: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """The first eval.training_problems of eval.split, for phase 6 (empty when eval.every_steps is 0)."""
+    eval_sandbox: Evaluator | None = None
 
     def close(self) -> None:
         self.tracker.finish()
         self.scorer.close()
+        if self.eval_sandbox is not None:
+            self.eval_sandbox.close()
 
 
 def setup(cfg: RunConfig, resume: bool = False) -> Session:
@@ -121,7 +129,14 @@ def setup(cfg: RunConfig, resume: bool = False) -> Session:
     tracker = make_tracker(run_dir, cfg.tracking.wandb_project if cfg.tracking.wandb else None,
                            cfg.tracking.wandb_mode, to_dict(cfg), dist.is_main_process())
     ref_policy = eng.RefPolicy.build(policy, cfg.algo.beta, copy_for_full_ft=cfg.algo.reference_copy)
-    return Session(cfg, lm, engine, ref_policy, stream, RewardScorer(cfg.rewards), tracker, run_dir, start_step)
+    session = Session(cfg, lm, engine, ref_policy, stream, RewardScorer(cfg.rewards), tracker, run_dir, start_step)
+    if cfg.eval.every_steps:
+        problems = load_split(cfg.data, cfg.eval.split, cfg.seed)
+        session.eval_problems = list(problems)[: cfg.eval.training_problems]
+        session.eval_sandbox = Evaluator(limits=Limits(timeout=cfg.rewards.timeout_s),
+                                         max_concurrency=cfg.rewards.workers,
+                                         allow_weak=cfg.rewards.allow_weak_isolation)
+    return session
 
 
 def train(cfg: RunConfig, resume: bool = False) -> dict[str, float]:
@@ -148,7 +163,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, float]:
 
 
 def train_step(session: Session, step: int) -> dict[str, float]:
-    """One RL step: the six phases, in order."""
+    """One RL step: the seven phases, in order (6 only every eval.every_steps steps)."""
     cfg, lm, engine = session.cfg, session.lm, session.engine
     algo, G = cfg.algo, cfg.algo.num_generations
     timer = PhaseTimer()
@@ -208,13 +223,20 @@ def train_step(session: Session, step: int) -> dict[str, float]:
             update_metrics = {k: math.nan for k in UPDATE_KEYS if k != "policy/kl" or ref is not None}
         update_metrics["optim/no_signal_step"] = float(not signal.any())
 
-    # 6 log: metrics reduced across ranks, rollouts saved, completions table every few steps.
+    # 6 evaluate: every eval.every_steps steps (and after the last), pass@k of the updated policy on eval.split.
+    eval_metrics: dict[str, float] = {}
+    if cfg.eval.every_steps and ((step + 1) % cfg.eval.every_steps == 0 or step + 1 == cfg.train.steps):
+        with timer("evaluate"), eng.gathered_parameters(engine):
+            eval_metrics = evaluate_during_training(session)
+
+    # 7 log: metrics reduced across ranks, rollouts saved, completions table every few steps.
     with timer("log"):
         metrics = {**reward_metrics(rewards, G, scores.per_func, list(scores.names)), **update_metrics,
                    **sandbox_metrics(scores), **completion_metrics(rollout, signal, lm.eos_id)}
         metrics["reward/errors"] = float(len(scores.errors))
         metrics["reward/frac_zero_std_before_resample"] = flat_frac
         metrics["reward/resample_rounds"] = float(rounds)
+        metrics.update(eval_metrics)
         rows = rollout_rows(rollout, scores, rewards, advantages)
         for row in rows:
             row["group_id"] += dist.rank() * b_local  # global group ids across ranks
@@ -233,6 +255,34 @@ def train_step(session: Session, step: int) -> dict[str, float]:
     if dist.is_main_process():
         tqdm.write(step_summary(step, cfg.train.steps, metrics))
     return metrics
+
+
+def evaluate_during_training(session: Session) -> dict[str, float]:
+    """Phase 6: `eval/pass@k` of the current policy on `session.eval_problems` (every rank gets the same values).
+
+    Each rank samples a contiguous slice of the problems; verdicts are gathered, so pass@k covers all of them.
+    The sampling noise is keyed by (seed, global row) and is the same at every evaluation: differences between
+    evaluations come from the policy, not from new draws.
+    """
+    cfg, lm = session.cfg, session.lm
+    problems, n = session.eval_problems, cfg.eval.num_samples
+    lo = len(problems) * dist.rank() // dist.world_size()
+    hi = len(problems) * (dist.rank() + 1) // dist.world_size()
+    verdicts: list[tuple[int, str]] = []
+    if hi > lo:
+        render = PromptStream(problems, lm.tokenizer, chat=cfg.data.chat, seed=cfg.seed,
+                              style=cfg.data.prompt_style).text
+        result = evaluate_passk(
+            lm, problems[lo:hi], render, n, cfg.eval.ks, sampler_config(cfg),
+            lambda row: row_generator(cfg.seed, 0, "eval", lo * n + row, lm.device), cfg.train.rollout_batch_size,
+            evaluator=session.eval_sandbox, progress=False, model=session.engine.module,
+        )
+        verdicts = [(lo + j // n, s["verdict"]) for j, s in enumerate(result.samples)]  # samples grouped by problem
+    by_problem: dict[str, list[str]] = {}
+    for index, verdict in dist.gather_lists(verdicts):
+        by_problem.setdefault(str(index), []).append(verdict)
+    means, _, _ = summarise_verdicts(by_problem, cfg.eval.ks)
+    return {f"eval/{k}": v for k, v in means.items()}
 
 
 def sampler_config(cfg: RunConfig) -> SamplerConfig:
@@ -384,4 +434,5 @@ def completion_metrics(rollout: Rollout, signal: torch.Tensor, eos_id: int) -> d
 def step_summary(step: int, total: int, m: dict[str, float]) -> str:
     return (f"step {step + 1}/{total} | reward {m['reward/mean']:.3f} | zero-std {m['reward/frac_zero_std']:.2f} | "
             f"kl {m.get('policy/kl', float('nan')):.4f} | clip {m.get('policy/clipfrac', float('nan')):.3f} | "
-            f"len {m['completion/len_mean']:.1f} | {m['perf/step_s']:.1f}s")
+            f"len {m['completion/len_mean']:.1f} | {m['perf/step_s']:.1f}s"
+            + "".join(f" | eval {k[5:]} {v:.3f}" for k, v in m.items() if k.startswith("eval/")))

@@ -38,6 +38,8 @@ def test_yaml_then_overrides(tmp_path):
         (["model=3"], "model: expected a mapping"),
         (["seed"], "write it as key=value"),
         (["seed.x=1"], "seed=.*expected an integer"),
+        (["eval.every_steps=-1"], "eval.every_steps=-1: use 0 .off. or a positive step interval"),
+        (["eval.training_problems=0"], "eval.training_problems=0: use a positive count, or null"),
     ],
 )
 def test_bad_values_name_the_key_and_the_fix(overrides, message):

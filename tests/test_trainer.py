@@ -3,17 +3,24 @@
 import json
 import math
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+import rlwork.eval as eval_mod
+from rlwork import dist
 from rlwork.config import load_config
+from rlwork.eval import evaluate_passk
+from rlwork.prompts import PromptStream
 from rlwork.rollout import generate_rollouts
 from rlwork.trainer import (
     UnscorableRunError,
     _elbo,
     draw_masks_for,
+    evaluate_during_training,
     old_and_ref_logps,
+    row_generator,
     sampler_config,
     setup,
     train,
@@ -210,3 +217,71 @@ def test_reference_terms_skip_rows_without_signal(tmp_path, reward_module):
         torch.testing.assert_close(p[0][needed], f[0][needed])  # same terms where the loss needs them
         assert not p[0][~needed].any()
     assert full[1][0][~needed].abs().sum() > 0  # the skipped rows do have terms: the test can tell
+
+
+def by_length_parity(completions, tests, evaluator=None, prompts=None):
+    """Stand-in sandbox verdicts: a completion "passes" when its length is even, so that the random tiny coder's
+    pass@k is neither 0 nor 1 and depends on exactly which completions were sampled."""
+    return [SimpleNamespace(category="passed" if len(c) % 2 == 0 else "wrong_answer", passed=0, total=1)
+            for c in completions]
+
+
+EVAL = ["eval.num_samples=4", "eval.ks=[1,4]", "eval.training_problems=3", "data.synthetic_heldout=5"]
+
+
+def test_in_training_eval_logs_passk_of_the_updated_policy(tmp_path, reward_module, monkeypatch):
+    monkeypatch.setattr(eval_mod, "evaluate", by_length_parity)
+    cfg = tiny_cfg(tmp_path, "train.steps=3", "eval.every_steps=2", "train.save_every=1", "train.keep_checkpoints=3",
+                   *EVAL)
+    train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert ["eval/pass@1" in r for r in rows] == [False, True, True]  # after every 2nd step and after the last
+    # Reference: the saved last checkpoint, sampled outside the trainer with the same keyed noise.
+    session = setup(cfg, resume=True)
+    try:
+        assert len(session.eval_problems) == 3
+        render = PromptStream(session.eval_problems, session.lm.tokenizer, chat=cfg.data.chat, seed=cfg.seed,
+                              style=cfg.data.prompt_style).text
+        ref = evaluate_passk(session.lm, session.eval_problems, render, 4, (1, 4), sampler_config(cfg),
+                             lambda row: row_generator(cfg.seed, 0, "eval", row, session.lm.device),
+                             cfg.train.rollout_batch_size, evaluator=session.eval_sandbox, progress=False,
+                             model=session.engine.module)
+    finally:
+        session.close()
+    assert 0 < ref.pass_at_k["pass@1"] < 1
+    assert rows[-1]["eval/pass@1"] == pytest.approx(ref.pass_at_k["pass@1"])
+    assert rows[-1]["eval/pass@4"] == pytest.approx(ref.pass_at_k["pass@4"])
+    assert "perf/evaluate_s" in rows[-1] and "perf/evaluate_s" not in rows[0]
+
+
+def test_in_training_eval_split_over_ranks_matches_one_process(tmp_path, reward_module, monkeypatch):
+    """Each rank samples a slice of the problems with noise keyed by global row; the gathered verdicts give the
+    one-process pass@k. Two ranks are simulated in turn (rank 1's verdicts are handed to rank 0's gather)."""
+    sampled: list[str] = []
+
+    def recording(completions, tests, evaluator=None, prompts=None):
+        sampled.extend(completions)
+        return by_length_parity(completions, tests)
+
+    monkeypatch.setattr(eval_mod, "evaluate", recording)
+    cfg = tiny_cfg(tmp_path, "eval.every_steps=1", "train.rollout_batch_size=4", "sampler.temperature=1.5",
+                   *EVAL)  # one problem per sampler batch
+    session = setup(cfg)
+    try:
+        whole = evaluate_during_training(session)
+        whole_sampled, sampled[:] = list(sampled), []
+        monkeypatch.setattr(dist, "world_size", lambda: 2)
+        shared: list = []
+        monkeypatch.setattr(dist, "rank", lambda: 1)
+        monkeypatch.setattr(dist, "gather_lists", lambda items: shared.extend(items) or items)
+        evaluate_during_training(session)
+        monkeypatch.setattr(dist, "rank", lambda: 0)
+        monkeypatch.setattr(dist, "gather_lists", lambda items: items + shared)
+        split = evaluate_during_training(session)
+    finally:
+        session.close()
+    assert len(shared) == 2 * 4  # rank 1 sampled problems 1 and 2 (3 * 1 // 2 = 1 up to 3), 4 samples each
+    assert sampled[8:] + sampled[:8] == whole_sampled  # rank 1 ran first: the same completions, problem by problem
+    assert len(set(whole_sampled)) > 4  # the draws differ between rows, so keying by the wrong row would show
+    assert 0 < whole["eval/pass@1"] < 1
+    assert split == pytest.approx(whole)

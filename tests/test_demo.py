@@ -1,0 +1,39 @@
+"""The embedded demo end to end on a few steps: warm start -> eval -> RL with in-training eval -> eval, its files.
+
+The learning itself is the slow test's job (tests/test_demo_learning.py); here every stage runs and leaves what
+the README promises in the run folder.
+"""
+
+import json
+from pathlib import Path
+
+from rlwork import demo
+from rlwork.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_runs_every_stage_and_leaves_its_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setattr(demo, "cache_root", lambda: tmp_path / "cache")
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [
+        f"output_dir={tmp_path / 'run'}", "sft.steps=2", "data.synthetic_train=16", "data.synthetic_heldout=3",
+        "train.steps=2", "train.prompts_per_step=2", "algo.num_generations=2", "algo.dynamic_sampling=keep",
+        "train.micro_batch_size=4", "train.rollout_batch_size=4", "sampler.max_new_tokens=8",
+        "eval.num_samples=2", "eval.ks=[1,2]", "eval.every_steps=1", "eval.training_problems=2",
+    ])
+    summary = demo.run_demo(cfg)
+
+    assert {"heldout_pass@1_before", "heldout_pass@1_after", "heldout_pass@2_before", "heldout_pass@2_after",
+            "seed", "preset", "rl_steps", "minutes"} <= set(summary)
+    assert summary["rl_steps"] == 2 and summary["preset"] == "coupled_grpo"
+    run = tmp_path / "run"
+    before = json.loads((run / "eval_before.json").read_text())
+    after = json.loads((run / "eval_after.json").read_text())
+    assert before["num_problems"] == after["num_problems"] == 3
+    assert summary["heldout_pass@1_before"] == round(before["policies"]["warm start"]["pass_at_k"]["pass@1"], 4)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1] and all("eval/pass@1" in r for r in rows)
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((run / "wandb").glob("offline-run-*")), "the W&B offline run"
+    assert list((tmp_path / "cache" / "sft").glob("*/config.json")), "the cached warm start"
