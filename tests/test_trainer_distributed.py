@@ -25,6 +25,7 @@ def _run(tmp_path, out, nproc, zero):
         "data.synthetic_train=8", "data.synthetic_heldout=4", "tracking.wandb=false", "algo.dynamic_sampling=keep",
         "rewards.functions=[my_rewards:varied]", "rewards.weights=[1.0]", f"train.learning_rate={LR}",
         f"train.deepspeed={ROOT / 'configs' / 'deepspeed' / f'zero{zero}.json'}",
+        "eval.every_steps=1", "eval.num_samples=2", "eval.ks=[1,2]", "eval.training_problems=3",  # ranks: 1 + 2
     ]
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1",
            "TORCH_EXTENSIONS_DIR": str(ROOT / ".cache" / "torch_extensions")}
@@ -49,6 +50,8 @@ def test_two_ranks_match_one_process(tmp_path, zero):
     # Randomness is keyed by global row, so both runs sample the same completions and draw the same masks.
     assert two["reward/mean"] == pytest.approx(one["reward/mean"], abs=1e-6)
     assert two["completion/len_mean"] == one["completion/len_mean"]
+    # In-training eval: ranks sample uneven slices of 3 problems (ZeRO-3 gathers weights for it) and gather verdicts.
+    assert two["eval/pass@1"] == one["eval/pass@1"] and two["eval/pass@2"] == one["eval/pass@2"]
     assert set(adapter_one) == set(adapter_two)
     # Adam divides by sqrt(v): where a gradient element is ~0, summation order (all-reduce vs one process) can move
     # that element by a fraction of the learning rate; everywhere else the two runs agree to float precision.
