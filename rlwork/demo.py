@@ -86,9 +86,14 @@ def warm_start(cfg: RunConfig, progress: bool = True) -> Path:
     return target
 
 
-def plot_curves(run_dir: Path, before: float, after: float) -> Path:
-    """PNG of the training reward and training pass rate per step, held-out pass@1 before/after RL (whole split),
-    and the in-training held-out pass@1 (`eval/pass@1`, a subset of the split) where the run logged it."""
+def plot_curves(run_dir: Path, before: float, after: float, subset_before: float | None = None) -> Path:
+    """PNG of the training reward and pass rate per step, held-out pass@1 before/after RL (the whole split), and the
+    in-training held-out pass@1 (`eval/pass@1`, a subset of the split) where the run logged it.
+
+    The x axis counts RL updates: step i's rollouts (reward, pass rate) come from the policy after i updates, and
+    the evaluation logged with step i from the policy after i + 1. `subset_before` (the warm start's pass@1 on the
+    same subset, from the before-evaluation) starts the in-training curve at 0 updates.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,11 +104,13 @@ def plot_curves(run_dir: Path, before: float, after: float) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, [r.get("reward/mean") for r in rows], label="train reward (mean)")
     ax.plot(steps, [r.get("sandbox/passed_frac") for r in rows], label="train pass rate (all tests)")
-    during = [(r["step"], r["eval/pass@1"]) for r in rows if r.get("eval/pass@1") is not None]
+    during = [(r["step"] + 1, r["eval/pass@1"]) for r in rows if r.get("eval/pass@1") is not None]
     if during:
+        if subset_before is not None:
+            during.insert(0, (0, subset_before))
         ax.plot(*zip(*during, strict=True), marker="o", label="held-out pass@1 during RL (subset)")
-    ax.scatter([steps[0], steps[-1]], [before, after], color="black", zorder=3, label="held-out pass@1 (all)")
-    ax.set_xlabel("RL step")
+    ax.scatter([0, steps[-1] + 1], [before, after], color="black", zorder=3, label="held-out pass@1 (all)")
+    ax.set_xlabel("RL updates")
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left")
     ax.set_title("rlwork demo: tiny block-diffusion coder")
@@ -112,6 +119,13 @@ def plot_curves(run_dir: Path, before: float, after: float) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def subset_pass_at_1(report: dict[str, Any], policy: str, num_problems: int | None) -> float | None:
+    """Mean pass@1 of `policy` over the first `num_problems` problems of an eval report (None: all)."""
+    values = list(report["policies"][policy]["per_problem"].values())[:num_problems]
+    scored = [v["pass@1"] for v in values if v["pass@1"] is not None]
+    return sum(scored) / len(scored) if scored else None
 
 
 def run_demo(cfg: RunConfig) -> dict[str, Any]:
@@ -132,7 +146,8 @@ def run_demo(cfg: RunConfig) -> dict[str, Any]:
     after = run_eval(cfg, [str(run_dir)], ["after RL"], out_path=run_dir / "eval_after.json")
     scores_before = before["policies"]["warm start"]["pass_at_k"]
     scores_after = after["policies"]["after RL"]["pass_at_k"]
-    plot = plot_curves(run_dir, scores_before["pass@1"], scores_after["pass@1"])
+    plot = plot_curves(run_dir, scores_before["pass@1"], scores_after["pass@1"],
+                       subset_pass_at_1(before, "warm start", cfg.eval.training_problems))
     print(f"curves: {plot}; metrics: {run_dir / 'metrics.jsonl'}; W&B offline run under {run_dir / 'wandb'}")
     summary = {"heldout_pass@1_before": round(scores_before["pass@1"], 4),
                "heldout_pass@1_after": round(scores_after["pass@1"], 4)}

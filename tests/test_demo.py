@@ -37,3 +37,12 @@ def test_demo_runs_every_stage_and_leaves_its_files(tmp_path, monkeypatch):
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((run / "wandb").glob("offline-run-*")), "the W&B offline run"
     assert list((tmp_path / "cache" / "sft").glob("*/config.json")), "the cached warm start"
+
+
+def test_subset_pass_at_1_averages_the_first_problems_that_were_scored():
+    per_problem = {"a": {"pass@1": 0.5}, "b": {"pass@1": None}, "c": {"pass@1": 1.0}, "d": {"pass@1": 0.0}}
+    report = {"policies": {"warm start": {"per_problem": per_problem}}}
+    assert demo.subset_pass_at_1(report, "warm start", 2) == 0.5  # b had no scored sample: left out
+    assert demo.subset_pass_at_1(report, "warm start", 3) == 0.75
+    assert demo.subset_pass_at_1(report, "warm start", None) == 0.5
+    assert demo.subset_pass_at_1(report, "warm start", 0) is None
