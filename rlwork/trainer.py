@@ -132,7 +132,7 @@ def setup(cfg: RunConfig, resume: bool = False) -> Session:
     session = Session(cfg, lm, engine, ref_policy, stream, RewardScorer(cfg.rewards), tracker, run_dir, start_step)
     if cfg.eval.every_steps:
         problems = load_split(cfg.data, cfg.eval.split, cfg.seed)
-        session.eval_problems = list(problems)[: cfg.eval.training_problems]
+        session.eval_problems = problems[: cfg.eval.training_problems]
         session.eval_sandbox = Evaluator(limits=Limits(timeout=cfg.rewards.timeout_s),
                                          max_concurrency=cfg.rewards.workers,
                                          allow_weak=cfg.rewards.allow_weak_isolation)
