@@ -198,8 +198,7 @@ def run_eval(
     if len(names) != len(checkpoints) or len(set(names)) != len(names):
         raise ValueError(f"names={names}: give one distinct name per checkpoint")
     problems = load_split(cfg.data, cfg.eval.split, cfg.seed)
-    evaluator = Evaluator(limits=Limits(timeout=cfg.rewards.timeout_s), max_concurrency=cfg.rewards.workers,
-                          allow_weak=cfg.rewards.allow_weak_isolation)
+    evaluator = open_sandbox(cfg)
     results: dict[str, EvalResult] = {}
     try:
         for name, checkpoint in zip(names, checkpoints, strict=True):
@@ -232,6 +231,12 @@ def run_eval(
     if out_path is not None:
         _write_json(Path(out_path), report)
     return report
+
+
+def open_sandbox(cfg: RunConfig) -> Evaluator:
+    """The sandbox for evaluation, with the run's reward settings (timeout, workers, isolation); close it after."""
+    return Evaluator(limits=Limits(timeout=cfg.rewards.timeout_s), max_concurrency=cfg.rewards.workers,
+                     allow_weak=cfg.rewards.allow_weak_isolation)
 
 
 def _write_json(path: Path, data: dict) -> None:

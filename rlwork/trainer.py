@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from rewards.sandbox import Evaluator, Limits
+from rewards.sandbox import Evaluator
 from rlwork import checkpoint as ckpt
 from rlwork import dist
 from rlwork import engine as eng
@@ -41,7 +41,7 @@ from rlwork.advantages import (
 from rlwork.config import RunConfig, SamplerConfig
 from rlwork.diffusion.elbo import elbo
 from rlwork.diffusion.masking import MaskDraw, draw_masks, select_rows
-from rlwork.eval import evaluate_passk, summarise_verdicts
+from rlwork.eval import evaluate_passk, open_sandbox, summarise_verdicts
 from rlwork.losses import policy_loss
 from rlwork.policies import load_model, starting_model
 from rlwork.prompts import PromptStream, load_split
@@ -133,9 +133,7 @@ def setup(cfg: RunConfig, resume: bool = False) -> Session:
     if cfg.eval.every_steps:
         problems = load_split(cfg.data, cfg.eval.split, cfg.seed)
         session.eval_problems = problems[: cfg.eval.training_problems]
-        session.eval_sandbox = Evaluator(limits=Limits(timeout=cfg.rewards.timeout_s),
-                                         max_concurrency=cfg.rewards.workers,
-                                         allow_weak=cfg.rewards.allow_weak_isolation)
+        session.eval_sandbox = open_sandbox(cfg)
     return session
 
 
