@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"rlwork: config error: {err}", file=sys.stderr)
         return 2
+    if args.command in ("train", "sft", "eval", "demo"):
+        from rlwork.models import set_flush_denormal
+
+        set_flush_denormal(cfg.model.flush_denormal)  # before torch starts its worker threads: they copy the flag
     if args.command == "config":
         import yaml
 

@@ -38,8 +38,9 @@ def warm_start_key(cfg: RunConfig) -> str:
         del data["synthetic_heldout"]  # the train split is drawn first and does not depend on the held-out size
     bookkeeping = ("save_every", "keep_checkpoints", "log_every")  # they do not change the weights
     sft = {k: v for k, v in to_dict(cfg.sft).items() if k not in bookkeeping}
+    numerics = {k: getattr(cfg.model, k) for k in ("dtype", "attn_implementation", "block_size", "flush_denormal")}
     recipe = {"sft": sft, "lora": to_dict(cfg.lora) if cfg.sft.lora else None, "data": data,
-              "model": base_identity(cfg), "family": cfg.model.family, "seed": cfg.seed,
+              "model": base_identity(cfg), "family": cfg.model.family, "numerics": numerics, "seed": cfg.seed,
               "tiny_build": BUILD_VERSION, "chat": cfg.data.chat}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -19,6 +19,7 @@ Shape letters: N rows, T query length, K key length (cached + current), V vocabu
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -140,6 +141,20 @@ def position_ids_from_mask(key_mask: Tensor) -> Tensor:
     key_mask: [N, K] bool (True = real token). Returns [N, K] int64; padding positions get 0.
     """
     return (key_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def set_flush_denormal(enabled: bool) -> bool:
+    """Flush subnormal floats to zero on CPU for this process, or keep them (`ModelConfig.flush_denormal`).
+
+    The flag is per thread and torch's intra-op worker threads copy it from the thread that starts them, so set it
+    before the first parallel op: the CLI does so before it imports a trainer, and `policies.load_model` again.
+    Returns whether this CPU can flush (x86 with SSE3, arm64); asking for it on one that cannot warns.
+    """
+    supported = torch.set_flush_denormal(enabled)
+    if enabled and not supported:
+        warnings.warn("this CPU cannot flush subnormal floats to zero (model.flush_denormal=true): arithmetic on "
+                      "them stays slow; set model.flush_denormal=false to silence this", stacklevel=2)
+    return supported
 
 
 def allowed_attention(

@@ -18,7 +18,7 @@ import torch
 
 from rlwork.checkpoint import export_merged, latest_checkpoint
 from rlwork.config import ModelConfig
-from rlwork.models import DTYPES, DiffusionLM, load_diffusion_lm
+from rlwork.models import DTYPES, DiffusionLM, load_diffusion_lm, set_flush_denormal
 from rlwork.tiny import TINY_VARIANTS, ensure_tiny_coder
 from rlwork.typed_config import ConfigError, build, read_yaml
 
@@ -118,7 +118,9 @@ def saved_base(ckpt: Path, model_cfg: ModelConfig) -> ModelConfig:
 def load_model(model_cfg: ModelConfig) -> DiffusionLM:
     """The starting model that `model_cfg.path` names: an HF folder or tiny variant as is, or an rlwork run or
     checkpoint folder as its base with the run's weights merged in (LoRA merged with `merge_and_unload`, full
-    weights loaded). Mode as `from_pretrained` leaves it (eval); trainers set the mode they need."""
+    weights loaded). Mode as `from_pretrained` leaves it (eval); trainers set the mode they need. Applies
+    `model_cfg.flush_denormal` to the process (`models.set_flush_denormal`)."""
+    set_flush_denormal(model_cfg.flush_denormal)
     return _load_chain(model_cfg, depth=0)
 
 

@@ -176,7 +176,8 @@ def test_warm_start_key_follows_what_changes_the_weights():
 
     assert key() == key("data.synthetic_heldout=256")  # eval-only: the train split does not depend on it
     assert key() == key("sft.save_every=7", "sft.log_every=3")
-    for changed in ("data.synthetic_train=100", "sft.steps=10", "seed=1", "sft.learning_rate=1e-3"):
+    for changed in ("data.synthetic_train=100", "sft.steps=10", "seed=1", "sft.learning_rate=1e-3",
+                    "model.dtype=bfloat16", "model.flush_denormal=false", "model.attn_implementation=eager"):
         assert key(changed) != key(), changed
 
 
