@@ -103,8 +103,9 @@ def plot_curves(run_dir: Path, before: float, after: float, subset_before: float
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, [r.get("reward/mean") for r in rows], label="train reward (mean)")
     ax.plot(steps, [r.get("sandbox/passed_frac") for r in rows], label="train pass rate (all tests)")
+    ax.plot(steps, [r.get("reward/mean") for r in rows], linestyle="--",  # on top: equal to the pass rate when
+            label="train reward (mean)")                                   # the reward is all-tests-pass
     during = [(r["step"] + 1, r["eval/pass@1"]) for r in rows if r.get("eval/pass@1") is not None]
     if during:
         if subset_before is not None:
