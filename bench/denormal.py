@@ -12,7 +12,6 @@ mode (the median of the rounds) and their ratio.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -33,15 +32,17 @@ def measure(model: str, flush: bool, steps: int, threads: int) -> float:
     """SFT steps per second from `model` in this process (the flag set before torch does any work)."""
     import torch
 
-    torch.set_flush_denormal(flush)
+    from rlwork.models import set_flush_denormal
+
+    set_flush_denormal(flush)
     torch.set_num_threads(threads)
     from rlwork.config import load_config
     from rlwork.sft_trainer import setup_sft, sft_step
 
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(CONFIG, [f"output_dir={out}", f"model.path={model}", "model.trust_remote_code=true",
-                                   f"model.flush_denormal={str(flush).lower()}", "tracking.wandb=false"])
-        cfg = dataclasses.replace(cfg, sft=dataclasses.replace(cfg.sft, log_every=10**9))
+                                   f"model.flush_denormal={str(flush).lower()}", "tracking.wandb=false",
+                                   f"sft.log_every={10**9}"])
         session = setup_sft(cfg, progress=False)
         try:
             for step in range(3):  # warm-up: kernels, allocator
