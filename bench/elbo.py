@@ -20,7 +20,7 @@ import torch
 
 from rlwork.diffusion.elbo import block_elbo_loop, elbo
 from rlwork.diffusion.masking import draw_masks
-from rlwork.models import load_diffusion_lm
+from rlwork.models.lm import load_diffusion_lm
 
 
 def humaneval_batch(lm, rows: int, prompt_len: int, completion_len: int):

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from rlwork.diffusion.masking import MaskDraw, apply_masks, block_offsets, completion_block_ids
-from rlwork.models import DiffusionLM, position_ids_from_mask
+from rlwork.models.lm import DiffusionLM, position_ids_from_mask
 
 
 @dataclass(frozen=True)
@@ -144,16 +144,8 @@ def elbo(
     return _output(torch.cat(pieces), calls)
 
 
-def block_elbo_loop(
-    lm: DiffusionLM,
-    prompt_ids: Tensor,
-    prompt_mask: Tensor,
-    completion_ids: Tensor,
-    completion_mask: Tensor,
-    draw: MaskDraw,
-    *,
-    model: torch.nn.Module | None = None,
-) -> ElboOutput:
+def block_elbo_loop(lm: DiffusionLM, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                    completion_mask: Tensor, draw: MaskDraw, *, model: torch.nn.Module | None = None) -> ElboOutput:
     """Slow reference for block-causal models: per sample and completion block c, one ordinary block-causal
     forward of [prompt, clean blocks < c, noisy block c] (later blocks left out of the key mask).
 

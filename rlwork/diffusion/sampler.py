@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from rlwork.config import SamplerConfig
-from rlwork.models import DiffusionLM
+from rlwork.models.lm import DiffusionLM
 
 
 @dataclass(frozen=True)

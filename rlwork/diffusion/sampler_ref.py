@@ -21,7 +21,7 @@ from rlwork.diffusion.sampler import (
     propose,
     resolve_block_size,
 )
-from rlwork.models import DiffusionLM
+from rlwork.models.lm import DiffusionLM
 
 
 def _blocks(prompt_len: int, length: int, block: int, aligned_to_sequence: bool) -> list[tuple[int, int]]:

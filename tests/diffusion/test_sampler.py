@@ -14,7 +14,7 @@ import torch
 
 from rlwork.diffusion.sampler import SamplerConfig, filter_logits, generate, propose
 from rlwork.diffusion.sampler_ref import naive_generate
-from rlwork.models import DiffusionLM
+from rlwork.models.lm import DiffusionLM
 
 LENGTHS = [5, 8, 11, 14, 3, 6]  # prompt lengths mod 4: 1, 0, 3, 2, 3, 2
 EOS_LENGTHS = [5, 8, 11, 14, 3, 6, 9, 13]
