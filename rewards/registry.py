@@ -78,6 +78,8 @@ class Scores:
 
 ERRORS: dict[str, int] = {}
 """reward name -> number of calls that raised, over the life of the process."""
+_WARNED_ALL_NONE: set[str] = set()
+"""Reward names that already returned None for a whole batch in this process (said once)."""
 
 
 def score_all(reward_fns: list, weights: list[float] | None, prompts: list, completions: list,
@@ -111,11 +113,18 @@ def score_all(reward_fns: list, weights: list[float] | None, prompts: list, comp
             if len(values) != n:
                 raise ValueError(f"returned {len(values)} values for {n} completions")
             per[name] = [math.nan if v is None else float(v) for v in values]
+            if n and all(v is None for v in values) and name not in _WARNED_ALL_NONE:
+                _WARNED_ALL_NONE.add(name)
+                given = sorted(k for k, v in columns.items() if isinstance(v, list | tuple))
+                log.warning("reward %r returned None for all %d rows of a batch: it applies to none of them, so it "
+                            "adds nothing to the reward. The batch has columns %s; check that the reward finds the "
+                            "columns it reads (said once per reward and process).", name, n, given)
         except Exception as exc:  # a broken reward must not stop the run: isolate it and say so
             errors[name] = f"{type(exc).__name__}: {exc}"
             ERRORS[name] = ERRORS.get(name, 0) + 1
+            first = ERRORS[name] == 1  # the traceback once per reward and process; later errors one line each
             log.error("reward %r raised %s; its %d rows are NaN (%d errors so far)", name, errors[name], n,
-                      ERRORS[name])
+                      ERRORS[name], exc_info=first)
             per[name] = [math.nan] * n
     total = weighted_total([per[reward_name(fn)] for fn in reward_fns], weights)
     return Scores(per, total, errors, details)

@@ -1,5 +1,9 @@
 """Unit-test rewards: run each completion's code against its row's `tests` column in the sandbox.
 
+A row without a `tests` value is scored from its dataset's own test columns when it has them (HumanEval's `test`
+and `entry_point`, MBPP's `test_list`, AceCode's `test_cases`: rewards.native), so a dataset passed to TRL as it
+comes is scored. A batch in which no row has tests of either kind is said once in the log, naming the columns.
+
 `detailed(...)` returns the scores with each row's sandbox `Outcome` (per-test verdicts), the declared interface
 of `rewards.registry` that trainers read. Under TRL, which calls the reward itself, the last batch's outcomes stay
 on the object (`last_outcomes`) and flat metrics go through TRL's `log_metric` when the trainer passes it
@@ -9,6 +13,7 @@ on the object (`last_outcomes`) and flat metrics go through TRL's `log_metric` w
 import logging
 import math
 
+from rewards import native
 from rewards import spec as specs
 from rewards.contract import Detailed
 from rewards.extract import program_for
@@ -16,6 +21,8 @@ from rewards.sandbox import Evaluator, Limits, Outcome
 from rewards.sandbox.verdict import CATEGORIES
 
 log = logging.getLogger("rewards.unit_tests")
+_WARNED_NO_TESTS: set[str] = set()
+"""Reward names that already said, in this process, that a batch had no tests."""
 
 
 class UnitTestReward:
@@ -75,22 +82,34 @@ class UnitTestReward:
 
     def detailed(self, prompts, completions, **columns) -> Detailed:
         """The rewards, and each row's sandbox `Outcome` (None for rows without a usable spec)."""
+        n = len(completions)
         column = columns.get(self.tests_column)
-        if column is None:
-            return Detailed([None] * len(completions), [None] * len(completions))
-        rows, programs, parsed = [], [], []
-        for i, (prompt, completion, tests) in enumerate(zip(prompts, completions, column, strict=True)):
-            if not tests:
-                continue
+        if column is not None and len(column) != n:
+            raise ValueError(f"{self.__name__}: {len(column)} values in column {self.tests_column!r} for {n} "
+                             "completions")
+        rows, programs, parsed, bad = [], [], [], 0
+        native_rows = None
+        for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+            tests = column[i] if column is not None else None
             try:
-                sp = specs.parse(tests)
-            except ValueError as exc:
+                if tests:
+                    sp = specs.parse(tests)
+                else:
+                    native_rows = native.rows_of(columns, n) if native_rows is None else native_rows
+                    found = native.spec_from_row(native_rows[i])
+                    if found is None:
+                        continue
+                    sp = specs.parse(found)
+            except (ValueError, SyntaxError) as exc:
+                bad += 1
                 self.stats["bad_specs"] += 1
                 log.error("%s: row %d has a malformed tests spec (%s); scored None", self.__name__, i, exc)
                 continue
             rows.append(i)
             programs.append(program_for(prompt, completion, getattr(sp, "entry_point", None)))
             parsed.append(sp)
+        if n and not rows and not bad:
+            self._say_no_tests(columns)
         outcomes = self.evaluator.evaluate(programs, parsed) if programs else []
         per_row: list[Outcome | None] = [None] * len(completions)
         rewards: list[float | None] = [None] * len(completions)
@@ -108,6 +127,17 @@ class UnitTestReward:
             for key, value in self.last_metrics.items():
                 log_metric(key, value)
         return Detailed(rewards, per_row)
+
+
+    def _say_no_tests(self, columns: dict) -> None:
+        if self.__name__ in _WARNED_NO_TESTS:
+            return
+        _WARNED_NO_TESTS.add(self.__name__)
+        given = sorted(k for k, v in columns.items() if isinstance(v, list | tuple))
+        log.warning("%s: no row of this batch has tests, so every row scores None (the reward does not apply). It "
+                    "reads the %r column (a rewards.spec JSON string) or a dataset's own test columns (%s); the "
+                    "batch has columns %s. Rename or add the test column (said once per process).", self.__name__,
+                    self.tests_column, native.describe(), given)
 
 
 def summarise(outcomes: list[Outcome]) -> dict[str, float]:

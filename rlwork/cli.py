@@ -1,9 +1,15 @@
-"""`rlwork` command line: thin — parse, build the config, call."""
+"""`rlwork` command line: thin — parse, build the config, call.
+
+Each command's last stdout line is one JSON object (strict JSON: NaN is written as null), printed by rank 0 only.
+The current directory is on the import path (after installed packages), so `rewards.functions=[my_rewards:fn]`
+finds `./my_rewards.py` as `python -m` would; PYTHONPATH works too.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -15,8 +21,17 @@ if not (os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY")):
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML recipe from configs/ (defaults: the dataclasses in rlwork/config.py)")
+    p.add_argument("--config", help="YAML recipe from configs/ (defaults: the dataclasses in rlwork/config/)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algo.beta=0.01 train.steps=5")
+
+
+def _add_run_dir_args(p: argparse.ArgumentParser, resume: bool = True) -> None:
+    group = p.add_mutually_exclusive_group()
+    if resume:
+        group.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    group.add_argument("--overwrite", action="store_true",
+                       help="output_dir holds another run: delete its run files (metrics, rollouts, checkpoints, "
+                            "W&B) and start over")
 
 
 def _seed_list(text: str) -> list[int]:
@@ -34,11 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="RL-train LoRA adapters on a base diffusion coder")
     _add_config_args(p_train)
-    p_train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    _add_run_dir_args(p_train)
     p_train.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     p_sft = sub.add_parser("sft", help="diffusion SFT (LoRA or full weights) into output_dir; prints its checkpoint")
     _add_config_args(p_sft)
-    p_sft.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    _add_run_dir_args(p_sft)
     p_sft.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     p_cfg = sub.add_parser("config", help="print the resolved config as YAML")
     _add_config_args(p_cfg)
@@ -58,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p_rescore.add_argument("--out", help="write the JSON result here too")
     p_demo = sub.add_parser("demo", help="the embedded tiny default, end to end on CPU")
     _add_config_args(p_demo)
+    _add_run_dir_args(p_demo, resume=False)
     p_demo.add_argument("--seeds", type=_seed_list, metavar="0,1,2",
                         help="run the whole demo once per seed (in OUTPUT_DIR/seed<N>); the last line has the means")
     args, extra = parser.parse_known_args(argv)  # dotted overrides may also follow options
@@ -72,10 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     from rlwork.config import ConfigError, load_config
     from rlwork.config.typed import to_dict
 
+    _user_modules_on_path()
     if args.command == "export":
         return _export(args.checkpoint, args.out)
     try:
         cfg = load_config(args.config, args.overrides)
+        if args.command in ("train", "sft", "eval", "demo"):
+            check_inputs(cfg, args.command)
     except ConfigError as err:
         print(f"rlwork: config error: {err}", file=sys.stderr)
         return 2
@@ -83,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         from rlwork.models.lm import set_flush_denormal
 
         set_flush_denormal(cfg.model.flush_denormal)  # before torch starts its worker threads: they copy the flag
+        _say_cache()
     if args.command == "config":
         import yaml
 
@@ -90,9 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "train":
         from rlwork.rl.trainer import train
+        from rlwork.runtime.session import RunDirError
 
-        metrics = train(cfg, resume=args.resume)
-        print(json.dumps({k: metrics[k] for k in ("reward/mean", "policy/kl", "sandbox/passed_frac") if k in metrics}))
+        try:
+            metrics = train(cfg, resume=args.resume, overwrite=args.overwrite)
+        except RunDirError as err:
+            print(f"rlwork: {err}", file=sys.stderr)
+            return 2
+        emit({k: metrics[k] for k in ("reward/mean", "policy/kl", "sandbox/passed_frac") if k in metrics})
         return 0
     if args.command == "eval":
         from rlwork.evaluation.eval import run_eval
@@ -100,32 +125,101 @@ def main(argv: list[str] | None = None) -> int:
         checkpoints = [None if c == "base" else c for c in (args.checkpoint or ["base"])]
         names = ["base" if c is None else c for c in checkpoints]
         report = run_eval(cfg, checkpoints, names, out_path=args.out)
-        print(json.dumps({name: p["pass_at_k"] for name, p in report["policies"].items()}))
+        emit({name: p["pass_at_k"] for name, p in report["policies"].items()})
         return 0
     if args.command == "rescore":
         return _rescore(cfg, args)
     if args.command == "sft":
-        return _sft(cfg, args.resume)
+        return _sft(cfg, args.resume, args.overwrite)
     if args.command == "demo":
         from rlwork.demo import run_demo, run_demo_seeds
+        from rlwork.runtime.session import RunDirError
 
-        print(json.dumps(run_demo_seeds(cfg, args.seeds) if args.seeds else run_demo(cfg)))
+        try:
+            result = (run_demo_seeds(cfg, args.seeds, overwrite=args.overwrite) if args.seeds
+                      else run_demo(cfg, overwrite=args.overwrite))
+        except RunDirError as err:
+            print(f"rlwork: {err}", file=sys.stderr)
+            return 2
+        emit(result)
         return 0
     return 1
 
 
-def _sft(cfg, resume: bool) -> int:
+def _user_modules_on_path() -> None:
+    """Put the current directory on the import path, after installed packages: `rlwork` started as a console
+    script has its own bin/ folder there instead (unlike `python -m`), so `./my_rewards.py` would not be found."""
+    cwd = os.getcwd()
+    if not any(entry in ("", ".", cwd) for entry in sys.path):
+        sys.path.append(cwd)
+
+
+def check_inputs(cfg, command: str) -> None:
+    """What `load_config` cannot see, checked before any model loads: the data source (`data.dataset`,
+    `data.data_files`) and, for commands that score, that every reward in `rewards.functions` imports.
+    Raises ConfigError naming the key."""
+    from rewards.registry import get_reward
+    from rlwork.config import ConfigError
+    from rlwork.data.prompts import check_data
+
+    try:
+        check_data(cfg.data)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if command not in ("train", "demo"):
+        return
+    for i, name in enumerate(cfg.rewards.functions):
+        try:
+            get_reward(name)
+        except ValueError as err:
+            raise ConfigError(f"rewards.functions[{i}]: {err}. A reward module is imported from PYTHONPATH or the "
+                              f"current directory ({os.getcwd()})") from None
+
+
+def _rank() -> int:
+    """This process's rank: torchrun and the DeepSpeed launcher set RANK, also before the process group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _say_cache() -> None:
+    from rlwork.models.tiny import cache_root, cache_source
+
+    if _rank() == 0:
+        print(f"rlwork: cache {cache_root()} ({cache_source()})", file=sys.stderr, flush=True)
+
+
+def _finite(value):
+    """NaN/inf -> None (JSON null), recursively, as metrics.jsonl writes them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def emit(result: dict) -> None:
+    """Print a command's result as the last stdout line: strict JSON (null for NaN), on rank 0 only."""
+    if _rank() == 0:
+        print(json.dumps(_finite(result), allow_nan=False), flush=True)
+
+
+def _sft(cfg, resume: bool, overwrite: bool) -> int:
     from rlwork.runtime.checkpoint import latest_checkpoint
-    from rlwork.runtime.dist import is_main_process
+    from rlwork.runtime.session import RunDirError
     from rlwork.sft.trainer import train_sft
 
-    metrics = train_sft(cfg, resume=resume)
-    if is_main_process():
-        final = latest_checkpoint(cfg.output_dir)
+    try:
+        metrics = train_sft(cfg, resume=resume, overwrite=overwrite)
+    except RunDirError as err:
+        print(f"rlwork: {err}", file=sys.stderr)
+        return 2
+    if _rank() == 0:
         print(f"next: rlwork eval --checkpoint {cfg.output_dir} ...; RL from this run: rlwork train ... "
               f"model.path={cfg.output_dir}; or rlwork export {cfg.output_dir} --out DIR", file=sys.stderr)
-        print(json.dumps({"checkpoint": str(final), **{k: metrics[k] for k in ("sft/loss", "sft/epoch")
-                                                        if k in metrics}}))
+    emit({"checkpoint": str(latest_checkpoint(cfg.output_dir)),
+          **{k: metrics[k] for k in ("sft/loss", "sft/epoch") if k in metrics}})
     return 0
 
 

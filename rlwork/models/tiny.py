@@ -8,7 +8,8 @@
   block 4, no shift), and a bidirectional variant (`config.is_causal = False`).
 
 Both are saved in ordinary HF format and loaded through `AutoModelForCausalLM.from_pretrained`, exactly like a
-real checkpoint. Builds are deterministic and cached under `$RLWORK_CACHE` (default `~/.cache/rlwork`).
+real checkpoint. Builds are deterministic and cached under `cache_root()` (`$RLWORK_CACHE`, else the XDG cache
+directory: `~/.cache/rlwork`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,19 @@ class StableDiffcoderForCausalLM(LlamaForCausalLM):
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("RLWORK_CACHE", Path.home() / ".cache" / "rlwork"))
+    """Where rlwork caches what it builds (tiny coders, the demo's warm starts): `RLWORK_CACHE`, else
+    `$XDG_CACHE_HOME/rlwork`, else `~/.cache/rlwork`. `make` and the `rlwork` command use the same default."""
+    if os.environ.get("RLWORK_CACHE"):
+        return Path(os.environ["RLWORK_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rlwork"
+
+
+def cache_source() -> str:
+    """Which rule chose `cache_root()`, for the line the commands print at start."""
+    if os.environ.get("RLWORK_CACHE"):
+        return "from RLWORK_CACHE"
+    return "from XDG_CACHE_HOME; set RLWORK_CACHE to move it" if os.environ.get("XDG_CACHE_HOME") else \
+        "the default; set RLWORK_CACHE to move it"
 
 
 TOKENIZER_TASKS = 2048

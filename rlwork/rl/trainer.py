@@ -62,27 +62,35 @@ class RlSession(Session):
             self.eval_sandbox.close()
 
 
-def setup(cfg: RunConfig, resume: bool = False) -> RlSession:
-    """The shared session (`runtime.session.open_session`) with LoRA per `lora.enabled`, plus the reference policy,
-    the reward functions and, with eval.every_steps, the in-training evaluation problems and sandbox."""
+def setup(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> RlSession:
+    """The reward functions and the data (both checked before any model loads), then the shared session
+    (`runtime.session.open_session`) with LoRA per `lora.enabled`, plus the reference policy and, with
+    eval.every_steps, the in-training evaluation problems and sandbox. `overwrite`: see `runtime.session`."""
     dist.init_distributed()
     check_divisible("train.prompts_per_step", cfg.train.prompts_per_step)
     rows_per_rank = cfg.train.prompts_per_step // dist.world_size() * cfg.algo.num_generations
-    base = open_session(cfg, cfg.train, kind="rl", problems=load_split(cfg.data, cfg.data.split, cfg.seed),
-                        rows_per_rank=rows_per_rank, lora=cfg.lora.enabled, resume=resume)
+    scorer = RewardScorer(cfg.rewards)  # an unimportable reward fails here, before the model loads
+    try:
+        problems = load_split(cfg.data, cfg.data.split, cfg.seed)
+        base = open_session(cfg, cfg.train, kind="rl", problems=problems, rows_per_rank=rows_per_rank,
+                            lora=cfg.lora.enabled, resume=resume, overwrite=overwrite)
+    except BaseException:
+        scorer.close()
+        raise
     session = RlSession(**{f.name: getattr(base, f.name) for f in dataclasses.fields(Session)})
+    session.scorer = scorer
     session.ref_policy = eng.RefPolicy.build(session.engine.model, cfg.algo.beta,
                                              copy_for_full_ft=cfg.algo.reference_copy)
-    session.scorer = RewardScorer(cfg.rewards)
     if cfg.eval.every_steps:
         session.eval_problems = load_split(cfg.data, cfg.eval.split, cfg.seed)[: cfg.eval.training_problems]
         session.eval_sandbox = open_sandbox(cfg)
     return session
 
 
-def train(cfg: RunConfig, resume: bool = False) -> dict[str, float]:
-    """Run `cfg.train.steps` RL steps (continuing from the latest checkpoint with `resume`); last step's metrics."""
-    session = setup(cfg, resume)
+def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
+    """Run `cfg.train.steps` RL steps (continuing from the latest checkpoint with `resume`; replacing another run's
+    files in output_dir with `overwrite`); returns the last step's metrics."""
+    session = setup(cfg, resume, overwrite)
     unscorable_streak, metrics = 0, {}
     try:
         steps = range(session.start_step, cfg.train.steps)

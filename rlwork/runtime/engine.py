@@ -111,8 +111,9 @@ class RefPolicy:
             return cls(model, None)
         if not copy_for_full_ft:
             raise ValueError(
-                f"beta={beta} with full fine-tuning needs a reference model: enable the frozen copy (one more model "
-                "in memory), use LoRA (the reference is then the adapter-disabled base, free), or set beta=0"
+                f"algo.beta={beta} with full fine-tuning needs a reference model: set algo.reference_copy=true (a "
+                "frozen copy: one more model in memory), lora.enabled=true (the reference is then the "
+                "adapter-disabled base, free), or algo.beta=0"
             )
         frozen = copy.deepcopy(model).eval()
         frozen.requires_grad_(False)

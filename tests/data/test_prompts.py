@@ -61,5 +61,5 @@ def test_synthetic_splits_load_and_are_disjoint():
 
 
 def test_unknown_dataset_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown dataset adapter"):
+    with pytest.raises(ValueError, match="data.dataset='nope' is not a known dataset"):
         load_split(DataConfig(dataset="nope"), "train", seed=0)

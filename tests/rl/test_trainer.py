@@ -211,3 +211,40 @@ def test_in_training_eval_split_over_ranks_matches_one_process(tmp_path, reward_
     assert len(set(whole_sampled)) > 4  # the draws differ between rows, so keying by the wrong row would show
     assert 0 < whole["eval/pass@1"] < 1
     assert split == pytest.approx(whole)
+
+
+def test_a_new_run_into_a_used_folder_is_refused_and_overwrite_starts_over(tmp_path, reward_module):
+    """Two runs into one output_dir used to mix: metrics steps [0, 0], the old checkpoint kept, `latest` moved."""
+    cfg = tiny_cfg(tmp_path, "train.steps=1", "train.save_every=1")
+    train(cfg)
+    first_rollout = (tmp_path / "run" / "rollouts" / "step_000000.parquet").read_bytes()
+    with pytest.raises(ValueError, match=r"already holds a run .*--resume.*--overwrite.*new folder"):
+        train(cfg)
+    assert (tmp_path / "run" / "rollouts" / "step_000000.parquet").read_bytes() == first_rollout  # untouched
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    train(tiny_cfg(tmp_path, "train.steps=1", "train.save_every=1", "seed=1"), overwrite=True)
+    run = tmp_path / "run"
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0]
+    assert (run / "rollouts" / "step_000000.parquet").read_bytes() != first_rollout  # the new run's (seed 1)
+    assert (run / "notes.txt").read_text() == "mine"  # only rlwork's own files are removed
+
+
+def test_resume_logs_each_step_once_and_continues_the_wandb_run(tmp_path, reward_module, monkeypatch):
+    """A process killed after logging step 2 but before checkpointing it: the resumed run logs step 2 again, and
+    the history keeps one copy of it, in the same W&B run."""
+    import shutil
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = tiny_cfg(tmp_path, "train.steps=3", "train.save_every=2", "train.keep_checkpoints=0", "tracking.wandb=true",
+                   "train.table_every=1")
+    train(cfg)
+    run = tmp_path / "run"
+    shutil.rmtree(run / "checkpoints" / "step_000003")  # as if killed between logging step 2 and saving it
+    (run / "checkpoints" / "latest").write_text("step_000002\n")
+    train(cfg, resume=True)
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+    table = (run / "tables" / "completions.jsonl").read_text().splitlines()
+    table_steps = [json.loads(line)["step"] for line in table]
+    assert table_steps.count(2) == table_steps.count(0) == 8  # step 2's rows once (2 prompts x 4 completions)
+    offline = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and len({p.name.rsplit("-", 1)[1] for p in offline}) == 1, offline  # one W&B run id
