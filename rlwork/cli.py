@@ -8,6 +8,7 @@ finds `./my_rewards.py` as `python -m` would; PYTHONPATH works too.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     p_rescore.add_argument("--rewards", required=True, help="comma-separated reward names or import paths")
     p_rescore.add_argument("--weights", help="comma-separated weights, one per reward (default 1 each)")
     p_rescore.add_argument("--out", help="write the JSON result here too")
+    p_plot = sub.add_parser("plot", help="training curves of one or several runs side by side, as a PNG")
+    p_plot.add_argument("runs", nargs="+", help="run folders (each with its metrics.jsonl)")
+    p_plot.add_argument("--out", help="the PNG (default: RUN/curves.png for one run, ./curves.png for several)")
     p_demo = sub.add_parser("demo", help="the embedded tiny default, end to end on CPU")
     _add_config_args(p_demo)
     _add_run_dir_args(p_demo, resume=False)
@@ -91,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     _user_modules_on_path()
     if args.command == "export":
         return _export(args.checkpoint, args.out)
+    if args.command == "plot":
+        return _plot(args.runs, args.out)
     try:
         cfg = load_config(args.config, args.overrides)
         if args.command in ("train", "sft", "eval", "demo"):
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         from rlwork.runtime.session import RunDirError
 
         try:
-            metrics = train(cfg, resume=args.resume, overwrite=args.overwrite)
+            metrics = train(_warm_started(cfg), resume=args.resume, overwrite=args.overwrite)
         except RunDirError as err:
             print(f"rlwork: {err}", file=sys.stderr)
             return 2
@@ -124,13 +130,14 @@ def main(argv: list[str] | None = None) -> int:
 
         checkpoints = [None if c == "base" else c for c in (args.checkpoint or ["base"])]
         names = ["base" if c is None else c for c in checkpoints]
-        report = run_eval(cfg, checkpoints, names, out_path=args.out)
+        report = run_eval(_warm_started(cfg), checkpoints, names, out_path=args.out)
         emit({name: p["pass_at_k"] for name, p in report["policies"].items()})
         return 0
     if args.command == "rescore":
         return _rescore(cfg, args)
-    if args.command == "sft":
-        return _sft(cfg, args.resume, args.overwrite)
+    if args.command == "sft":  # SFT trains from model.path; model.warm_start is what RL starts from
+        return _sft(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, warm_start=False)), args.resume,
+                    args.overwrite)
     if args.command == "demo":
         from rlwork.demo import run_demo, run_demo_seeds
         from rlwork.runtime.session import RunDirError
@@ -144,6 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         emit(result)
         return 0
     return 1
+
+
+def _warm_started(cfg):
+    """`cfg` with `model.warm_start` resolved to the cached warm start's folder (built first when absent)."""
+    from rlwork.demo import with_warm_start
+
+    return with_warm_start(cfg, progress=_rank() == 0)
 
 
 def _user_modules_on_path() -> None:
@@ -239,6 +253,20 @@ def _rescore(cfg, args) -> int:
     print(format_rescore_report(result))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 0
+
+
+def _plot(runs: list[str], out: str | None) -> int:
+    from pathlib import Path
+
+    from rlwork.runtime.plots import CURVES, plot_runs
+
+    try:
+        path = plot_runs(runs, out or (Path(runs[0]) / CURVES if len(runs) == 1 else CURVES))
+    except ValueError as err:
+        print(f"rlwork: {err}", file=sys.stderr)
+        return 2
+    emit({"plot": str(path)})
     return 0
 
 

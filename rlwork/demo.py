@@ -10,6 +10,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -87,6 +88,25 @@ def warm_start(cfg: RunConfig, progress: bool = True) -> Path:
     return target
 
 
+def with_warm_start(cfg: RunConfig, progress: bool = True) -> RunConfig:
+    """`cfg` unchanged, or with `model.warm_start` resolved: model.path the cached warm start (`warm_start`, built
+    first when absent, which takes a while: its progress bar shows how long). The `rlwork` commands call this."""
+    if not cfg.model.warm_start:
+        return cfg
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, warm_start=False))
+    cached = cache_root() / "sft" / warm_start_key(cfg)
+    if not (cached / "config.json").is_file():
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1:
+            raise ValueError(f"model.warm_start=true: the warm start is not built yet ({cached}) and this is one of "
+                             f"{world} processes: build it once in a single process (`rlwork eval` with this config "
+                             "does), or set model.path")
+        print(f"model.warm_start=true: training this recipe's diffusion SFT warm start ({cfg.sft.steps} steps of "
+              f"sft:, once; cached in {cached})", flush=True)
+    folder = warm_start(cfg, progress=progress)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(folder), trust_remote_code=True))
+
+
 def plot_curves(run_dir: Path, before: float, after: float, subset_before: float | None = None) -> Path:
     """PNG of the training reward and pass rate per step, held-out pass@1 before/after RL (the whole split), and the
     in-training held-out pass@1 (`eval/pass@1`, a subset of the split) where the run logged it.
@@ -141,8 +161,9 @@ def run_demo(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     run_dir = Path(cfg.output_dir)
     claim_run_dir(run_dir, resume=False, overwrite=overwrite)
     print(f"[1/4] diffusion SFT warm start (cached under {cache_root() / 'sft'})", flush=True)
-    sft = warm_start(cfg)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(sft), trust_remote_code=True))
+    sft = warm_start(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, warm_start=False)))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(sft), trust_remote_code=True,
+                                                             warm_start=False))
     print("[2/4] held-out pass@k of the warm start", flush=True)
     before = run_eval(cfg, [None], ["warm start"], out_path=run_dir / "eval_before.json")
     print(f"[3/4] RL: {cfg.train.steps} steps of '{cfg.algo.preset or 'custom'}' on LoRA", flush=True)

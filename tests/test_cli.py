@@ -51,6 +51,7 @@ def test_sft_resumes_then_eval_and_export_read_its_run(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["checkpoint"] == str(
         run / "checkpoints" / "step_000001")
     assert main([*args, "sft.steps=2", "--resume"]) == 0
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]
     assert list((run / "wandb").glob("offline-run-*")), "an offline W&B run by default"
     assert main(["eval", "--checkpoint", str(run), "eval.num_samples=1", "eval.ks=[1]", "sampler.max_new_tokens=4",
@@ -161,5 +162,28 @@ def test_two_runs_into_one_folder_exit_2_with_the_ways_out(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
     assert main(["train", run, *reward, *TINY_TRAIN, "--overwrite"]) == 0
+    assert (tmp_path / "run" / "curves.png").read_bytes()[:4] == b"\x89PNG"  # every run draws its curves
     with pytest.raises(SystemExit):
         main(["train", run, "--resume", "--overwrite"])
+
+
+def test_the_tiny_recipe_trains_from_its_cached_warm_start(tmp_path, capsys, monkeypatch):
+    """`rlwork train --config configs/tiny.yaml` used to RL-train the random tiny coder (reward 0, KL NaN)."""
+    import yaml
+
+    from rlwork import demo
+    from rlwork.config import load_config
+    from rlwork.rl.trainer import train
+
+    monkeypatch.setattr(demo, "cache_root", lambda: tmp_path / "cache")
+    small = ["sft.steps=2", "data.synthetic_train=8", "data.synthetic_heldout=2", "train.steps=1",
+             "train.prompts_per_step=2", "algo.num_generations=2", "algo.dynamic_sampling=keep",
+             "train.micro_batch_size=4", "sampler.max_new_tokens=4", "eval.every_steps=0", "tracking.wandb=false"]
+    assert main(["train", "--config", str(ROOT / "configs" / "tiny.yaml"), f"output_dir={tmp_path / 'run'}",
+                 *small]) == 0
+    assert "training this recipe's diffusion SFT warm start" in capsys.readouterr().out
+    [built] = (tmp_path / "cache" / "sft").glob("*/config.json")
+    saved = yaml.safe_load((tmp_path / "run" / "checkpoints" / "step_000001" / "config.yaml").read_text())
+    assert saved["model"]["path"] == str(built.parent) and saved["model"]["warm_start"] is False
+    with pytest.raises(ValueError, match="model.warm_start=true: the rlwork commands resolve it"):
+        train(load_config(ROOT / "configs" / "tiny.yaml", [*small, f"output_dir={tmp_path / 'api'}"]))

@@ -33,6 +33,11 @@ class ModelConfig:
     """Attention kernel. FlashAttention-2 cannot take the 4-D block-causal mask, so it is not offered."""
     block_size: int | None = None
     """Override the family's block size (block-causal families only); None = the preset's."""
+    warm_start: bool = False
+    """Start RL and `rlwork eval` not from model.path itself but from this recipe's diffusion SFT warm start (its
+    `sft:` section trained on its training data: the demo's first stage), built on first use with a progress bar and
+    cached under $RLWORK_CACHE/sft (`rlwork.demo.with_warm_start`). `rlwork sft` ignores it: it trains from
+    model.path."""
     flush_denormal: bool = True
     """CPU: flush subnormal floats (below 1.2e-38) to zero in this process (`torch.set_flush_denormal`). A model in
     training grows subnormal activations and gradients, and CPU arithmetic on them is many times slower: with them

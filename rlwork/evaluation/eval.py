@@ -33,6 +33,7 @@ from rlwork.models.lm import DiffusionLM
 from rlwork.runtime import dist
 from rlwork.runtime.policies import check_started_from, load_policy, resolve_checkpoint
 from rlwork.runtime.rng import row_generator
+from rlwork.runtime.session import check_no_warm_start
 
 PASSED, SANDBOX_ERROR = "passed", "sandbox_error"
 
@@ -116,7 +117,7 @@ def evaluate_passk(
     generator: torch.Generator | Callable[[int], torch.Generator],
     batch_size: int,
     evaluator: Evaluator | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
     model: torch.nn.Module | None = None,
 ) -> EvalResult:
     """n = `num_samples` completions per problem, run against the problem's `tests`; pass@k per problem and mean.
@@ -125,11 +126,14 @@ def evaluate_passk(
     whole problems are scored together, so the sandbox sees one batch per chunk of problems. `generator` is one
     generator for all rows, or a function from a batch's first row (row b*n + g is sample g of problem b) to that
     batch's generator. `evaluator` is reused if given (and left open); otherwise one is started and closed here.
-    `model` overrides lm.model (the trainer's peft/DeepSpeed wrapper).
+    `model` overrides lm.model (the trainer's peft/DeepSpeed wrapper). `progress`: a bar of problems done with its
+    ETA (a string names a transient bar, removed when done).
     """
     from tqdm.auto import tqdm
 
     task_ids = _check_args(problems, num_samples, ks, batch_size)
+    transient = isinstance(progress, str)  # a named bar inside another loop (RL's phase 6) leaves no line behind
+    progress_bar = {"desc": progress if transient else "pass@k", "leave": not transient}
     per_chunk = max(1, batch_size // num_samples)  # problems whose samples fit one sampler batch
     own = evaluator is None
     ev = evaluator if evaluator is not None else Evaluator()
@@ -137,7 +141,7 @@ def evaluate_passk(
     samples: list[dict[str, Any]] = []
     num_forwards = 0
     try:
-        with tqdm(total=len(problems), desc="pass@k", unit="problem", disable=not progress) as bar:
+        with tqdm(total=len(problems), unit="problem", disable=not progress, **progress_bar) as bar:
             for start in range(0, len(problems), per_chunk):
                 chunk = [dict(p) for p in problems[start:start + per_chunk]]
                 gen = generator
@@ -197,6 +201,7 @@ def run_eval(
     names = list(names) if names is not None else _default_names(checkpoints)
     if len(names) != len(checkpoints) or len(set(names)) != len(names):
         raise ValueError(f"names={names}: give one distinct name per checkpoint")
+    check_no_warm_start(cfg)
     for checkpoint in checkpoints:  # every policy checked before the first one samples: a bad path fails now
         if checkpoint is not None:
             check_started_from(resolve_checkpoint(checkpoint), cfg.model)
@@ -253,7 +258,7 @@ def evaluate_sharded(lm: DiffusionLM, problems: Sequence[Mapping[str, Any]],
         result = evaluate_passk(
             lm, problems[lo:hi], render, num_samples, ks, sampler_config,
             lambda row: row_generator(seed, 0, "eval", lo * num_samples + row, lm.device), batch_size,
-            evaluator=evaluator, progress=False, model=model,
+            evaluator=evaluator, progress="eval" if dist.is_main_process() else False, model=model,
         )
         verdicts = [(lo + j // num_samples, s["verdict"]) for j, s in enumerate(result.samples)]  # grouped by problem
     by_problem: dict[str, list[str]] = {}

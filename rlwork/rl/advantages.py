@@ -206,7 +206,9 @@ def reward_metrics(
 
     rewards: [N] combined reward (NaN = unscorable); rewards_per_func: [N, R] with ``reward_names`` (R names).
     Keys: ``reward/mean`` and ``reward/std`` over scorable rows (NaN if none), ``reward/frac_unscorable``,
-    ``reward/frac_zero_std``, and ``reward/<name>/mean`` over the rows that function scored (NaN if none).
+    ``reward/frac_zero_std``, and ``reward/<name>/mean`` and ``reward/<name>/std`` (Bessel-corrected, 0 below two
+    values) over the rows that function scored (mean NaN if none). TRL logs the same as ``reward``, ``reward_std``,
+    ``rewards/<name>/mean|std`` (runtime/trl_names.py).
     """
     scorable = ~torch.isnan(rewards)
     metrics = {
@@ -220,4 +222,5 @@ def reward_metrics(
             raise ValueError(f"reward_names={reward_names}: give one name per column of rewards_per_func")
         for name, column in zip(reward_names, rewards_per_func.unbind(dim=1), strict=True):
             metrics[f"reward/{name}/mean"] = torch.nanmean(column)
+            metrics[f"reward/{name}/std"] = batch_std(column)
     return metrics

@@ -35,6 +35,7 @@ from rlwork.rl.scoring import RewardScorer, rollout_rows, sandbox_metrics
 from rlwork.rl.update import no_update_metrics, policy_updates
 from rlwork.runtime import dist
 from rlwork.runtime import engine as eng
+from rlwork.runtime.plots import plot_run
 from rlwork.runtime.session import Session, check_divisible, open_session
 from rlwork.runtime.timing import PhaseTimer
 from rlwork.runtime.tracking import reduce_metrics, save_rollouts
@@ -107,6 +108,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
                 session.save(step + 1, cfg.train.keep_checkpoints)
     finally:
         session.close()
+    if dist.is_main_process():
+        tqdm.write(f"curves: {plot_run(session.run_dir)}")
     return metrics
 
 
@@ -198,11 +201,18 @@ def evaluate_during_training(session: RlSession) -> dict[str, float]:
 
 
 def completion_metrics(rollout: Rollout, signal: torch.Tensor, eos_id: int) -> dict[str, float]:
+    """Completion lengths (tokens, EOS included) over all rows and over the rows that ended with EOS (NaN when none
+    did), the EOS fraction, and the fraction of rows that reached the loss."""
     lengths = rollout.completion_mask.sum(1).float()
     has_eos = ((rollout.completion_ids == eos_id) & rollout.completion_mask).any(1)
+    ended = lengths[has_eos] if has_eos.any() else torch.full((1,), math.nan)
     return {
         "completion/len_mean": float(lengths.mean()),
+        "completion/len_min": float(lengths.min()),
         "completion/len_max": float(lengths.max()),
+        "completion/terminated_len_mean": float(ended.mean()),
+        "completion/terminated_len_min": float(ended.min()),
+        "completion/terminated_len_max": float(ended.max()),
         "completion/eos_frac": float(has_eos.float().mean()),
         "reward/frac_rows_trained": float(signal.float().mean()),
     }

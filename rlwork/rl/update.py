@@ -17,7 +17,7 @@ from rlwork.rl.likelihoods import Draws, elbo_of_rows, row_chunks
 from rlwork.rl.losses import policy_loss
 
 UPDATE_KEYS = ("policy/clipfrac_low", "policy/clipfrac_high", "policy/clipfrac", "policy/ratio_mean",
-               "policy/ratio_min", "policy/ratio_max", "policy/kl", "policy/loss", "optim/grad_norm",
+               "policy/ratio_min", "policy/ratio_max", "policy/kl", "policy/loss", "policy/entropy", "optim/grad_norm",
                "optim/skipped_updates", "optim/lr", "elbo/std", "elbo/mean_per_token")
 """What phase 5 logs; a step without any signal logs them as NaN (JSONL null), so every step has the same keys."""
 
@@ -70,6 +70,7 @@ def policy_updates(algo: AlgoConfig, lm: DiffusionLM, engine, rollout: Rollout, 
             if empty:
                 continue
             elbo_per_token.append(out.sequence.detach() / mask.sum(1).clamp_min(1))
+            m["policy/entropy"] = out.entropy  # at the masked positions of this micro-batch's draw
             for key, value in m.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * rows.numel() / signal_rows / algo.num_iterations
         skipped += int(not result.applied)

@@ -18,6 +18,12 @@ a process killed mid-save leaves a `.tmp-*` folder that is never loaded (and is 
 `latest` pointer is replaced atomically too; if it is missing or stale, the newest complete `step_*` is used.
 All ranks must call `save_checkpoint`/`load_checkpoint` (DeepSpeed's engine state is per rank); the run folder
 must be on a file system every rank sees.
+
+Why not accelerate's `save_state`/`load_state`: they write into the target folder in place (a process killed
+mid-save leaves a half-written checkpoint that `load_state` then reads), keep no `latest` pointer, save the global
+RNGs but not the caller's named `torch.Generator`s, check neither backend nor world size on load, and need the
+model and optimizer prepared by an `Accelerator`, which our torch/DeepSpeed engine does not use. The peft adapter is
+still saved with peft's own `save_pretrained`, and DeepSpeed's state with DeepSpeed's `save_checkpoint`.
 """
 
 from __future__ import annotations

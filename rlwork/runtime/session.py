@@ -111,6 +111,14 @@ def claim_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> None
     dist.barrier()
 
 
+def check_no_warm_start(cfg: RunConfig) -> None:
+    """Raise when `model.warm_start` is still unresolved: the run would start from model.path itself (for the tiny
+    recipe, a random model) instead of the warm start the config asks for."""
+    if cfg.model.warm_start:
+        raise ValueError("model.warm_start=true: the rlwork commands resolve it (train, eval, demo); from Python, "
+                         "call `cfg = rlwork.demo.with_warm_start(cfg)` first, or set model.warm_start=false")
+
+
 def check_divisible(name: str, value: int) -> None:
     """Raise when a global batch size (`train.prompts_per_step`, `sft.batch_size`) does not split over the ranks."""
     world = dist.world_size()
@@ -138,6 +146,8 @@ def open_session(cfg: RunConfig, loop: LoopConfig, *, kind: str, problems: list[
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: one of {KINDS}")
+    if kind == "rl":
+        check_no_warm_start(cfg)
     dist.init_distributed()
     run_dir = Path(cfg.output_dir)
     claim_run_dir(run_dir, resume=resume, overwrite=overwrite)

@@ -27,6 +27,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from rlwork.runtime.trl_names import PREFIX, STEP_KEY, trl_aliases
+
 METRICS_FILE = "metrics.jsonl"
 ROLLOUT_DIR = "rollouts"
 TABLE_DIR = "tables"
@@ -159,10 +161,14 @@ class WandbTracker:
             **({"id": run_id, "resume": "allow"} if run_id else {}),
         )
         id_file.write_text(self.run.id + "\n")
+        self.run.define_metric(STEP_KEY)  # TRL's names plot against the HF Trainer's step, as in a TRL run
+        self.run.define_metric(f"{PREFIX}*", step_metric=STEP_KEY)
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
-        # W&B charts NaN/inf natively, so keep them as floats (JSONL writes null instead).
-        self.run.log({key: _float(value) for key, value in metrics.items()}, step=int(step))
+        # W&B charts NaN/inf natively, so keep them as floats (JSONL writes null instead). TRL's names for the
+        # quantities TRL logs too go beside ours, so dashboards built for TRL runs read ours (runtime/trl_names.py).
+        values = {key: _float(value) for key, value in metrics.items()}
+        self.run.log({**values, **trl_aliases(values, int(step))}, step=int(step))
 
     def log_table(self, name: str, rows: Sequence[Mapping[str, Any]], step: int) -> None:
         columns = sorted({key for row in rows for key in row})

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from rlwork.config import RunConfig
 from rlwork.data.prompts import load_split
 from rlwork.runtime import dist
+from rlwork.runtime.plots import plot_run
 from rlwork.runtime.rng import row_generator
 from rlwork.runtime.session import Session, check_divisible, open_session
 from rlwork.runtime.timing import PhaseTimer
@@ -88,6 +89,10 @@ def train_sft(cfg: RunConfig, resume: bool = False, progress: bool = True, overw
                     tqdm.write(f"checkpoint: {folder}")
     finally:
         session.close()
+    if dist.is_main_process():
+        curves = plot_run(session.run_dir)
+        if session.progress:
+            tqdm.write(f"curves: {curves}")
     return metrics
 
 

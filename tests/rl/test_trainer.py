@@ -36,8 +36,9 @@ def test_two_steps_change_every_lora_parameter_and_no_base_weight(tmp_path, rewa
     unchanged = [n for n in lora0 if torch.equal(lora0[n], lora1[n])]
     assert not unchanged, f"LoRA parameters that never changed: {unchanged[:5]}"
     assert all(torch.equal(base0[n], base1[n]) for n in base0)
-    keys = {"reward/mean", "reward/frac_zero_std", "reward/varied/mean",
-            "policy/clipfrac", "policy/kl", "policy/ratio_mean", "elbo/std", "completion/len_mean",
+    keys = {"reward/mean", "reward/frac_zero_std", "reward/varied/mean", "reward/varied/std", "policy/entropy",
+            "completion/len_min", "policy/clipfrac", "policy/kl", "policy/ratio_mean", "elbo/std",
+            "completion/len_mean",
             "completion/eos_frac", "perf/rollout_s", "perf/score_s", "perf/advantages_s", "perf/likelihoods_s",
             "perf/update_s", "perf/log_s", "perf/tokens_per_s", "optim/grad_norm", "sandbox/passed_frac"}
     for m in metrics:
@@ -248,3 +249,24 @@ def test_resume_logs_each_step_once_and_continues_the_wandb_run(tmp_path, reward
     assert table_steps.count(2) == table_steps.count(0) == 8  # step 2's rows once (2 prompts x 4 completions)
     offline = sorted((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 2 and len({p.name.rsplit("-", 1)[1] for p in offline}) == 1, offline  # one W&B run id
+
+
+def test_rollouts_and_the_in_training_eval_show_progress_on_rank_0(tmp_path, reward_module, monkeypatch):
+    import rlwork.diffusion.rollout as rollout_mod
+
+    bars = []
+    real_tqdm = rollout_mod.tqdm
+
+    def recording(*args, **kwargs):
+        bars.append((kwargs.get("desc"), kwargs.get("disable")))
+        return real_tqdm(*args, **kwargs)
+
+    monkeypatch.setattr(rollout_mod, "tqdm", recording)
+    monkeypatch.setattr(eval_mod, "evaluate", by_length_parity)
+    passed = []
+    real_passk = eval_mod.evaluate_passk
+    monkeypatch.setattr(eval_mod, "evaluate_passk",
+                        lambda *a, **k: passed.append(k["progress"]) or real_passk(*a, **k))
+    train(tiny_cfg(tmp_path, "train.steps=1", "eval.every_steps=1", "train.rollout_batch_size=64", *EVAL))
+    assert ("rollout", False) in bars  # one sampler batch still shows its bar (rows, with an ETA)
+    assert passed == ["eval"]  # a transient bar named "eval"
