@@ -72,6 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     p_rescore.add_argument("--rewards", required=True, help="comma-separated reward names or import paths")
     p_rescore.add_argument("--weights", help="comma-separated weights, one per reward (default 1 each)")
     p_rescore.add_argument("--out", help="write the JSON result here too")
+    p_gen = sub.add_parser("generate", help="completions by a run, an exported Instruct folder or a model, streamed")
+    p_gen.add_argument("model", help="an exported folder (rlwork export), a run or checkpoint folder, or a model")
+    p_gen.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
+    p_gen.add_argument("--max-new-tokens", type=int, help="completion tokens (default: the run's sampler setting)")
+    p_gen.add_argument("--steps-per-block", type=int, help="denoising steps per block (default: the run's)")
+    p_gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p_gen.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (temperature > 0)")
+    p_gen.add_argument("--family", default="stable-diffcoder", help="model family of a plain model folder")
+    p_gen.add_argument("--no-stream", action="store_true", help="print only the JSON line at the end")
     p_plot = sub.add_parser("plot", help="training curves of one or several runs side by side, as a PNG")
     p_plot.add_argument("runs", nargs="+", help="run folders (each with its metrics.jsonl)")
     p_plot.add_argument("--out", help="the PNG (default: RUN/curves.png for one run, ./curves.png for several)")
@@ -97,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         return _export(args.checkpoint, args.out)
     if args.command == "plot":
         return _plot(args.runs, args.out)
+    if args.command == "generate":
+        return _generate(args)
     try:
         cfg = load_config(args.config, args.overrides)
         if args.command in ("train", "sft", "eval", "demo"):
@@ -253,6 +264,23 @@ def _rescore(cfg, args) -> int:
     print(format_rescore_report(result))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 0
+
+
+def _generate(args) -> int:
+    from rlwork.runtime.generate import generate_texts, load_generator
+
+    _say_cache()
+    overrides = {"temperature": args.temperature}
+    overrides.update({k: v for k, v in (("max_new_tokens", args.max_new_tokens),
+                                        ("steps_per_block", args.steps_per_block)) if v is not None})
+    try:
+        gen = load_generator(args.model, family=args.family)
+        texts = generate_texts(gen, args.prompt, overrides, seed=args.seed, stream=not args.no_stream)
+    except ValueError as err:
+        print(f"rlwork: {err}", file=sys.stderr)
+        return 2
+    emit({"completions": texts})
     return 0
 
 

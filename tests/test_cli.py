@@ -31,7 +31,8 @@ def test_train_then_export_loads_as_an_hf_checkpoint(tmp_path, capsys):
                  "data.synthetic_heldout=2", "tracking.wandb=false", "train.micro_batch_size=4"]) == 0
     assert main(["export", str(run), "--out", str(tmp_path / "merged")]) == 0
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", trust_remote_code=True)
-    assert type(model).__name__ == "StableDiffcoderForCausalLM"
+    assert [c.__name__ for c in type(model).__mro__[:3]] == [  # the model's own class, our generate first
+        "RlworkDiffusionLM", "DiffusionGenerationMixin", "StableDiffcoderForCausalLM"]
     assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
     assert "holds no complete checkpoint" in capsys.readouterr().err
 

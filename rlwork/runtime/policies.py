@@ -18,7 +18,15 @@ import torch
 
 from rlwork.config import ModelConfig
 from rlwork.config.typed import ConfigError, build, read_yaml
-from rlwork.models.lm import DTYPES, DiffusionLM, load_diffusion_lm, set_flush_denormal
+from rlwork.models.export_code import add_diffusion_generate
+from rlwork.models.lm import (
+    DTYPES,
+    DiffusionLM,
+    get_family,
+    load_diffusion_lm,
+    resolve_family,
+    set_flush_denormal,
+)
 from rlwork.models.tiny import TINY_VARIANTS, ensure_tiny_coder
 from rlwork.runtime.checkpoint import export_merged, latest_checkpoint
 
@@ -193,9 +201,21 @@ def export_run(source: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
 
     The base is the model the run's config.yaml names; when that is itself a run (RL on an SFT warm start), it is
     exported first into a temporary folder beside `out_dir`, so the result holds every stage's weights merged.
+    The folder's `generate` samples by block diffusion with the run's family and sampler settings
+    (`models.export_code`; load it with `trust_remote_code=True`).
     """
     Path(out_dir).resolve().parent.mkdir(parents=True, exist_ok=True)
-    return _export_chain(source, Path(out_dir), depth=0)
+    out = _export_chain(source, Path(out_dir), depth=0)
+    saved = read_yaml(run_checkpoint(source) / "config.yaml")
+    model_cfg = build(ModelConfig, saved["model"], prefix="model")
+    from transformers import AutoConfig, AutoTokenizer
+
+    family = resolve_family(get_family(model_cfg.family), AutoConfig.from_pretrained(out),
+                            AutoTokenizer.from_pretrained(out), block_size=model_cfg.block_size)
+    data = saved.get("data") or {}
+    prompt = {"chat": bool(data.get("chat", True)), "prompt_style": data.get("prompt_style", "instruct")}
+    add_diffusion_generate(out, family, saved.get("sampler") or {}, prompt)
+    return out
 
 
 def _export_chain(source: str | os.PathLike, out_dir: Path, depth: int) -> Path:
