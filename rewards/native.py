@@ -13,7 +13,6 @@ the same functions, so a row scores the same whether it went through an adapter 
 """
 
 import ast
-import json
 from collections.abc import Iterable, Mapping
 
 LAYOUTS = {"humaneval": ("test", "entry_point"), "mbpp": ("test_list",), "acecode": ("test_cases",)}
@@ -109,7 +108,3 @@ def rows_of(columns: Mapping[str, list], n: int) -> list[dict]:
 def describe() -> str:
     """One line naming the layouts and their columns, for messages."""
     return "; ".join(f"{name}: {', '.join(cols)}" for name, cols in LAYOUTS.items())
-
-
-def dumps(spec: dict) -> str:
-    return json.dumps(spec)

@@ -126,22 +126,31 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
     if args.command == "train":
+        from rlwork.data.schema import DataError
         from rlwork.rl.trainer import train
         from rlwork.runtime.session import RunDirError
 
         try:
             metrics = train(_warm_started(cfg), resume=args.resume, overwrite=args.overwrite)
-        except RunDirError as err:
+        except (RunDirError, DataError) as err:
             print(f"rlwork: {err}", file=sys.stderr)
             return 2
         emit({k: metrics[k] for k in ("reward/mean", "policy/kl", "sandbox/passed_frac") if k in metrics})
         return 0
     if args.command == "eval":
+        from rlwork.data.schema import DataError
         from rlwork.evaluation.eval import run_eval
+        from rlwork.runtime.policies import CheckpointError, resolve_checkpoint
 
         checkpoints = [None if c == "base" else c for c in (args.checkpoint or ["base"])]
         names = ["base" if c is None else c for c in checkpoints]
-        report = run_eval(_warm_started(cfg), checkpoints, names, out_path=args.out)
+        try:
+            for checkpoint in filter(None, checkpoints):  # each one exists, before a warm start is built for them
+                resolve_checkpoint(checkpoint)
+            report = run_eval(_warm_started(cfg), checkpoints, names, out_path=args.out)
+        except (DataError, CheckpointError) as err:
+            print(f"rlwork: {err}", file=sys.stderr)
+            return 2
         emit({name: p["pass_at_k"] for name, p in report["policies"].items()})
         return 0
     if args.command == "rescore":
@@ -150,13 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         return _sft(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, warm_start=False)), args.resume,
                     args.overwrite)
     if args.command == "demo":
+        from rlwork.data.schema import DataError
         from rlwork.demo import run_demo, run_demo_seeds
         from rlwork.runtime.session import RunDirError
 
         try:
             result = (run_demo_seeds(cfg, args.seeds, overwrite=args.overwrite) if args.seeds
                       else run_demo(cfg, overwrite=args.overwrite))
-        except RunDirError as err:
+        except (RunDirError, DataError) as err:
             print(f"rlwork: {err}", file=sys.stderr)
             return 2
         emit(result)
@@ -231,13 +241,14 @@ def emit(result: dict) -> None:
 
 
 def _sft(cfg, resume: bool, overwrite: bool) -> int:
+    from rlwork.data.schema import DataError
     from rlwork.runtime.checkpoint import latest_checkpoint
     from rlwork.runtime.session import RunDirError
     from rlwork.sft.trainer import train_sft
 
     try:
         metrics = train_sft(cfg, resume=resume, overwrite=overwrite)
-    except RunDirError as err:
+    except (RunDirError, DataError) as err:
         print(f"rlwork: {err}", file=sys.stderr)
         return 2
     if _rank() == 0:

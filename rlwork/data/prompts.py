@@ -12,6 +12,7 @@ import torch
 from rlwork.config import DataConfig
 from rlwork.data.adapters import ADAPTERS
 from rlwork.data.loading import instruction_prompt, load_problems, render_prompt
+from rlwork.data.schema import DataError
 
 logger = logging.getLogger(__name__)
 NEEDS_SOURCE = sorted(set(ADAPTERS) - {"synthetic", "humaneval"})
@@ -22,13 +23,13 @@ def check_data(cfg: DataConfig) -> None:
     """Raise a ValueError naming the config key when `data:` cannot be loaded: an unknown data.dataset, an adapter
     without data.data_files or data.hub_name, a data file that does not exist. Cheap: reads no data."""
     if not cfg.columns and cfg.dataset not in ADAPTERS:
-        raise ValueError(f"data.dataset={cfg.dataset!r} is not a known dataset: choose one of {', '.join(ADAPTERS)}, "
+        raise DataError(f"data.dataset={cfg.dataset!r} is not a known dataset: choose one of {', '.join(ADAPTERS)}, "
                          "or map your columns with data.columns={prompt: ..., tests: ...}")
     missing = [f for f in cfg.data_files if not Path(f).exists()]
     if missing:
-        raise ValueError(f"data.data_files: {missing} do not exist (relative paths are read from {Path.cwd()})")
+        raise DataError(f"data.data_files: {missing} do not exist (relative paths are read from {Path.cwd()})")
     if (cfg.columns or cfg.dataset in NEEDS_SOURCE) and not (cfg.data_files or cfg.hub_name):
-        raise ValueError(f"data.dataset={'mapped columns' if cfg.columns else repr(cfg.dataset)} reads a file: set "
+        raise DataError(f"data.dataset={'mapped columns' if cfg.columns else repr(cfg.dataset)} reads a file: set "
                          "data.data_files=[path.jsonl] (or data.hub_name=... with network access)")
 
 
@@ -47,7 +48,7 @@ def load_split(cfg: DataConfig, split: str, seed: int) -> list[dict[str, Any]]:
                        loaded.skipped[0])
     rows = loaded.dataset.to_list()
     if not rows:
-        raise ValueError(f"data.dataset={cfg.dataset!r} split={split!r} has no usable problems")
+        raise DataError(f"data.dataset={cfg.dataset!r} split={split!r} has no usable problems")
     return rows
 
 

@@ -12,6 +12,11 @@ import json
 from collections.abc import Iterable
 
 
+class DataError(ValueError):
+    """The data a config names cannot be used (no such dataset or file, a malformed row, a missing column); the
+    message names the config key or the row, and the fix. The rlwork commands print it without a traceback."""
+
+
 class MalformedRow(ValueError):
     def __init__(self, field_name: str, reason: str):
         super().__init__(f"{field_name}: {reason}")

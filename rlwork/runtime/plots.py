@@ -38,12 +38,16 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
 
 
 def choose_panels(runs: Sequence[list[dict]]) -> list[tuple[str, tuple[str, ...]]]:
-    """The first four of `PANELS` that some run logged."""
-    return [(t, keys) for t, keys in PANELS if any(k in row for rows in runs for row in rows for k in keys)][:4]
+    """The first four of `PANELS` that some run has values for."""
+    return [(t, keys) for t, keys in PANELS if any(_series(rows, k)[0] for rows in runs for k in keys)][:4]
 
 
 def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
-    points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+    """(steps, values) where the run logged a value; the pass rate only where a program ran (a reward without tests
+    logs sandbox/passed_frac 0 and sandbox/tests_passed_frac null)."""
+    needs_program = key == "sandbox/passed_frac"
+    points = [(r["step"], r[key]) for r in rows if r.get(key) is not None
+              and not (needs_program and r.get("sandbox/tests_passed_frac") is None)]
     return [p[0] for p in points], [p[1] for p in points]
 
 
@@ -58,6 +62,7 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, tit
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
@@ -68,19 +73,24 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, tit
     fig, axes = plt.subplots((len(panels) + 1) // 2, cols, figsize=(6 * cols, 3.5 * ((len(panels) + 1) // 2)),
                              squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    first, last = min(r["step"] for rows in runs for r in rows), max(r["step"] for rows in runs for r in rows)
+    pad = max(0.5, 0.02 * (last - first))  # every panel spans all steps, also with one point in it
     for i, (panel_title, keys) in enumerate(panels):
         ax = axes[i // cols][i % cols]
         for j, (label, rows) in enumerate(zip(_labels(run_dirs), runs, strict=True)):
             colour = colours[j % len(colours)]
-            key = next((k for k in keys if any(k in r for r in rows)), None)
+            key = next((k for k in keys if _series(rows, k)[0]), None)
             if key is not None:
-                ax.plot(*_series(rows, key), color=colour, label=label)
+                steps, values = _series(rows, key)
+                ax.plot(steps, values, color=colour, label=label, marker="." if len(steps) < 30 else None)
             if keys == ("sandbox/passed_frac",):
                 for n, k in enumerate(sorted({k for r in rows for k in r if k.startswith("eval/pass@")})):
                     ax.plot(*_series(rows, k), color=colour, marker="os^v"[n % 4], linestyle=":",
                             label=f"{label} {k} (held out)")
         ax.set_title(panel_title)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(first - pad, last + pad)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
     for i in range(len(panels), axes.size):

@@ -32,6 +32,11 @@ from rlwork.runtime.checkpoint import export_merged, latest_checkpoint
 
 logger = logging.getLogger(__name__)
 
+class CheckpointError(ValueError):
+    """A path named as a checkpoint is not one, or the checkpoint was trained from other starting weights; the
+    message says what to pass instead. The rlwork commands print it without a traceback."""
+
+
 MAX_RUN_CHAIN = 16
 """A run whose base is a run whose base is ... stops here (a loop of runs naming each other)."""
 
@@ -42,8 +47,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     path = Path(path)
     found = path if (path / "adapter_config.json").is_file() else run_checkpoint(path)
     if found is None:
-        raise ValueError(f"checkpoint={str(path)!r} is neither a checkpoint folder (with meta.json), a run folder "
-                         "with a complete checkpoint under checkpoints/, nor a peft adapter folder")
+        raise CheckpointError(f"checkpoint={str(path)!r} is neither a checkpoint folder (with meta.json), a run "
+                              "folder with a complete checkpoint under checkpoints/, nor a peft adapter folder")
     return found
 
 
@@ -61,8 +66,8 @@ def run_checkpoint(path: str | os.PathLike) -> Path | None:
     if (path / "checkpoints").is_dir():
         latest = latest_checkpoint(path)
         if latest is None:
-            raise ValueError(f"{str(path)!r} is an rlwork run folder without a complete checkpoint: let it save one "
-                             "(sft.save_every / train.save_every), or name a checkpoint or HF model folder")
+            raise CheckpointError(f"{str(path)!r} is an rlwork run folder without a complete checkpoint: let it save "
+                                  "one (sft.save_every / train.save_every), or name a checkpoint or HF model folder")
         return latest
     return None
 
@@ -90,7 +95,7 @@ def check_started_from(ckpt: Path, model_cfg: ModelConfig) -> None:
         return
     started = pin_model_path(dataclasses.replace(model_cfg, path=str(saved["path"]))).path
     if started != pin_model_path(model_cfg).path:
-        raise ValueError(f"{ckpt} was trained from model.path={saved['path']!r}, but this run names "
+        raise CheckpointError(f"{ckpt} was trained from model.path={saved['path']!r}, but this run names "
                          f"model.path={model_cfg.path!r}: pass model.path={saved['path']}")
 
 

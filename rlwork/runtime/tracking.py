@@ -10,8 +10,9 @@ credential stored only by ``wandb login`` does not switch a run online: set ``WA
 
 A resumed run continues its history: `rewind_run_files` drops what the killed process logged after its last
 checkpoint (metrics lines, table rows, rollout files of the steps that run again), and the W&B run keeps its id
-(``run_dir/wandb/run_id``), so W&B shows one run. W&B keeps the first value it received for a step and ignores a
-second one; resume is bit-exact, so the values it ignores are the ones it already has.
+(``run_dir/wandb/run_id``), so W&B shows one run. W&B ignores what is logged for a step below the last one it
+received, so the steps the killed process logged after its checkpoint keep their first values there; resume is
+bit-exact, so those are the values the resumed run computes again (timings aside).
 
 Why not accelerate's trackers (`accelerate.tracking`): they cover W&B (and others) but write no local JSONL, have
 no completions table with nested cells, no parquet rollout store, and keep no run id across a resume; the W&B part

@@ -15,7 +15,8 @@ def write_run(folder, rows):
     return folder
 
 
-RL_ROWS = [{"step": i, "reward/mean": 0.1 * i, "sandbox/passed_frac": 0.1 * i, "policy/kl": None if i == 0 else 0.01,
+RL_ROWS = [{"step": i, "reward/mean": 0.1 * i, "sandbox/passed_frac": 0.1 * i, "sandbox/tests_passed_frac": 0.2,
+            "policy/kl": None if i == 0 else 0.01,
             "policy/loss": 0.5, "optim/lr": 1e-3, **({"eval/pass@1": 0.2} if i == 2 else {})} for i in range(3)]
 SFT_ROWS = [{"step": i, "sft/loss": 2.0 - i, "optim/lr": 1e-3, "optim/grad_norm": 1.0} for i in range(3)]
 
@@ -24,6 +25,8 @@ def test_panels_follow_what_the_runs_logged():
     titles = [t for t, _ in choose_panels([RL_ROWS])]
     assert titles == ["training reward (mean)", "pass rate (all tests)", "KL to the reference", "loss"]
     assert [t for t, _ in choose_panels([SFT_ROWS])] == ["loss", "learning rate", "gradient norm"]
+    no_tests = [{**r, "sandbox/tests_passed_frac": None} for r in RL_ROWS]  # a reward that runs no program
+    assert "pass rate (all tests)" not in [t for t, _ in choose_panels([no_tests])]
 
 
 def test_one_and_several_runs_make_a_png(tmp_path):
