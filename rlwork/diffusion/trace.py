@@ -23,16 +23,26 @@ makes it). So the first update's importance ratio is 1 without an extra forward,
 that of the new policy to the one that sampled, on the states the sampler actually visited: no mask the sampler
 never produced, no bound.
 
+What the ratio and the KL mean per committed token. Tokens committed in one step are drawn independently given the
+canvas, so the trajectory's token probability is the product of the per-token terms. The token ratio
+exp(per_token_new - per_token_old) is the ratio of one position's two distributions at the state the sampler was in,
+and PPO's clip acts on that decision; the per-token KL estimate (k1/k2/k3 against the reference's term on the same
+state) estimates the KL between the two per-position distributions at the sampled token, and its sum over a row the
+KL between the two policies' trajectory distributions, the unmasking positions held fixed.
+
 What is assumed. Which positions a step commits (the remasking choice: low_confidence, margin, entropy, random,
 threshold) is taken as given, as the published method does: its probability is left out of the likelihood, so the
 gradient does not teach the model which tokens to commit first. Temperature 0 draws from no distribution; the
 sampler then records, and this module scores, the model's own log-probability at temperature 1 (unfiltered): a ratio
 that the policy can move, not a behaviour probability. Exactness also needs the sampler's exact conditioning:
 block-causal models (either cache setting) and bidirectional ones with `use_cache=False`; Fast-dLLM's prefix cache
-(bidirectional, `use_cache=True`) samples from stale keys, which no fresh forward reproduces. LoRA dropout: the
-sampler runs in eval mode; scoring in train mode with dropout > 0 scores another function (the trainer stays in eval
-mode). In bf16 the sampler and this module see logits from forwards of different shapes, so the agreement is that
-of bf16 (about 1e-2), not 1e-4.
+(bidirectional, `use_cache=True`) samples from stale keys, which no fresh forward reproduces. Dropout: with LoRA
+dropout > 0 a train-mode forward is another (random) function of the weights, so the sampler and the scoring must both
+run in eval mode; the RL trainer refuses likelihood=trace with lora.dropout > 0 instead. In bf16 the sampler and this
+module see logits from forwards of different shapes, so they agree to bf16 precision (4e-3 measured on the tiny
+coder), not 1e-4; the rollout's record is then the behaviour policy and the ratio carries that mismatch. With
+top-k/top-p, a token that sits on the filter's edge can fall on the other side from this forward's float noise, and
+then scores -inf (rare; the ratio is then 0, which the clip handles).
 
 Two implementations. `trace_logps_loop`: one ordinary forward per denoising step, all rows at that step together
 (any family; the reference). `trace_logps_one_forward` (block-causal, unshifted): one forward over
