@@ -12,10 +12,13 @@ forward passes (mc: F samples; coupled, stratified: F/2 pairs). Speed: the doubl
 Trace (`rlwork.diffusion.trace`), at the demo's shapes (`--config`, default configs/tiny.yaml: its sampler settings,
 train.micro_batch_size rows of its own prompts, the tiny block-causal coder): completions sampled with `generate`,
 then scored by the one-forward trace and the step loop. `trace_max_abs_diff_vs_sampler`: one-forward vs the
-sampler's recorded log-probs; `trace_fast_vs_loop_*`: agreement and speedup (median of 3, no grad). Cost against the
-coupled ELBO of the same rows (`algo.elbo_samples` pairs, one call per pass, as the trainer runs it): forward tokens
-(sequence length x calls) and wall time per completion, forward only (no grad) and forward + backward.
-Prints one JSON object as its last line.
+sampler's recorded log-probs; `trace_fast_vs_loop_*`: agreement and speedup (no grad; one forward: median of 5,
+loop: one run of its one call per denoising step). Cost against the coupled ELBO of the same rows
+(`algo.elbo_samples` pairs, one call per pass, as the trainer runs it): forward tokens (sequence length x calls) and
+wall time per completion, forward only (no grad, median of 5) and forward + backward (median of 3), the two
+estimators timed in turn so that load on a shared machine hits both alike.
+Threads: 1 by default, as in bench/sampler.py (`--threads 2` for a quiet machine). Prints one JSON object as its
+last line.
 """
 
 from __future__ import annotations
@@ -94,14 +97,17 @@ def speed(lm, batch, forwards: int, seed: int) -> dict[str, float]:
     }
 
 
-def median_time(fn, repeats: int = 3):
-    """(median seconds, last result) of `repeats` calls of fn()."""
-    times, result = [], None
+def interleaved_times(fns: dict, repeats: int) -> tuple[dict[str, float], dict]:
+    """Median seconds per named fn, the fns called in turn `repeats` times (so that load on a shared machine hits
+    them alike), and each one's last result."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    results = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}, results
 
 
 def trace_cost(config_path: str, seed: int) -> dict[str, float]:
@@ -122,20 +128,26 @@ def trace_cost(config_path: str, seed: int) -> dict[str, float]:
     passes = 2 * cfg.algo.elbo_samples
     draw = draw_masks("coupled", out.completion_mask, passes, lm.block_size, seed, prompt_mask=prompt_mask)
     batch = (prompt_ids, prompt_mask, out.completion_ids, out.completion_mask)
-    with torch.no_grad():
-        fast_s, fast = median_time(lambda: trace_logps_one_forward(*args, **kw))
-        loop_s, loop = median_time(lambda: trace_logps_loop(*args, **kw))
-        coupled_s, coupled = median_time(lambda: elbo(lm, *batch, draw))
+    def fast():
+        return trace_logps_one_forward(*args, **kw)
 
-    def train_time(fn) -> float:
+    def coupled_elbo():
+        return elbo(lm, *batch, draw)
+
+    def with_backward(fn):
         def step():
             lm.model.zero_grad(set_to_none=True)
             fn().sequence.sum().backward()
-        return median_time(step)[0]
+        return step
 
-    fast_train_s = train_time(lambda: trace_logps_one_forward(*args, **kw))
-    coupled_train_s = train_time(lambda: elbo(lm, *batch, draw))
+    with torch.no_grad():
+        seconds, results = interleaved_times({"fast": fast, "coupled": coupled_elbo}, repeats=5)
+        # one run of the loop: its 56 calls average out, and three would add minutes
+        loop_seconds, loop_results = interleaved_times({"loop": lambda: trace_logps_loop(*args, **kw)}, repeats=1)
+    train_seconds, _ = interleaved_times({"fast": with_backward(fast), "coupled": with_backward(coupled_elbo)}, 3)
     lm.model.zero_grad(set_to_none=True)
+    fast_s, coupled_s, loop_s = seconds["fast"], seconds["coupled"], loop_seconds["loop"]
+    fast_out, coupled, loop = results["fast"], results["coupled"], loop_results["loop"]
     p, length, block = prompt_ids.shape[1], out.completion_ids.shape[1], lm.block_size
     local = local_steps(out.trace_step, block_offsets(prompt_mask, block), block)
     copies = int(local[out.completion_mask].max()) + 1  # the step copies the one-forward trace builds
@@ -148,9 +160,9 @@ def trace_cost(config_path: str, seed: int) -> dict[str, float]:
         "trace_completion_tokens_mean": round(float(out.completion_mask.sum(1).float().mean()), 2),
         "trace_steps_per_block": sampler.steps_per_block,
         "trace_copies": copies,
-        "trace_max_abs_diff_vs_sampler": (fast.per_token - out.sampling_per_token_logps).abs().max().item(),
+        "trace_max_abs_diff_vs_sampler": (fast_out.per_token - out.sampling_per_token_logps).abs().max().item(),
         "trace_loop_max_abs_diff_vs_sampler": (loop.per_token - out.sampling_per_token_logps).abs().max().item(),
-        "trace_fast_vs_loop_max_abs_diff": (fast.per_token - loop.per_token).abs().max().item(),
+        "trace_fast_vs_loop_max_abs_diff": (fast_out.per_token - loop.per_token).abs().max().item(),
         "trace_fast_s": round(fast_s, 4),
         "trace_loop_s": round(loop_s, 4),
         "trace_loop_calls": loop.model_calls,
@@ -162,7 +174,7 @@ def trace_cost(config_path: str, seed: int) -> dict[str, float]:
         "trace_ms_per_completion": round(1000 * fast_s / rows, 3),
         "coupled_ms_per_completion": round(1000 * coupled_s / rows, 3),
         "trace_vs_coupled_time_ratio": round(fast_s / coupled_s, 3),
-        "trace_vs_coupled_train_time_ratio": round(fast_train_s / coupled_train_s, 3),
+        "trace_vs_coupled_train_time_ratio": round(train_seconds["fast"] / train_seconds["coupled"], 3),
     }
 
 
@@ -175,9 +187,12 @@ def main() -> None:
     parser.add_argument("--completion-len", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", default="configs/tiny.yaml", help="shapes for the trace section")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (see bench/sampler.py: 2 threads on "
+                        "2 shared cores spin-wait; the trace loop took 12-15 s on 1 thread, 43-82 s on 2)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    result: dict[str, float | int] = {"forwards": args.forwards, "rows": args.rows, "replicates": args.replicates}
+    torch.set_num_threads(args.threads)
+    result: dict[str, float | int] = {"forwards": args.forwards, "rows": args.rows, "replicates": args.replicates,
+                                      "threads": args.threads}
     for tag, (path, family) in {"": ("tiny", "stable-diffcoder"),
                                 "bidir_": ("tiny-bidirectional", "masked-diffusion")}.items():
         lm = load_diffusion_lm(path, family)
