@@ -86,7 +86,7 @@ def main_default(args) -> dict:
 
 
 def main_load(args) -> dict:
-    from rewards.attacks import Probes, _busy_cgroups, _sandbox_pids
+    from rewards.attacks import Probes, busy_cgroups, leftover_processes
 
     hostile = json.loads(SHARED_ATTACKS.read_text()) if SHARED_ATTACKS.exists() else []
     if not hostile:
@@ -102,7 +102,6 @@ def main_load(args) -> dict:
     try:
         with Evaluator(limits=Limits(timeout=args.timeout), max_concurrency=args.workers) as ev:
             ev.sandbox.start()
-            baseline = _sandbox_pids(set())
             for start in range(0, n, batch):
                 chunk = progs[start:start + batch]
                 t0 = time.perf_counter()
@@ -111,10 +110,10 @@ def main_load(args) -> dict:
                 for (_, want), o in zip(chunk, outs, strict=True):
                     wrong += {"1": o.category != "passed", "0": o.category == "passed", "any": False}[want]
                 print(f"batch {start // batch}: {rates[-1]:.1f} programs/s", flush=True)
-            damage = probes.damage("", ev.sandbox.cgroup_paths, baseline)
-            left_cgroups = _busy_cgroups(ev.sandbox.cgroup_paths)
+            damage = probes.damage("", ev.sandbox.cgroup_paths, ev.sandbox.runner_pid)
+            left_cgroups = busy_cgroups(ev.sandbox.cgroup_paths)
+            left_pids = leftover_processes(ev.sandbox.runner_pid)
             paths = dict(ev.sandbox.cgroup_paths)
-        left_pids = _sandbox_pids(baseline)
     finally:
         probes.close()
     tmp_after = {x for x in os.listdir("/tmp") if x.startswith("rlwork")}

@@ -41,7 +41,8 @@ sandbox_error) and cannot observe in-place mutation of arguments.
 """
 
 from rewards.sandbox.evaluate import Evaluator
-from rewards.sandbox.pool import Job, Limits, Run, Sandbox, SandboxUnavailable
+from rewards.sandbox.jobs import Job, Limits, Run
+from rewards.sandbox.pool import Sandbox, SandboxUnavailable
 from rewards.sandbox.verdict import CATEGORIES, Outcome
 
 __all__ = ["CATEGORIES", "Evaluator", "Job", "Limits", "Outcome", "Run", "Sandbox", "SandboxUnavailable"]

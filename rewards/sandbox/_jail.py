@@ -122,20 +122,28 @@ def drop_privileges(uid: int, gid: int) -> None:
         raise OSError("uid drop did not take effect")
 
 
-# Syscalls a scored program never needs: networking, tracing, namespaces, kernel keyrings, modules, io_uring.
+# Syscalls a scored program never needs: networking, tracing, namespaces, kernel keyrings, modules, io_uring, and
+# SysV/POSIX message queues, semaphores and shared memory (all programs share one IPC namespace, and a segment
+# outlives its program: it would carry one program's data to another and stay charged to a reused cgroup).
 _DENY = {
     "x86_64": dict(socket=41, socketpair=53, connect=42, accept=43, bind=49, listen=50, accept4=288, ptrace=101,
                    mount=165, umount2=166, pivot_root=155, chroot=161, unshare=272, setns=308, add_key=248,
                    request_key=249, keyctl=250, bpf=321, perf_event_open=298, process_vm_readv=310,
                    process_vm_writev=311, kexec_load=246, init_module=175, finit_module=313, delete_module=176,
                    swapon=167, swapoff=168, reboot=169, userfaultfd=323, io_uring_setup=425, io_uring_enter=426,
-                   io_uring_register=427, open_by_handle_at=304, name_to_handle_at=303),
+                   io_uring_register=427, open_by_handle_at=304, name_to_handle_at=303, shmget=29, shmat=30,
+                   shmctl=31, shmdt=67, semget=64, semop=65, semctl=66, semtimedop=220, msgget=68, msgsnd=69,
+                   msgrcv=70, msgctl=71, mq_open=240, mq_unlink=241, mq_timedsend=242, mq_timedreceive=243,
+                   mq_notify=244, mq_getsetattr=245),
     "aarch64": dict(socket=198, socketpair=199, connect=203, accept=202, bind=200, listen=201, accept4=242,
                     ptrace=117, mount=40, umount2=39, pivot_root=41, chroot=51, unshare=97, setns=268, add_key=217,
                     request_key=218, keyctl=219, bpf=280, perf_event_open=241, process_vm_readv=270,
                     process_vm_writev=271, kexec_load=104, init_module=105, finit_module=273, delete_module=106,
                     swapon=224, swapoff=225, reboot=142, userfaultfd=282, io_uring_setup=425, io_uring_enter=426,
-                    io_uring_register=427, open_by_handle_at=265, name_to_handle_at=264),
+                    io_uring_register=427, open_by_handle_at=265, name_to_handle_at=264, mq_open=180, mq_unlink=181,
+                    mq_timedsend=182, mq_timedreceive=183, mq_notify=184, mq_getsetattr=185, msgget=186, msgctl=187,
+                    msgrcv=188, msgsnd=189, semget=190, semctl=191, semtimedop=192, semop=193, shmget=194,
+                    shmctl=195, shmat=196, shmdt=197),
 }
 _ARCH = {"x86_64": (0xC000003E, 56, 435), "aarch64": (0xC00000B7, 220, 435)}  # audit arch, clone, clone3
 _RET_ALLOW, _RET_KILL, _EPERM, _ENOSYS = 0x7FFF0000, 0x80000000, 1, 38

@@ -1,7 +1,9 @@
-"""The zygote: a small trusted process that sets up the shared isolation once and forks one supervisor per job.
+"""The zygote: a small trusted process that sets up the shared isolation once and relays jobs to slots.
 
 Loaded by source under the system Python (see `pool.py`); speaks length-prefixed JSON frames on
-stdin/stdout with the parent. It never runs model code and never receives expected outputs.
+stdin/stdout with the parent. It never runs model code. It relays jobs with their expectations to the slots
+(`_slot.py`), so its heap holds them: it forks nothing after its first job; slots come from a template forked
+before that.
 """
 
 import contextlib
@@ -13,7 +15,7 @@ import socket
 import sys
 import time
 
-from rewards.sandbox import _cgroups, _jail, _supervisor, wire
+from rewards.sandbox import _cgroups, _jail, _slot, wire
 from rewards.sandbox._jail import close_except, write_all
 
 # Imported once here so that neither test code (run by supervisors) nor programs pay for them per job;
@@ -90,52 +92,51 @@ def _probe_seccomp(program_hex: str) -> None:
 
 
 class Zygote:
-    """Keeps `max_concurrency` persistent slots (see `_supervisor.py`) busy with queued jobs; relays their frames."""
+    """Keeps `max_concurrency` persistent slots busy with queued jobs; relays their frames."""
 
     def __init__(self, cfg: dict, cgroups):
         self.cfg, self.cgroups = cfg, cgroups
         self.queue = []
-        self.slots = {}  # fd the slot writes frames to -> slot dict(pid, job_w, fd_sock, reader, job, deadline)
+        self.slots = {}  # fd the slot writes frames to -> slot dict(pidfd, job_w, out_r, reader, job, deadline)
         self.running = {}  # job id -> slot
         self.sel = selectors.DefaultSelector()
         self.out = os.dup(1)
         os.dup2(os.open("/dev/null", os.O_RDWR), 1)
-        # Assert-style jobs come with a channel (a socket to the parent) passed here as SCM_RIGHTS; the
-        # zygote hands it on to the slot that runs the job and never reads from it.
-        self.fd_sock = socket.socket(fileno=cfg["fd_sock"])
-        self.fd_sock.setblocking(False)
-        self.channels = {}  # job id -> channel fd, until the job is launched
         self.next_tick = 0.0
+        self.template = self._fork_template()
+
+    def _fork_template(self) -> socket.socket:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                keep = {2, theirs.fileno(), *self.cgroups.dirs.values()}
+                if self.cfg.get("pidns_fd") is not None:
+                    keep.add(self.cfg["pidns_fd"])
+                close_except(keep)
+                _slot.template_main(self.cfg, self.cgroups, theirs.fileno())
+                code = 0
+            finally:
+                os._exit(code)
+        theirs.close()
+        mine.settimeout(30)
+        return mine
 
     def emit(self, obj: dict) -> None:
         write_all(self.out, wire.frame(obj))
 
-    def _recv_channel(self) -> bool:
-        try:
-            msg, fds, _, _ = socket.recv_fds(self.fd_sock, 64, 4)
-        except BlockingIOError:
-            return True
-        for fd in fds[1:]:
-            os.close(fd)
-        if not msg or not fds:
-            return bool(msg)
-        self.channels[int(msg)] = fds[0]
-        return True
-
     def serve(self) -> None:
         reader = wire.FrameReader()
         self.sel.register(0, selectors.EVENT_READ, None)
-        self.sel.register(self.fd_sock, selectors.EVENT_READ, "fds")
         for _ in range(self.cfg["max_concurrency"]):
             self._spawn_slot()
         alive = True
         while alive or self.running or self.queue:
             self._launch()
             for key, _ in self.sel.select(self._tick()):
-                if key.data == "fds":
-                    if not self._recv_channel():
-                        self.sel.unregister(self.fd_sock)
-                elif key.data is None:
+                if key.data is None:
                     data = os.read(0, 1 << 16)
                     if not data:
                         alive = False
@@ -164,28 +165,13 @@ class Zygote:
 
     # -- slots --------------------------------------------------------------------------------------------
     def _spawn_slot(self) -> None:
-        job_r, job_w = os.pipe()
-        out_r, out_w = os.pipe()
-        fd_a, fd_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
-        if pid == 0:
-            code = 70
-            try:
-                os.setsid()
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                keep = {2, job_r, out_w, fd_b.fileno(), *self.cgroups.dirs.values()}
-                if self.cfg.get("pidns_fd") is not None:
-                    keep.add(self.cfg["pidns_fd"])
-                close_except(keep)
-                _supervisor.slot_main(self.cfg, self.cgroups, job_r, out_w, fd_b.fileno())
-                code = 0
-            finally:
-                os._exit(code)
-        for fd in (job_r, out_w):
-            os.close(fd)
-        fd_b.close()
-        slot = dict(pid=pid, job_w=job_w, out_r=out_r, fd_sock=fd_a, reader=wire.FrameReader(), job=None,
-                    deadline=float("inf"))
+        self.template.send(b"s")
+        _, fds, _, _ = socket.recv_fds(self.template, 16, 3)
+        if len(fds) < 2:
+            raise OSError("the slot template did not answer")
+        job_w, out_r, *pidfd = fds
+        slot = dict(pidfd=pidfd[0] if pidfd else None, job_w=job_w, out_r=out_r, reader=wire.FrameReader(),
+                    job=None, deadline=float("inf"))
         self.slots[out_r] = slot
         self.sel.register(out_r, selectors.EVENT_READ, "slot")
 
@@ -194,47 +180,31 @@ class Zygote:
         while self.queue and idle:
             job = self.queue.pop(0)
             job["cg"], job["oom0"] = None, 0
-            channel = self._channel_of(job["id"]) if job.get("channel") else None
             try:
                 if self.cgroups.dirs:
                     lim = job["limits"]
                     job["cg"], job["oom0"] = self.cgroups.acquire((lim["memory_mb"] + 64) << 20, lim["max_processes"])
             except OSError as exc:
                 self.emit({"t": "end", "id": job["id"], "category": "sandbox_error", "detail": f"cgroup: {exc}"})
-                if channel is not None:
-                    os.close(channel)
                 continue
             slot = idle.pop()
             slot.update(job=job["id"], cg=job["cg"], deadline=time.monotonic() + job["limits"]["timeout"] + 5.0)
             self.running[job["id"]] = slot
-            try:
-                if channel is not None:
-                    socket.send_fds(slot["fd_sock"], [b"c"], [channel])
+            with contextlib.suppress(OSError):  # if the slot died, its closed output retires it
                 write_all(slot["job_w"], wire.frame(job))
-            except OSError:
-                pass  # the slot died; its closed output retires it
-            finally:
-                if channel is not None:
-                    os.close(channel)
-
-    def _channel_of(self, job_id: int) -> int:
-        """The parent sends a job's channel before the job itself, so waiting for it here cannot block for long."""
-        self.fd_sock.settimeout(10)
-        try:
-            while job_id not in self.channels:
-                if not self._recv_channel():
-                    raise OSError("the parent closed the channel socket")
-        finally:
-            self.fd_sock.setblocking(False)
-        return self.channels.pop(job_id)
 
     def _on_slot(self, slot: dict) -> None:
         data = os.read(slot["out_r"], 1 << 16)
         if not data:
             self._retire(slot, "supervisor exited without a verdict" if slot["job"] is not None else None)
             return
-        for msg in slot["reader"].feed(data):
-            if msg.get("id") != slot["job"]:
+        try:
+            frames = slot["reader"].feed(data)
+        except ValueError as exc:  # a bug of ours: the supervisor is trusted, but one slot must not stop the rest
+            self._retire(slot, f"supervisor wrote a malformed frame ({exc})")
+            return
+        for msg in frames:
+            if type(msg) is not dict or msg.get("id") != slot["job"]:
                 continue
             self.emit(msg)
             if msg.get("t") == "end":
@@ -248,13 +218,14 @@ class Zygote:
 
     def _retire(self, slot: dict, error: str | None, respawn: bool = True) -> None:
         """Kill a slot (its forker and program die with it: parent-death signals) and replace it."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(slot["pid"], signal.SIGKILL)
+        if slot["pidfd"] is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(slot["pidfd"], signal.SIGKILL)
+            os.close(slot["pidfd"])
         del self.slots[slot["out_r"]]
         self.sel.unregister(slot["out_r"])
         for fd in (slot["out_r"], slot["job_w"]):
             os.close(fd)
-        slot["fd_sock"].close()
         if slot["job"] is not None:
             self.emit({"t": "end", "id": slot["job"], "category": "sandbox_error", "detail": error or "slot retired"})
             self._job_done(slot)
@@ -288,9 +259,6 @@ class Zygote:
         for job in self.queue:
             self.emit({"t": "end", "id": job["id"], "category": "sandbox_error", "detail": "sandbox shut down"})
         self.queue = []
-        for fd in self.channels.values():
-            os.close(fd)
-        self.channels = {}
         for slot in list(self.slots.values()):
             if slot["job"] is not None:
                 self._retire(slot, "sandbox shut down", respawn=False)
