@@ -35,7 +35,7 @@ def setup(cfg: dict) -> dict:
             cfg["namespaces"] = True
         except OSError as exc:
             layers["namespaces"] = str(exc)
-    cgroups = _cgroups.Cgroups(cfg["want_cgroups"])
+    cgroups = _cgroups.Cgroups(cfg["want_cgroups"], cfg["max_concurrency"])
     layers["cgroups"] = cgroups.error
     cfg["cgroup_paths"] = dict(cgroups.paths)
     if cfg["namespaces"]:

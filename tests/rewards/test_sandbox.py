@@ -121,6 +121,9 @@ EQUAL_CASES = [
     ({"a": 1, "b": 2}, {"a": 1}, False),  # extra key
     (wire.Unserialisable("Weird"), 3, False),  # unserialisable result equals nothing
     ("3", 3, False),  # str is not int
+    (10**400, 0.75, False),  # an int too large for a float differs from a float (no OverflowError)
+    ({0.0}, {-0.0}, True),  # set elements compare as values
+    ({1: "a"}, {1.0: "a"}, False),  # dict keys are type-strict
 ]
 
 
