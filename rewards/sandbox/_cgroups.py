@@ -51,7 +51,7 @@ class Cgroups:
                 _, ctrls, path = line.rstrip("\n").split(":", 2)
                 for c in ctrls.split(","):
                     own[c or "unified"] = path
-        name = f"rlwork-sbx-{os.getpid()}"
+        name = f"rlwork-sbx-{_host_pid()}"
         v1 = [c for c in ("memory", "pids", "cpu") if os.path.isdir(f"{CGROUP_ROOT}/{c}") and c in own]
         if "memory" in v1 and "pids" in v1:
             for c in v1:
@@ -168,6 +168,13 @@ class Cgroups:
         for fd in self.dirs.values():
             with contextlib.suppress(OSError):
                 os.rmdir(job, dir_fd=fd)
+
+
+def _host_pid() -> int:
+    """Our PID as the host sees it (in a PID namespace of our own we are 1), from the host's /proc."""
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/self/status") as fh:
+        return int(next(line for line in fh if line.startswith("NSpid:")).split()[1])
+    return os.getpid()
 
 
 def _make_base(path: str) -> None:

@@ -22,7 +22,9 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, PR_SET_DUMPABLE = 1, 38, 22, 4
+PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
 SECCOMP_MODE_FILTER = 2
+_CAPABILITY_V3 = 0x20080522
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _MACHINE = os.uname().machine
@@ -114,6 +116,41 @@ def set_rlimits(limits: dict) -> None:
         resource.setrlimit(getattr(resource, name), (value, value))
 
 
+def enter_user_namespace(uid: int, gid: int, flags: int = 0) -> None:
+    """unshare a new user namespace (and the namespaces in flags, owned by it) in which the caller's uid and gid
+    are uid and gid: allowed without privileges where the kernel allows unprivileged user namespaces. The caller
+    holds every capability inside it until it drops them (`drop_capabilities`)."""
+    outer_uid, outer_gid = os.geteuid(), os.getegid()
+    unshare(CLONE_NEWUSER | flags)
+    maps = (("setgroups", "deny"), ("uid_map", f"{uid} {outer_uid} 1"), ("gid_map", f"{gid} {outer_gid} 1"))
+    for name, text in maps:
+        fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def drop_capabilities() -> None:
+    """Empty the bounding, ambient, effective, permitted and inheritable sets: nothing can give them back."""
+    for cap in range(64):
+        if _prctl(PR_CAPBSET_DROP, cap, 0, 0, 0):
+            if ctypes.get_errno() == 22:  # EINVAL: past the last capability this kernel knows
+                break
+            _raise(f"dropping capability {cap} from the bounding set")
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    data = (_CapData * 2)()
+    _check(_libc.capset(ctypes.byref(_CapHeader(_CAPABILITY_V3, 0)), data), "capset")
+
+
 def drop_privileges(uid: int, gid: int) -> None:
     os.setgroups([])
     os.setresgid(gid, gid, gid)
@@ -202,10 +239,12 @@ SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin", "
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 
 
-def build_root(staging: str, extra_dirs: tuple = ()) -> None:
+def build_root(staging: str, extra_dirs: tuple = (), proc: bool = False) -> None:
     """Make a minimal read-only root from system directories and pivot into it (needs a private mount ns).
 
     extra_dirs: more host directories to show read-only (e.g. the interpreter's prefix when it is not in /usr).
+    proc: mount a proc of our own PID namespace at /proc; in a user namespace the kernel lets a program mount its
+    own proc only where a proc is already fully visible (and the host's is not kept).
     """
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     mount("sbx-root", staging, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
@@ -215,13 +254,16 @@ def build_root(staging: str, extra_dirs: tuple = ()) -> None:
         elif os.path.isdir(path):
             os.makedirs(staging + path, mode=0o755, exist_ok=True)
             mount(path, staging + path, None, MS_BIND | MS_REC)
-            mount(None, staging + path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+            keep = MS_NOEXEC if os.statvfs(path).f_flag & os.ST_NOEXEC else 0  # a user namespace may not clear it
+            mount(None, staging + path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | keep)
     os.makedirs(staging + "/dev")
     for dev in DEVICES:
         open(staging + dev, "w").close()
         mount(dev, staging + dev, None, MS_BIND)
     for d in ("/proc", "/tmp", "/.old"):
         os.mkdir(staging + d)
+    if proc:
+        mount("proc", staging + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     pivot_root(staging, staging + "/.old")
     os.chdir("/")
     umount2("/.old", MNT_DETACH)

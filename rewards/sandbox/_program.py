@@ -140,6 +140,11 @@ def _harden(job: dict, cfg: dict, fds: dict, cgroups) -> None:
         _jail.drop_privileges(cfg["uid"], cfg["gid"])
         if not cgroups.dirs:
             _jail.set_rlimits({"RLIMIT_NPROC": 64})  # fallback only: it counts every process of the uid
+    if cfg["process_userns"]:  # rootless without cgroups: its own user namespace, where NPROC counts it alone
+        _jail.enter_user_namespace(cfg["uid"], cfg["gid"])
+        _jail.set_rlimits({"RLIMIT_NPROC": lim["max_processes"]})
+    if cfg["drop_caps"]:  # rootless: the uid is already 65534 here; the capabilities of the namespace go
+        _jail.drop_capabilities()
     _jail.prctl(_jail.PR_SET_DUMPABLE, 0)
     os.chdir("/tmp" if cfg["namespaces"] else job["workdir"])
     if cfg["seccomp"]:

@@ -24,20 +24,53 @@ PRELOAD = ("bisect", "collections", "copy", "functools", "hashlib", "heapq", "it
            "re", "string", "typing")
 
 
+def boot() -> None:
+    """Entry point (see `pool._BOOT`): read the configuration and run the zygote. Without root, where the kernel
+    allows it, first enter a user namespace in which the caller is uid 65534, with new PID, mount, network, IPC and
+    UTS namespaces, and run the zygote as PID 1 of that PID namespace: there it can mount, make namespaces and
+    proc, as root can; this process only waits for it."""
+    cfg = wire.FrameReader().feed(os.read(0, 1 << 20))[0]
+    cfg["rootless"], cfg["rootless_error"] = False, "running as root"
+    if os.getuid() != 0 and cfg["want_namespaces"]:
+        try:
+            _jail.enter_user_namespace(cfg["uid"], cfg["gid"], _jail.CLONE_NEWPID | _ROOTLESS_NS)
+            cfg["rootless"] = True
+        except OSError as exc:
+            cfg["rootless_error"] = f"no user namespace: {exc}"
+    if cfg["rootless"] and os.fork():
+        _, status = os.waitpid(-1, 0)
+        code = os.waitstatus_to_exitcode(status)
+        os._exit(code if code >= 0 else 128 - code)
+    if cfg["rootless"]:
+        _jail.prctl(_jail.PR_SET_PDEATHSIG, signal.SIGKILL)
+    main(cfg)
+
+
+_ROOTLESS_NS = _jail.CLONE_NEWNS | _jail.CLONE_NEWNET | _jail.CLONE_NEWIPC | _jail.CLONE_NEWUTS
+
+
 def setup(cfg: dict) -> dict:
     """Activate every layer the kernel allows; returns {layer: None if active else the reason it is not}."""
     layers = {}
     cfg["namespaces"] = False
     layers["namespaces"] = "disabled by the caller"
-    if cfg["want_namespaces"]:
+    if cfg["rootless"]:
+        cfg["namespaces"] = True  # entered by boot()
+        layers["user_namespace"] = None
+    elif cfg["want_namespaces"]:
         try:
-            _jail.unshare(_jail.CLONE_NEWNS | _jail.CLONE_NEWNET | _jail.CLONE_NEWIPC | _jail.CLONE_NEWUTS)
+            _jail.unshare(_ROOTLESS_NS)
             cfg["namespaces"] = True
         except OSError as exc:
-            layers["namespaces"] = str(exc)
+            layers["namespaces"] = f"{exc} ({cfg['rootless_error']})"
     cgroups = _cgroups.Cgroups(cfg["want_cgroups"], cfg["max_concurrency"])
     layers["cgroups"] = cgroups.error
     cfg["cgroup_paths"] = dict(cgroups.paths)
+    # Without cgroups in a user namespace, each program gets a user namespace of its own, in which RLIMIT_NPROC
+    # counts its processes alone (the kernel counts processes per user namespace and uid).
+    cfg["process_userns"] = cfg["rootless"] and not cgroups.dirs
+    if cfg["process_userns"]:
+        layers["process_rlimits"] = None
     if cfg["namespaces"]:
         # Our own PID namespace, opened while /proc is still the host's: forkers return to it after each program
         # (setns) so that the next unshare(CLONE_NEWPID) is allowed.
@@ -45,15 +78,17 @@ def setup(cfg: dict) -> dict:
         try:
             prefix = os.path.realpath(sys.base_prefix)
             extra = () if prefix.startswith(("/usr/", "/bin", "/lib")) or prefix == "/usr" else (prefix,)
-            _jail.build_root("/tmp", extra)  # /tmp of our private mount namespace, as the staging point
+            _jail.build_root("/tmp", extra, proc=cfg["rootless"])  # /tmp of our mount namespace, as the staging point
             layers.update(namespaces=None, readonly_root=None)
         except OSError as exc:
             cfg["namespaces"] = False
             layers.update(namespaces=f"root setup failed: {exc}", readonly_root=str(exc))
     else:
         layers["readonly_root"] = "needs namespaces"
-    cfg["drop_uid"] = os.getuid() == 0 and cfg["want_uid_drop"]
-    layers["uid_drop"] = None if cfg["drop_uid"] else "disabled, or not root: programs run as the calling user"
+    cfg["drop_uid"] = os.getuid() == 0 and cfg["want_uid_drop"] and not cfg["rootless"]
+    cfg["drop_caps"] = cfg["rootless"] and cfg["want_uid_drop"]
+    layers["uid_drop"] = None if cfg["drop_uid"] or cfg["drop_caps"] else \
+        "disabled, or not root: programs run as the calling user"
     cfg["seccomp"] = ""
     layers["seccomp"] = "disabled by the caller"
     if cfg["want_seccomp"]:
@@ -264,8 +299,7 @@ class Zygote:
                 self._retire(slot, "sandbox shut down", respawn=False)
 
 
-def main() -> None:
-    cfg = wire.FrameReader().feed(os.read(0, 1 << 20))[0]
+def main(cfg: dict) -> None:
     layers, cgroups = setup(cfg)
     for name in PRELOAD:
         with contextlib.suppress(ImportError):

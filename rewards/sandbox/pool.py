@@ -34,7 +34,7 @@ for _n, _src in SOURCES:
     _m = types.ModuleType("rewards.sandbox." + _n); sys.modules[_m.__name__] = _m
     setattr(sys.modules["rewards.sandbox"], _n, _m)
     exec(compile(_src, "rewards/sandbox/" + _n + ".py", "exec"), _m.__dict__)
-sys.modules["rewards.sandbox._zygote"].main()
+sys.modules["rewards.sandbox._zygote"].boot()
 """
 
 
@@ -112,6 +112,8 @@ class Sandbox:
                        "output_cap": None, "deadline": None, **ready[0]["layers"]}
         self.cgroup_paths = ready[0]["cgroup_paths"]
         missing = {k: v for k, v in self.layers.items() if v is not None and k in STRONG_LAYERS}
+        if self.layers.get("process_rlimits", "") is None:  # rootless: rlimits per program stand in for cgroups
+            missing.pop("cgroups", None)
         if missing and not self.allow_weak:
             self._kill_zygote()
             raise SandboxUnavailable(f"isolation layers unavailable: {missing}; pass allow_weak=True to run "

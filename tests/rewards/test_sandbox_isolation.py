@@ -1,10 +1,12 @@
 """Isolation between programs and bounds on the trusted processes: slots from a pristine template, cgroups reused
 only uncharged, supervisors' memory limit, duplicates run once, the start-up line naming the layers."""
 
+import json
 import logging
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -127,3 +129,69 @@ def test_start_up_says_which_layers_are_active(caplog):
         pass
     lines = [r.getMessage() for r in caplog.records if "sandbox layers active" in r.getMessage()]
     assert len(lines) == 1 and all(layer in lines[0] for layer in sb.active_layers)
+
+
+ROOTLESS_UID = 54321  # any uid without privileges; it needs no passwd entry
+ROOTLESS_CHECK = '''
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from rewards.sandbox import Evaluator, Job, Limits, wire
+from rewards.spec import AssertSpec
+probe = ("import os\\ndef add(a, b):\\n    st = open('/proc/self/status').read().splitlines()\\n"
+         "    return [os.getuid(), os.getpid(), [l.split()[1] for l in st if l.startswith(('CapEff', 'CapBnd'))]]\\n")
+with Evaluator(limits=Limits(timeout=3)) as ev:
+    [run] = ev.sandbox.run([Job(code=probe, mode="call", entry_point="add", calls=[(0, [1, 2])])])
+    check = AssertSpec("add", code="def check(candidate):\\n    assert candidate(1, 2) == 3\\n")
+    [out] = ev.evaluate(["def add(a, b):\\n    return a + b\\n"], [check])
+    print(json.dumps({"layers": ev.sandbox.layers, "probe": wire.decode(run.results[0]["ok"]), "check": out.category}))
+'''
+
+
+def _rootless(args: list, tmp: str, timeout: float):
+    import shutil
+    import subprocess
+
+    if os.getuid() != 0:
+        pytest.skip("not root: the other tests already run rootless")
+    if not os.access("/usr/bin/python3", os.X_OK) or shutil.which("python3", path="/usr/bin") is None:
+        pytest.skip("no /usr/bin/python3 to run as another user")
+    env = {"PATH": "/usr/bin:/bin", "HOME": tmp, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.run(["/usr/bin/python3", *args], user=ROOTLESS_UID, group=ROOTLESS_UID, capture_output=True,
+                          text=True, timeout=timeout, cwd=tmp, env=env)
+
+
+@pytest.fixture
+def rootless_dir():
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="sbx-rootless-")
+    os.chown(path, ROOTLESS_UID, ROOTLESS_UID)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_rootless_runs_the_same_layers(rootless_dir):
+    """As a user without privileges: a user namespace, uid 65534 there without capabilities, PID 1 of its own
+    PID namespace, seccomp; cgroups if delegated, else per-program rlimits; verdicts as with root."""
+    proc = _rootless(["-c", ROOTLESS_CHECK, str(Path(__file__).resolve().parents[2])], rootless_dir, 120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    layers = got["layers"]
+    assert layers["user_namespace"] is None and layers["namespaces"] is None and layers["seccomp"] is None
+    assert layers["uid_drop"] is None and (layers["cgroups"] is None or layers["process_rlimits"] is None)
+    assert got["probe"] == [65534, 1, ["0000000000000000", "0000000000000000"]]
+    assert got["check"] == "passed"
+    assert "sandbox layers active:" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_rootless_attacks(rootless_dir):
+    """The shared attack file and the verdict-path attack files, as a user without privileges."""
+    repo = Path(__file__).resolve().parents[2]
+    shared = repo.parent / "shared" / "sandbox-attacks" / "attacks.json"
+    files = [str(f) for f in sorted((repo / "tests" / "rewards" / "attacks").glob("*.json"))]
+    files = ([str(shared)] if shared.exists() else []) + files
+    proc = _rootless(["-m", "rewards.attacks", *files, "--probe-dir", f"{rootless_dir}/probes"], rootless_dir, 600)
+    assert proc.stdout, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0 and summary["correct_verdicts"] == summary["cases"] >= 40, proc.stdout[-3000:]
