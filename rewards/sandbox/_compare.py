@@ -12,6 +12,7 @@ import math
 from rewards.sandbox import wire
 
 REL_TOL, ABS_TOL = 1e-6, 1e-9
+_EXACT = {int, str, bool, type(None)}  # JSON scalars compared exactly once their types match one for one
 
 
 def answer_equal(got, expected) -> bool:
@@ -32,7 +33,12 @@ def answer_equal(got, expected) -> bool:
     if gk != ek or ek == "unserialisable":
         return False
     if ek in ("list", "tuple", "complex"):
-        return len(gv) == len(ev) and all(map(answer_equal, gv, ev))
+        if len(gv) != len(ev):
+            return False
+        kinds = list(map(type, ev))
+        if kinds == list(map(type, gv)) and _EXACT.issuperset(kinds):  # flat, exact types: compare at C speed
+            return gv == ev
+        return all(map(answer_equal, gv, ev))
     if ek in ("set", "frozenset"):
         return len(gv) == len(ev) and sorted(map(wire.canonical, gv)) == sorted(map(wire.canonical, ev))
     if ek == "dict":

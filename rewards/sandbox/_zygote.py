@@ -223,7 +223,9 @@ class Zygote:
                 self.emit({"t": "end", "id": job["id"], "category": "sandbox_error", "detail": f"cgroup: {exc}"})
                 continue
             slot = idle.pop()
-            slot.update(job=job["id"], cg=job["cg"], deadline=time.monotonic() + job["limits"]["timeout"] + 5.0)
+            # The supervisor kills the program at its deadline; the grace covers judging a full answer budget on a
+            # loaded machine. Past it, the supervisor itself is stuck (our bug): the slot is replaced.
+            slot.update(job=job["id"], cg=job["cg"], deadline=time.monotonic() + job["limits"]["timeout"] + 15.0)
             self.running[job["id"]] = slot
             with contextlib.suppress(OSError):  # if the slot died, its closed output retires it
                 write_all(slot["job_w"], wire.frame(job))

@@ -38,6 +38,7 @@ MAX_INT_HEX = 8192
 MAX_COLLISIONS = 64
 """More distinct elements than this with one hash value make a guarded decode refuse the container."""
 _HEXDIGITS = "0123456789abcdefABCDEF"
+_FLAT = {int, str, bool, float, type(None)}
 _JSON_INT_LIMIT = 10**4000  # computed once: as a literal in encode() it was recomputed for every int
 _HEADER = struct.Struct(">I")
 
@@ -208,7 +209,15 @@ def check_tree(tree, max_nodes: int) -> int:
             if not math.isfinite(t):
                 raise Malformed("a non-finite number outside a __float__ tag")
         elif tt is list:
-            todo += [(v, depth + 1) for v in t]
+            kinds = set(map(type, t))
+            if kinds <= _FLAT:  # the common case, checked at C speed: a list of plain scalars
+                nodes += len(t)
+                if nodes > max_nodes:
+                    raise Malformed(f"more than {max_nodes} values")
+                if float in kinds and not all(math.isfinite(x) for x in t if type(x) is float):
+                    raise Malformed("a non-finite number outside a __float__ tag")
+            else:
+                todo += [(v, depth + 1) for v in t]
         elif tt is dict:
             if len(t) == 1 and next(iter(t)) in TAGS:
                 (tag, body), = t.items()
