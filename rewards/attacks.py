@@ -51,7 +51,7 @@ SPECS = {
 CANONICAL = "def add(a, b):\n    return a + b\n"
 HARNESS_GROWTH_MB = 64
 """Peak memory (VmHWM) this process may gain during one case."""
-TRUSTED_PEAK_MB = 256
+TRUSTED_PEAK_MB = 160
 """Peak memory any trusted sandbox process (runner, template, supervisors, forkers) may ever reach."""
 
 

@@ -19,6 +19,7 @@ the slot saw any job, so neither ever exists in a program's memory.
 
 import contextlib
 import os
+import resource
 import select
 import signal
 import time
@@ -186,10 +187,13 @@ class Supervisor:
         try:
             if self.resp_total > self.resp_cap:
                 raise wire.FrameTooLarge(f"{self.resp_total} bytes")
-            msgs = self.reader.feed(data)
+            with wire.gc_paused():
+                msgs = self.reader.feed(data)
             for msg in msgs:
                 if self.ending is None:
-                    self._on_event(self.channel.accept(msg))
+                    with wire.gc_paused():  # checks the answer's tree
+                        event = self.channel.accept(msg)
+                    self._on_event(event)
         except wire.FrameTooLarge:
             self._kill("output_limit", f"answers larger than the budget of {self.lim['answer_bytes']} bytes")
         except (wire.Malformed, _protocol.Violation) as exc:
@@ -346,7 +350,10 @@ class Supervisor:
             import shutil  # only without namespaces; imported here to keep it (and bz2, lzma) out of every fork
             shutil.rmtree(self.job["workdir"], ignore_errors=True)
         excerpt = EXCERPT if self.check is not None else len(self.out)
-        self._emit({"t": "end", "category": category, "detail": _protocol.clean(str(detail), 500),
+        # A supervisor that grew for this job (a large answer budget) is replaced by a fresh one from the template:
+        # Python keeps freed memory, and a program must not leave trusted processes big.
+        big = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > self.cfg["supervisor_recycle_mb"] << 10
+        self._emit({"t": "end", "recycle": big, "category": category, "detail": _protocol.clean(str(detail), 500),
                     "elapsed": round(elapsed, 4), "names": self.channel.names, "tests": tests,
                     "test_detail": _protocol.clean(test_detail, 500),
                     "stdout": self.out[:excerpt].decode("utf-8", "replace"),

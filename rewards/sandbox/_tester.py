@@ -68,7 +68,8 @@ def proxy(name: str, call):
         if "exc" in msg:
             raise candidate_error(msg["exc"], msg.get("detail", ""))
         try:
-            return wire.decode(msg["ok"], guard=True)
+            with wire.gc_paused():
+                return wire.decode(msg["ok"], guard=True)
         except ValueError as exc:  # e.g. elements chosen to share one hash value: equal to nothing
             return wire.Unserialisable(f"refused answer ({exc})")
 

@@ -243,9 +243,13 @@ class Zygote:
         for msg in frames:
             if type(msg) is not dict or msg.get("id") != slot["job"]:
                 continue
+            recycle = msg.pop("recycle", False)
             self.emit(msg)
             if msg.get("t") == "end":
                 self._job_done(slot)
+                if recycle:  # it grew past its recycling size: a fresh slot from the template takes its place
+                    self._retire(slot, None)
+                    return
 
     def _job_done(self, slot: dict) -> None:
         self.running.pop(slot["job"], None)

@@ -30,7 +30,7 @@ class Limits:
     """Address-space rlimit; the memory cgroup of the whole tree gets 64 MiB more."""
     output_bytes: int = 1 << 20
     """stdout+stderr beyond this kills the program (category output_limit)."""
-    answer_bytes: int = 8 << 20
+    answer_bytes: int = 4 << 20
     """Bytes the program may send back as answers (all calls together, JSON); beyond this it is killed
     (output_limit). Bounds what the trusted side holds and compares for one program."""
     disk_mb: int = 16

@@ -24,6 +24,8 @@ from rewards.sandbox.jobs import Job, Run, apply_frame
 log = logging.getLogger("rewards.sandbox")
 
 STRONG_LAYERS = ("namespaces", "readonly_root", "cgroups", "uid_drop", "seccomp")
+ANSWER_EXPANSION = 100
+"""Worst measured ratio of a supervisor's peak memory to the answer bytes it parsed, checked and decoded (~70)."""
 _SOURCES = ("wire", "_compare", "_jail", "_cgroups", "_program", "_protocol", "_tester", "_supervisor", "_slot",
             "_zygote")
 _BOOT = """
@@ -102,7 +104,8 @@ class Sandbox:
         layers = ("namespaces", "cgroups", "seccomp", "uid_drop")
         cfg = {f"want_{layer}": layer not in self.disable for layer in layers}
         cfg.update(uid=65534, gid=65534, max_concurrency=self.max_concurrency,
-                   supervisor_memory_mb=self.supervisor_memory_mb)
+                   supervisor_memory_mb=self.supervisor_memory_mb,
+                   supervisor_recycle_mb=min(128, self.supervisor_memory_mb // 4))
         self._outq.put(wire.frame(cfg))
         ready = self._read_frames(time.monotonic() + 30)
         if not ready or ready[0].get("t") != "ready":
@@ -218,6 +221,11 @@ class Sandbox:
     # -- batches -------------------------------------------------------------------------------------------
     def run(self, jobs: list[Job], *, batch_timeout: float | None = None) -> list[Run]:
         """Run a batch; returns one Run per job, in order."""
+        for job in jobs:
+            if job.limits.answer_bytes * ANSWER_EXPANSION > self.supervisor_memory_mb << 20:
+                raise ValueError(f"Limits.answer_bytes={job.limits.answer_bytes}: a supervisor may need "
+                                 f"{ANSWER_EXPANSION}x that to parse and check the answers, more than "
+                                 f"supervisor_memory_mb={self.supervisor_memory_mb}; raise it or lower answer_bytes")
         with self._lock:
             return self._run(jobs, batch_timeout)
 

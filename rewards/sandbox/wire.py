@@ -23,6 +23,7 @@ sorts and compares without hashing or calling anything, and `decode(..., guard=T
 whose elements were chosen to share one hash value (they make every set or dict built from them quadratic).
 """
 
+import gc
 import json
 import math
 import struct
@@ -38,7 +39,6 @@ MAX_INT_HEX = 8192
 MAX_COLLISIONS = 64
 """More distinct elements than this with one hash value make a guarded decode refuse the container."""
 _HEXDIGITS = "0123456789abcdefABCDEF"
-_FLAT = {int, str, bool, float, type(None)}
 _JSON_INT_LIMIT = 10**4000  # computed once: as a literal in encode() it was recomputed for every int
 _HEADER = struct.Struct(">I")
 
@@ -115,12 +115,27 @@ def _hashable(value):
     return value
 
 
+class gc_paused:
+    """No cyclic garbage collection while parsing or decoding a program's data: JSON trees have no cycles, and
+    with the collector on, a tree of a million small containers took ten times as long to parse."""
+
+    def __enter__(self):
+        self.was = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc):
+        if self.was:
+            gc.enable()
+
+
 def decode(tree, guard: bool = False):
     """JSON-able tree -> Python value (inverse of `encode`); raises ValueError on a malformed tag.
 
     guard: the tree came from a program; raise Malformed instead of building a container in which more than
     MAX_COLLISIONS distinct elements share one hash value (test code may make a set of any list it gets)."""
     if type(tree) is list:
+        if _SCALARS.issuperset(map(type, tree)):  # no tags inside: a copy
+            return _guarded(list(tree), guard)
         return _guarded([decode(v, guard) for v in tree], guard)
     if type(tree) is not dict:
         return tree
@@ -159,28 +174,23 @@ def _decode_tag(tag: str, body, guard: bool = False):
 
 def _guarded(items: list, guard: bool) -> list:
     """items, unless guard is on and more than MAX_COLLISIONS distinct hashable items share one hash value."""
-    if not guard or len(items) <= MAX_COLLISIONS:
+    if not guard or len(items) <= MAX_COLLISIONS or not _CHOSEN_HASH.intersection(map(type, items)):
         return items
+    chosen = [x for x in items if type(x) in _CHOSEN_HASH]
     counts = {}  # hash values are ints that hash to themselves: distinct ones never collide here
-    for x in items:
-        try:
-            h = hash(x)
-        except TypeError:
-            continue
+    for h in map(hash, chosen):
         counts[h] = counts.get(h, 0) + 1
     for h, n in counts.items():
         if n > MAX_COLLISIONS:  # equal items share a hash harmlessly: count the distinct ones by canonical form
-            distinct = {canonical(encode(x)) for x in items if _hash_or_none(x) == h}
+            distinct = {canonical(encode(x)) for x in chosen if hash(x) == h}
             if len(distinct) > MAX_COLLISIONS:
                 raise Malformed(f"{len(distinct)} distinct elements share one hash value")
     return items
 
 
-def _hash_or_none(x):
-    try:
-        return hash(x)
-    except TypeError:
-        return None
+_SCALARS = {int, float, str, bool, type(None)}
+# Types whose hash the program can choose (str and bytes hashes are keyed by a per-run secret).
+_CHOSEN_HASH = {int, float, complex, tuple, frozenset}
 
 
 def _as_list(tag: str, body) -> list:
@@ -193,57 +203,63 @@ def check_tree(tree, max_nodes: int) -> int:
     """Validate an untrusted JSON tree as plain data in the tagged form; returns its number of nodes.
 
     Raises Malformed for: a non-finite float outside a __float__ tag, a malformed tag body, nesting deeper than
-    the encoder produces, or more than max_nodes nodes. Iterative: no recursion on the program's data."""
-    nodes, todo = 0, [(tree, 0)]
+    the encoder produces, or more than max_nodes nodes. Iterative (no recursion on the program's data), and a
+    list's scalar elements are checked in the loop over it, not one by one through the stack."""
+    nodes, todo = 1, [(tree, 0)]
     while todo:
         t, depth = todo.pop()
-        nodes += 1
-        if nodes > max_nodes:
-            raise Malformed(f"more than {max_nodes} values")
         if depth > _MAX_JSON_DEPTH:
             raise Malformed(f"nested deeper than {MAX_DEPTH} levels")
         tt = type(t)
-        if t is None or tt is bool or tt is str or tt is int:
-            continue
-        if tt is float:
-            if not math.isfinite(t):
-                raise Malformed("a non-finite number outside a __float__ tag")
-        elif tt is list:
-            kinds = set(map(type, t))
-            if kinds <= _FLAT:  # the common case, checked at C speed: a list of plain scalars
-                nodes += len(t)
-                if nodes > max_nodes:
-                    raise Malformed(f"more than {max_nodes} values")
-                if float in kinds and not all(math.isfinite(x) for x in t if type(x) is float):
-                    raise Malformed("a non-finite number outside a __float__ tag")
-            else:
-                todo += [(v, depth + 1) for v in t]
+        if tt is list:
+            children = t
         elif tt is dict:
             if len(t) == 1 and next(iter(t)) in TAGS:
                 (tag, body), = t.items()
-                _check_tag(tag, body, depth, todo)
+                children = _check_tag(tag, body)
+                depth += 1 if tag != "__dict__" else 2  # the tag's body list (and a pair's list)
             else:
-                todo += [(v, depth + 1) for v in t.values()]  # JSON object keys are strings
+                children = t.values()  # JSON object keys are strings
         else:
-            raise Malformed(f"a {tt.__name__}")
+            _check_scalar(t)
+            continue
+        nodes += len(children)
+        if nodes > max_nodes:
+            raise Malformed(f"more than {max_nodes} values")
+        for v in children:
+            tv = type(v)
+            if tv is list or tv is dict:
+                if v:
+                    todo.append((v, depth + 1))
+            elif tv is not int and tv is not str and tv is not bool and v is not None:
+                _check_scalar(v)
     return nodes
+
+
+def _check_scalar(t) -> None:
+    tt = type(t)
+    if tt is float:
+        if not math.isfinite(t):
+            raise Malformed("a non-finite number outside a __float__ tag")
+    elif not (t is None or tt is bool or tt is str or tt is int):
+        raise Malformed(f"a {tt.__name__}")
 
 
 def _is_hex(text: str) -> bool:
     return bool(text) and not text.strip(_HEXDIGITS)
 
 
-def _check_tag(tag: str, body, depth: int, todo: list) -> None:
+def _check_tag(tag: str, body) -> list:
+    """Check a tag's body; returns the trees inside it (for containers) or []."""
     if tag in ("__tuple__", "__set__", "__frozenset__", "__dict__"):
         if type(body) is not list:
             raise Malformed(f"{tag} must hold a list")
-        if tag == "__dict__":
-            if not all(type(p) is list and len(p) == 2 for p in body):
-                raise Malformed("__dict__ must hold [key, value] pairs")
-            todo += [(v, depth + 3) for p in body for v in p]
-        else:
-            todo += [(v, depth + 2) for v in body]
-    elif tag == "__bytes__":
+        if tag != "__dict__":
+            return body
+        if not all(type(p) is list and len(p) == 2 for p in body):
+            raise Malformed("__dict__ must hold [key, value] pairs")
+        return [v for p in body for v in p]
+    if tag == "__bytes__":
         if type(body) is not str or len(body) % 2 or (body and not _is_hex(body)):
             raise Malformed("__bytes__ must hold an even number of hex digits")
     elif tag == "__float__":
@@ -261,6 +277,7 @@ def _check_tag(tag: str, body, depth: int, todo: list) -> None:
             raise Malformed(f"__int__ must hold at most {MAX_INT_HEX} hex digits")
     elif type(body) is not str or len(body) > 100:  # __unserialisable__
         raise Malformed("__unserialisable__ must hold a type name")
+    return []
 
 
 _KINDS = {"__tuple__": "tuple", "__set__": "set", "__frozenset__": "frozenset", "__dict__": "dict",
