@@ -98,7 +98,11 @@ class Supervisor:
         self._close_req()
 
     def _run_tests_with_deadline(self) -> dict:
+        finished = False
+
         def expire(*_):
+            if finished:  # fired between the end of the tests and the timer's cancellation: nothing to stop
+                return
             self._kill("timeout", f"wall-clock limit of {self.lim['timeout']}s reached")
             self.gone = self.gone or self.ending
             raise _tester.ProgramGone(*self.gone)
@@ -109,8 +113,11 @@ class Supervisor:
         signal.setitimer(signal.ITIMER_REAL, max(self.deadline - time.monotonic(), 0) + 0.5)
         saved = _tester.sys_streams(_Discard())
         try:
-            return _tester.run_tests(self.check, self.channel.names, self._call, lambda: self.gone)
+            verdict = _tester.run_tests(self.check, self.channel.names, self._call, lambda: self.gone)
+            finished = True
+            return verdict
         except _tester.ProgramGone:  # the timer fired outside a test statement
+            finished = True
             return {"tests": [self.gone[0]] * self.check["total"], "detail": str(self.gone[1])}
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
