@@ -118,6 +118,7 @@ def _trusted_rss(ev) -> dict[int, int]:
 
 
 def main_load(args) -> dict:
+    import shutil
     import tempfile
 
     from rewards.attacks import Probes, busy_cgroups, leftover_processes
@@ -152,6 +153,7 @@ def main_load(args) -> dict:
             paths = dict(ev.sandbox.cgroup_paths)
     finally:
         probes.close()
+        shutil.rmtree(where, ignore_errors=True)
     tmp_after = {x for x in os.listdir("/tmp") if x.startswith("rlwork")}
     growth = {pid: (trusted1[pid] - kib) >> 10 for pid, kib in trusted0.items() if pid in trusted1}
     memory = {"this_process_mib": [own0 >> 10, own1 >> 10],
