@@ -8,7 +8,8 @@ How it runs a program (each layer is detected at start-up and named in one log l
       (bind mounts of /usr, /lib*, /bin, /sbin, /etc and five /dev nodes; no /home, /root, /tmp, /work);
       each program is PID 1 of its own PID namespace (killing it kills its whole tree) and has its own mount
       namespace with a fresh /proc and a private, size-capped tmpfs at /tmp as working directory;
-    - cgroups per program (memory incl. the whole tree, pids, one CPU of quota), reused only once uncharged;
+    - cgroups per program (memory incl. the whole tree, pids, one CPU of quota), reused only once their memory is
+      uncharged (up to the kernel's per-CPU charge batches), else reclaimed or replaced;
     - hard rlimits (address space, CPU time, file size, open files, no core dumps);
     - runs as uid/gid 65534 with no capabilities, no_new_privs, not dumpable, parent-death signal;
     - a seccomp filter: no sockets, ptrace, mount, namespaces, keyrings, bpf, io_uring, kernel modules, SysV IPC
