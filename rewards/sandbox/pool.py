@@ -47,7 +47,7 @@ class SandboxUnavailable(RuntimeError):
 def _pick_python() -> str:
     for cand in ("/usr/bin/python3", sys.executable):
         try:
-            out = subprocess.run([cand, "-I", "-S", "-c", "import sys; print(sys.version_info >= (3, 8))"],
+            out = subprocess.run([cand, "-I", "-S", "-c", "import sys; print(sys.version_info >= (3, 10))"],
                                  capture_output=True, text=True, timeout=20, env={})
             if out.stdout.strip() == "True":
                 return cand
