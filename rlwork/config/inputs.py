@@ -11,6 +11,10 @@ from typing import Literal
 
 from rlwork.config.typed import ConfigError
 
+BIDIRECTIONAL_FAMILIES = ("llada", "dream", "diffucoder", "masked-diffusion", "masked-diffusion-shifted")
+"""The `model.family` presets with bidirectional attention (the rest are block-causal); the config layer cannot read
+rlwork.models.FAMILIES, so tests/models/test_lm.py checks that the two agree."""
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:

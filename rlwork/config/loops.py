@@ -14,12 +14,17 @@ from rlwork.config.typed import ConfigError
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AlgoConfig:
-    preset: Literal["coupled_grpo", "espo", "d1"] | None = None
+    preset: Literal["coupled_grpo", "espo", "d1", "trace_grpo"] | None = None
     """Published recipe whose values sit under this file's (see PRESETS); null = dataclass defaults only."""
     num_generations: int = 8
     """G completions per prompt (TRL's name)."""
+    likelihood: Literal["elbo", "trace"] = "elbo"
+    """Per-token log-likelihood in the ratio and the KL. elbo: a bound under random masks (elbo_estimator); trace:
+    exact, each token's log-prob at the denoising step that committed it, on the sampler's own trajectory
+    (rlwork.diffusion.trace; TraceRL). trace reads the old policy's log-probs from the rollout (no forward) and
+    scores with the sampler's temperature/top-k/top-p; the elbo_* and mask settings do not apply to it."""
     elbo_estimator: Literal["mc", "coupled", "stratified", "one_step"] = "coupled"
-    """Likelihood estimator; one_step is d1's biased baseline."""
+    """ELBO estimator (likelihood=elbo); one_step is d1's biased baseline."""
     elbo_samples: int = 1
     """Mask draws per completion (pairs for coupled/stratified)."""
     prompt_mask_prob: float = 0.0
@@ -69,6 +74,12 @@ class AlgoConfig:
             raise ConfigError(f"algo.beta={self.beta}: use 0 (no KL) or a positive coefficient")
         if self.advantage == "dr_grpo" and self.scale_rewards not in (None, "none"):
             raise ConfigError("algo.advantage=dr_grpo is unscaled by definition: set algo.scale_rewards=none or null")
+        if self.likelihood == "trace" and (self.prompt_mask_prob > 0 or self.resample_masks_per_iteration):
+            raise ConfigError(
+                "algo.likelihood=trace scores the sampler's own states, with no mask draws: set "
+                "algo.prompt_mask_prob=0 and algo.resample_masks_per_iteration=false (d1's settings), or use "
+                "algo.likelihood=elbo"
+            )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

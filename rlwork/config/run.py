@@ -13,7 +13,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rlwork.config.inputs import DataConfig, LoraConfig, ModelConfig, RewardsConfig, SamplerConfig
+from rlwork.config.inputs import (
+    BIDIRECTIONAL_FAMILIES,
+    DataConfig,
+    LoraConfig,
+    ModelConfig,
+    RewardsConfig,
+    SamplerConfig,
+)
 from rlwork.config.loops import AlgoConfig, EvalConfig, SftConfig, TrackingConfig, TrainConfig
 from rlwork.config.typed import ConfigError, build, merge, parse_overrides, read_yaml
 
@@ -40,12 +47,38 @@ class RunConfig:
     sft: SftConfig = dataclasses.field(default_factory=SftConfig)
 
     def __post_init__(self) -> None:
+        if self.algo.likelihood == "trace":
+            check_trace_config(self)
         if self.algo.beta > 0 and not self.lora.enabled and not self.algo.reference_copy:
             raise ConfigError(
                 "algo.beta > 0 with lora.enabled=false: the reference is the adapter-disabled base, which full "
                 "fine-tuning does not have; set algo.reference_copy=true (a frozen copy: one more model in memory), "
                 "algo.beta=0, or enable LoRA"
             )
+
+
+def check_trace_config(cfg: RunConfig) -> None:
+    """algo.likelihood=trace is exact only where the update recomputes what the sampler computed; say what breaks."""
+    if cfg.model.family in BIDIRECTIONAL_FAMILIES and cfg.sampler.use_cache:
+        raise ConfigError(
+            f"algo.likelihood=trace with model.family={cfg.model.family} (bidirectional) and sampler.use_cache=true: "
+            "Fast-dLLM's prefix cache samples from stale keys that no fresh forward reproduces, so the trajectory "
+            "cannot be scored exactly; set sampler.use_cache=false (the trace is then exact, one forward per "
+            "denoising step), or use algo.likelihood=elbo. Block-causal families (stable-diffcoder, sdar, "
+            "block-diffusion) score it exactly in one forward with either cache setting"
+        )
+    filtered = cfg.sampler.top_k is not None or (cfg.sampler.top_p is not None and cfg.sampler.top_p < 1)
+    if filtered and cfg.sampler.temperature > 0 and cfg.algo.beta > 0:
+        raise ConfigError(
+            "algo.likelihood=trace scores the sampler's top-k/top-p distribution, which gives log-prob -inf to tokens "
+            "outside the reference's nucleus: the KL is infinite there; set algo.beta=0, or sampler.top_k=null and "
+            "sampler.top_p=null"
+        )
+    if cfg.lora.enabled and cfg.lora.dropout > 0:
+        raise ConfigError(
+            f"algo.likelihood=trace with lora.dropout={cfg.lora.dropout}: dropout makes the update's forward a "
+            "different function from the sampler's, so the first ratio is no longer 1; set lora.dropout=0"
+        )
 
 
 # Published recipes on our code (FIELD-NOTES.md). Values sit under the YAML file and command line.
@@ -59,6 +92,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # d1 / diffu-GRPO (arXiv 2504.12216): one fully-masked forward, prompt masking 0.15, clip 0.5, k3 beta 0.04.
     "d1": dict(elbo_estimator="one_step", prompt_mask_prob=0.15, advantage="grpo", epsilon=0.5, beta=0.04,
                kl_estimator="k3", importance_sampling_level="token", resample_masks_per_iteration=True),
+    # TraceRL (arXiv 2509.06949; Gen-Verse/dLLM-RL rl_sdar.yaml): the exact trajectory likelihood, token clip 0.2 over
+    # committed tokens, z-scored group advantages, loss normalised by the maximum length, k3 beta 0.01. TraceRL's
+    # KL anchors to the old policy; ours to the adapter-disabled reference on the same trajectory. Two iterations,
+    # as coupled_grpo, so the clip acts and the old log-probs (from the rollout) are used.
+    "trace_grpo": dict(likelihood="trace", advantage="grpo", epsilon=0.2, beta=0.01, kl_estimator="k3",
+                       importance_sampling_level="token", loss_type="dr_grpo", num_iterations=2,
+                       prompt_mask_prob=0.0, resample_masks_per_iteration=False),
 }
 
 

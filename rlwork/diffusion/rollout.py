@@ -29,6 +29,11 @@ class Rollout:
         completion_mask: [N, L] bool; real completion tokens, EOS included.
         group_ids: [N] int64; rows that share a prompt share an id.
         decode_step: [N, L] int64; the sampler step that committed each token (-1 for padding).
+        sampling_per_token_logps: [N, L] float32; each real token's log-prob under the distribution the sampler drew
+            it from (rlwork.diffusion.sampler); 0 on padding. The old policy's trace log-probs, free.
+        trace_ids: [N, L] int64; every token the sampler committed, including those after the first EOS inside
+            the row's last block (rlwork.diffusion.trace conditions on them); pad where nothing was committed.
+        trace_step: [N, L] int64; the step that committed each token of trace_ids; -1 where nothing was.
         prompts: N prompt texts as the model saw them.
         completions: N decoded completion texts (special tokens dropped).
         problems: N problem rows (dataset columns the rewards read), shared within a group.
@@ -41,6 +46,9 @@ class Rollout:
     completion_mask: Tensor
     group_ids: Tensor
     decode_step: Tensor
+    sampling_per_token_logps: Tensor
+    trace_ids: Tensor
+    trace_step: Tensor
     prompts: list[str]
     completions: list[str]
     problems: list[dict[str, Any]]
@@ -57,6 +65,8 @@ class Rollout:
             prompt_ids=self.prompt_ids[rows], prompt_mask=self.prompt_mask[rows],
             completion_ids=self.completion_ids[rows], completion_mask=self.completion_mask[rows],
             group_ids=self.group_ids[rows], decode_step=self.decode_step[rows],
+            sampling_per_token_logps=self.sampling_per_token_logps[rows], trace_ids=self.trace_ids[rows],
+            trace_step=self.trace_step[rows],
             prompts=[self.prompts[i] for i in idx], completions=[self.completions[i] for i in idx],
             problems=[self.problems[i] for i in idx], num_forwards=self.num_forwards,
         )
@@ -80,6 +90,10 @@ def concat_rollouts(a: Rollout, b: Rollout, pad_id: int) -> Rollout:
                                    _pad_right(b.completion_mask, length, False)]),
         group_ids=torch.cat([a.group_ids, b.group_ids + int(a.group_ids.max()) + 1]),
         decode_step=torch.cat([_pad_right(a.decode_step, length, -1), _pad_right(b.decode_step, length, -1)]),
+        sampling_per_token_logps=torch.cat([_pad_right(a.sampling_per_token_logps, length, 0.0),
+                                            _pad_right(b.sampling_per_token_logps, length, 0.0)]),
+        trace_ids=torch.cat([_pad_right(a.trace_ids, length, pad_id), _pad_right(b.trace_ids, length, pad_id)]),
+        trace_step=torch.cat([_pad_right(a.trace_step, length, -1), _pad_right(b.trace_step, length, -1)]),
         prompts=a.prompts + b.prompts, completions=a.completions + b.completions, problems=a.problems + b.problems,
         num_forwards=a.num_forwards + b.num_forwards,
     )
@@ -144,10 +158,14 @@ def generate_rollouts(
     completion_ids = torch.cat([_pad_right(p.completion_ids, width, lm.pad_id) for p in pieces])
     completion_mask = torch.cat([_pad_right(p.completion_mask, width, False) for p in pieces])
     decode_step = torch.cat([_pad_right(p.decode_step, width, -1) for p in pieces])
+    sampling_logps = torch.cat([_pad_right(p.sampling_per_token_logps, width, 0.0) for p in pieces])
+    trace_ids = torch.cat([_pad_right(p.trace_ids, width, lm.pad_id) for p in pieces])
+    trace_step = torch.cat([_pad_right(p.trace_step, width, -1) for p in pieces])
     group_ids = torch.arange(len(problems), device=completion_ids.device).repeat_interleave(num_generations)
     return Rollout(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
-        completion_mask=completion_mask, group_ids=group_ids, decode_step=decode_step, prompts=texts,
+        completion_mask=completion_mask, group_ids=group_ids, decode_step=decode_step,
+        sampling_per_token_logps=sampling_logps, trace_ids=trace_ids, trace_step=trace_step, prompts=texts,
         completions=decode_completions(lm.tokenizer, completion_ids, completion_mask), problems=rows,
         num_forwards=num_forwards,
     )

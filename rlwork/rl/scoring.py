@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from rewards.registry import get_reward, reward_name, score_all
+from rewards.sandbox import CATEGORIES
 from rewards.unit_tests import summarise
 from rlwork.config import RewardsConfig
 
@@ -70,15 +71,12 @@ class RewardScorer:
                 fn.close()
 
 
-SANDBOX_KEYS = ("passed", "wrong_answer", "runtime_error", "syntax_error", "timeout", "memory", "output_limit",
-                "sandbox_error")
-
 
 def sandbox_metrics(scores: StepScores) -> dict[str, float]:
     """`sandbox/<category>_frac` over the programs run, for every category (0 when absent, so that every rank
     logs the same keys), and the mean fraction of tests passed (NaN when no program ran)."""
     ran = summarise([o for o in scores.outcomes if o is not None])
-    metrics = {f"sandbox/{c}_frac": ran.get(f"sandbox/{c}_frac", 0.0) for c in SANDBOX_KEYS}
+    metrics = {f"sandbox/{c}_frac": ran.get(f"sandbox/{c}_frac", 0.0) for c in CATEGORIES}
     metrics["sandbox/tests_passed_frac"] = ran.get("sandbox/tests_passed_frac", math.nan)
     return metrics
 

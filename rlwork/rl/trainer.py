@@ -4,8 +4,9 @@
     2 score        rewards in the sandbox pool, per function, NaN = unscorable;        (rl/scoring.py, rewards/)
                    2b: DAPO refill of groups without signal                           (rl/rollout.py)
     3 advantages   weighted reward -> group advantages; zero-signal groups filtered    (rl/advantages.py)
-    4 likelihoods  old and reference ELBOs under the step's shared mask draws          (rl/likelihoods.py)
-    5 update       num_iterations passes of the clipped ELBO policy gradient            (rl/update.py)
+    4 likelihoods  old and reference ELBOs under the step's shared mask draws, or      (rl/likelihoods.py)
+                   trace log-probs of the sampler's trajectories (old: the rollout's)
+    5 update       num_iterations passes of the clipped policy gradient                 (rl/update.py)
     6 evaluate     every eval.every_steps steps: pass@k of the updated policy on eval.split (evaluation/eval.py)
     7 log          metrics, rollouts, completions table, checkpoint                     (runtime/tracking.py)
 
@@ -142,10 +143,11 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
         if algo.dynamic_sampling != "keep":
             signal = torch.zeros_like(signal).index_fill_(0, rows_with_signal(rewards, G), True)
 
-    # 4 old/reference likelihoods under shared mask draws (one draw per iteration if masks are resampled).
+    # 4 old/reference likelihoods under shared mask draws (one draw per iteration if masks are resampled); the trace
+    # draws nothing and reads the old log-probs from the rollout.
     with timer("likelihoods"):
         draws = draw_step_masks(algo, lm, rollout, cfg.train.micro_batch_size, cfg.seed, step, first_row)
-        old, ref = old_and_ref_logps(algo, lm, engine, session.ref_policy, rollout, draws,
+        old, ref = old_and_ref_logps(algo, cfg.sampler, lm, engine, session.ref_policy, rollout, draws,
                                      cfg.train.micro_batch_size, needed=signal)
 
     # 5 policy updates: num_iterations passes, gradient accumulation over micro-batches. With no signal on any
@@ -153,10 +155,10 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
     # (Adam's momentum), so every rank skips the phase together.
     with timer("update"):
         if dist.any_rank(bool(signal.any())):
-            update_metrics = policy_updates(algo, lm, engine, rollout, advantages, signal, draws, old, ref,
-                                            cfg.train.micro_batch_size, cfg.train.learning_rate)
+            update_metrics = policy_updates(algo, cfg.sampler, lm, engine, rollout, advantages, signal, draws, old,
+                                            ref, cfg.train.micro_batch_size, cfg.train.learning_rate)
         else:
-            update_metrics = no_update_metrics(has_reference=ref is not None)
+            update_metrics = no_update_metrics(has_reference=ref is not None, trace=algo.likelihood == "trace")
         update_metrics["optim/no_signal_step"] = float(not signal.any())
 
     # 6 evaluate: every eval.every_steps steps (and after the last), pass@k of the updated policy on eval.split.

@@ -1,4 +1,4 @@
-"""Phase 5 of a step: `num_iterations` passes of the clipped ELBO policy gradient over the step's rows.
+"""Phase 5 of a step: `num_iterations` passes of the clipped policy gradient (on ELBO or trace terms).
 
 Shape letters: N rows of the step (this rank), L completion length.
 """
@@ -10,26 +10,32 @@ import math
 import torch
 from torch import Tensor
 
-from rlwork.config import AlgoConfig
+from rlwork.config import AlgoConfig, SamplerConfig
 from rlwork.diffusion.rollout import Rollout
 from rlwork.models.lm import DiffusionLM
-from rlwork.rl.likelihoods import Draws, elbo_of_rows, row_chunks
+from rlwork.rl.likelihoods import Draws, likelihood_of_rows, row_chunks
 from rlwork.rl.losses import policy_loss
 
 UPDATE_KEYS = ("policy/clipfrac_low", "policy/clipfrac_high", "policy/clipfrac", "policy/ratio_mean",
                "policy/ratio_min", "policy/ratio_max", "policy/kl", "policy/loss", "policy/entropy", "optim/grad_norm",
                "optim/skipped_updates", "optim/lr", "elbo/std", "elbo/mean_per_token")
-"""What phase 5 logs; a step without any signal logs them as NaN (JSONL null), so every step has the same keys."""
+"""What phase 5 logs; a step without any signal logs them as NaN (JSONL null), so every step has the same keys.
+`elbo/*` hold the per-token likelihood of whichever estimator runs (with likelihood=trace: the exact trajectory
+log-likelihood), so estimators compare on one key."""
+TRACE_KEYS = ("trace/sampler_abs_diff_max",)
+"""What phase 5 adds with likelihood=trace: the largest |recomputed - recorded| token log-prob of the first
+iteration, whose weights are the sampler's (float noise when the trace is exact; see rlwork.diffusion.trace)."""
 
 
-def no_update_metrics(has_reference: bool) -> dict[str, float]:
+def no_update_metrics(has_reference: bool, trace: bool = False) -> dict[str, float]:
     """Phase 5's keys, all NaN, for a step that had no signal on any rank (policy/kl only with a reference)."""
-    return {k: math.nan for k in UPDATE_KEYS if k != "policy/kl" or has_reference}
+    keys = [k for k in UPDATE_KEYS if k != "policy/kl" or has_reference] + list(TRACE_KEYS if trace else ())
+    return {k: math.nan for k in keys}
 
 
-def policy_updates(algo: AlgoConfig, lm: DiffusionLM, engine, rollout: Rollout, advantages: Tensor, signal: Tensor,
-                   draws: Draws, old: list | None, ref: list | None, micro_batch_size: int,
-                   learning_rate: float) -> dict[str, float]:
+def policy_updates(algo: AlgoConfig, sampler: SamplerConfig, lm: DiffusionLM, engine, rollout: Rollout,
+                   advantages: Tensor, signal: Tensor, draws: Draws, old: list | None, ref: list | None,
+                   micro_batch_size: int, learning_rate: float) -> dict[str, float]:
     """num_iterations optimizer steps over the batch, each accumulating gradients over fixed micro-batches.
 
     advantages: [N]; signal: [N] bool, the rows that reach the loss; old/ref: per-draw [N, L] terms from phase 4.
@@ -44,7 +50,7 @@ def policy_updates(algo: AlgoConfig, lm: DiffusionLM, engine, rollout: Rollout, 
     signal_rows = int(signal.sum())
     signal_tokens = (rollout.completion_mask & signal[:, None]).sum().clamp_min(1)
     sums: dict[str, float] = {}
-    grad_norms, skipped, elbo_per_token = [], 0, []
+    grad_norms, skipped, elbo_per_token, sampler_gap = [], 0, [], 0.0
     for it in range(algo.num_iterations):
         d = it if algo.resample_masks_per_iteration else 0
         for c, s in enumerate(chunks):
@@ -52,8 +58,11 @@ def policy_updates(algo: AlgoConfig, lm: DiffusionLM, engine, rollout: Rollout, 
             empty = rows.numel() == 0
             if empty:
                 rows = torch.arange(s.start, s.start + 1)  # keeps the graph (and DeepSpeed's hooks) identical
-            out = elbo_of_rows(lm, rollout, rows, draws[d][c], s.start, engine.module)
+            out = likelihood_of_rows(algo, sampler, lm, rollout, rows, draws[d][c], s.start, engine.module)
             mask = rollout.completion_mask[rows]
+            if it == 0 and algo.likelihood == "trace" and old is not None and not empty:
+                gap = (out.per_token.detach() - old[d][rows]).abs().masked_fill(~mask, 0.0)
+                sampler_gap = max(sampler_gap, float(gap.max()))
             loss, m = policy_loss(
                 out.per_token, None if old is None else old[d][rows], advantages[rows], mask,
                 ref_per_token_logps=None if ref is None else ref[d][rows],
@@ -70,7 +79,8 @@ def policy_updates(algo: AlgoConfig, lm: DiffusionLM, engine, rollout: Rollout, 
             if empty:
                 continue
             elbo_per_token.append(out.sequence.detach() / mask.sum(1).clamp_min(1))
-            m["policy/entropy"] = out.entropy  # at the masked positions of this micro-batch's draw
+            # ELBO: the entropy at the masked positions of this micro-batch's draw; the trace reports none (NaN)
+            m["policy/entropy"] = getattr(out, "entropy", math.nan)
             for key, value in m.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * rows.numel() / signal_rows / algo.num_iterations
         skipped += int(not result.applied)
@@ -83,4 +93,5 @@ def policy_updates(algo: AlgoConfig, lm: DiffusionLM, engine, rollout: Rollout, 
         "optim/lr": learning_rate,
         "elbo/std": float(per_token_elbo.std()) if per_token_elbo.numel() > 1 else math.nan,
         "elbo/mean_per_token": float(per_token_elbo.mean()),
+        **({"trace/sampler_abs_diff_max": sampler_gap} if algo.likelihood == "trace" else {}),
     }

@@ -86,8 +86,23 @@ def test_preset_sits_under_yaml_and_overrides(tmp_path):
         (["eval.ks=[1, 16]"], "each k must be in \\[1, eval.num_samples=8\\]"),
         (["algo.advantage=dr_grpo", "algo.scale_rewards=group"], "dr_grpo is unscaled"),
         (["sampler.threshold=1.5"], "sampler.threshold=1.5"),
+        (["algo.likelihood=trace", "model.family=llada"], "Fast-dLLM's prefix cache .* sampler.use_cache=false"),
+        (["algo.likelihood=trace", "sampler.top_k=50"], "the KL is infinite there; set algo.beta=0"),
+        (["algo.likelihood=trace", "sampler.top_p=0.9"], "the KL is infinite there"),
+        (["algo.likelihood=trace", "lora.dropout=0.1"], "set lora.dropout=0"),
+        (["algo.preset=d1", "algo.likelihood=trace"], "no mask draws: set algo.prompt_mask_prob=0"),
     ],
 )
 def test_contradictory_values_fail_at_load(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_trace_preset_and_what_trace_allows():
+    cfg = load_config(None, ["algo.preset=trace_grpo"])
+    algo = cfg.algo
+    assert (algo.likelihood, algo.epsilon, algo.beta, algo.loss_type) == ("trace", 0.2, 0.01, "dr_grpo")
+    # exact with the bidirectional families when the sampler recomputes everything; filters without a KL
+    load_config(None, ["algo.likelihood=trace", "model.family=dream", "sampler.use_cache=false"])
+    load_config(None, ["algo.likelihood=trace", "sampler.top_k=50", "sampler.top_p=0.9", "algo.beta=0"])
+    load_config(None, ["algo.likelihood=trace", "sampler.top_k=50", "sampler.temperature=0"])  # greedy: no filter

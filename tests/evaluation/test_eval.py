@@ -72,7 +72,8 @@ class ScriptedSampler:
         for i, r in enumerate(rows):
             ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), True
         step = torch.where(mask, 0, -1)
-        return Generation(ids, mask, step, torch.ones(len(rows), dtype=torch.long), 1)
+        return Generation(ids, mask, step, torch.ones(len(rows), dtype=torch.long), 1,
+                          sampling_per_token_logps=torch.zeros(ids.shape), trace_ids=ids, trace_step=step)
 
 
 class FlakySandbox:

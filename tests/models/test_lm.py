@@ -7,7 +7,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from rlwork.config.inputs import BIDIRECTIONAL_FAMILIES
 from rlwork.models.lm import (
+    FAMILIES,
     DiffusionLM,
     align_logits,
     allowed_attention,
@@ -151,6 +153,11 @@ class _Tok:
 
     def convert_tokens_to_ids(self, token):
         return self.unk_token_id
+
+
+def test_config_knows_which_families_are_bidirectional():
+    """The config layer checks algo.likelihood=trace against family names it cannot import from rlwork.models."""
+    assert set(BIDIRECTIONAL_FAMILIES) == {n for n, f in FAMILIES.items() if f.attention == "bidirectional"}
 
 
 def test_resolve_family_reads_checks_and_refuses_guesses():

@@ -1,9 +1,15 @@
-"""Phase 4: old/reference ELBO terms under the step's shared mask draws (tiny coder, torch engine)."""
+"""Phase 4: old/reference ELBO terms under the step's shared mask draws, and trace terms (tiny coder, torch engine)."""
 
 import torch
 
 from rlwork.diffusion.rollout import generate_rollouts
-from rlwork.rl.likelihoods import draw_masks_for, draw_step_masks, elbo_of_rows, old_and_ref_logps
+from rlwork.rl.likelihoods import (
+    draw_masks_for,
+    draw_step_masks,
+    elbo_of_rows,
+    likelihood_of_rows,
+    old_and_ref_logps,
+)
 from rlwork.rl.trainer import setup
 from tests.rl.conftest import tiny_cfg
 
@@ -21,7 +27,8 @@ def test_ratio_is_one_and_kl_zero_before_the_first_update(tmp_path, reward_modul
     try:
         rollout = two_groups_of_four(session)
         draw = draw_masks_for(cfg.algo, session.lm, rollout, torch.Generator().manual_seed(1))
-        old, ref = old_and_ref_logps(cfg.algo, session.lm, session.engine, session.ref_policy, rollout, [[draw]], 8)
+        old, ref = old_and_ref_logps(cfg.algo, cfg.sampler, session.lm, session.engine, session.ref_policy, rollout,
+                                     [[draw]], 8)
         current = elbo_of_rows(session.lm, rollout, torch.arange(8), draw, 0, session.engine.module).per_token
     finally:
         session.close()
@@ -38,9 +45,10 @@ def test_reference_terms_skip_rows_without_signal(tmp_path, reward_module):
         draws = [[draw_masks_for(cfg.algo, session.lm, rollout.select(torch.arange(s, s + 4)),
                                  torch.Generator().manual_seed(s)) for s in (0, 4)]]
         needed = torch.tensor([True, False, True, True, False, False, False, False])
-        full = old_and_ref_logps(cfg.algo, session.lm, session.engine, session.ref_policy, rollout, draws, 4)
-        part = old_and_ref_logps(cfg.algo, session.lm, session.engine, session.ref_policy, rollout, draws, 4,
-                                 needed)
+        full = old_and_ref_logps(cfg.algo, cfg.sampler, session.lm, session.engine, session.ref_policy, rollout,
+                                 draws, 4)
+        part = old_and_ref_logps(cfg.algo, cfg.sampler, session.lm, session.engine, session.ref_policy, rollout,
+                                 draws, 4, needed)
     finally:
         session.close()
     for f, p in zip(full, part, strict=True):
@@ -64,3 +72,21 @@ def test_step_draws_are_keyed_by_global_row(tmp_path, reward_module):
     assert len(whole) == 1 and len(whole[0]) == 2
     assert torch.equal(whole[0][1].masks, upper[0][0].masks)
     assert not torch.equal(whole[0][0].masks, other_step[0][0].masks)
+
+
+def test_trace_old_terms_are_the_rollouts_and_equal_a_recomputation(tmp_path, reward_module):
+    cfg = tiny_cfg(tmp_path, "algo.preset=trace_grpo", "train.micro_batch_size=8")
+    session = setup(cfg)
+    try:
+        rollout = two_groups_of_four(session)
+        draws = draw_step_masks(cfg.algo, session.lm, rollout, 8, cfg.seed, 0, first_row=0)
+        old, ref = old_and_ref_logps(cfg.algo, cfg.sampler, session.lm, session.engine, session.ref_policy, rollout,
+                                     draws, 8)
+        current = likelihood_of_rows(cfg.algo, cfg.sampler, session.lm, rollout, torch.arange(8), None, 0,
+                                     session.engine.module).per_token
+    finally:
+        session.close()
+    assert draws == [[None]] and old[0] is rollout.sampling_per_token_logps  # no draws, no old forward
+    assert (current.detach() - old[0]).abs().max() <= 1e-4  # the first ratio is 1
+    assert torch.equal(current.detach(), ref[0])  # fresh LoRA (B = 0): adapter-disabled base is the policy
+    assert current.requires_grad and (current[rollout.completion_mask] < 0).all()

@@ -50,6 +50,41 @@ def test_two_steps_change_every_lora_parameter_and_no_base_weight(tmp_path, rewa
         "step_000000.parquet", "step_000001.parquet"]
 
 
+def test_trace_grpo_trains_end_to_end_through_resampling(tmp_path, reward_module):
+    cfg = tiny_cfg(tmp_path, "algo.preset=trace_grpo", "rewards.functions=[my_rewards:half_flat]",
+                   "algo.dynamic_sampling=resample", "train.prompts_per_step=4", "algo.max_resample_rounds=3")
+    session = setup(cfg)
+    lora0, base0 = _params(session)
+    try:
+        metrics = [train_step(session, step) for step in range(2)]
+    finally:
+        session.close()
+    lora1, base1 = _params(session)
+    assert not [n for n in lora0 if torch.equal(lora0[n], lora1[n])]
+    assert all(torch.equal(base0[n], base1[n]) for n in base0)
+    assert any(m["reward/resample_rounds"] >= 1 for m in metrics)  # concatenated rollouts carry their traces
+    for m in metrics:
+        assert m["trace/sampler_abs_diff_max"] <= 1e-4
+        for key in ("policy/ratio_mean", "policy/ratio_min", "policy/kl", "elbo/mean_per_token", "optim/grad_norm"):
+            assert math.isfinite(m[key]), key
+    assert metrics[1]["policy/kl"] > 0  # the first update moved the policy away from the reference
+
+
+def test_trace_on_a_bidirectional_family_scores_with_the_loop(tmp_path, reward_module):
+    cfg = tiny_cfg(tmp_path, "algo.preset=trace_grpo", "model.path=tiny-bidirectional",
+                   "model.family=masked-diffusion", "sampler.use_cache=false", "sampler.block_size=4",
+                   "sampler.steps_per_block=2")
+    session = setup(cfg)
+    lora0, _ = _params(session)
+    try:
+        m = train_step(session, 0)
+    finally:
+        session.close()
+    lora1, _ = _params(session)
+    assert m["trace/sampler_abs_diff_max"] <= 1e-4 and math.isfinite(m["policy/kl"])
+    assert not [n for n in lora0 if torch.equal(lora0[n], lora1[n])]
+
+
 def test_non_finite_loss_skips_the_update(tmp_path, reward_module, monkeypatch):
     import rlwork.rl.update as update
 
