@@ -4,6 +4,7 @@ A row's `tests` is a JSON string of one of these shapes:
 
     {"kind": "call",   "entry_point": "add", "cases": [{"args": [1, 2], "expected": 3}, ...]}
     {"kind": "stdio",  "cases": [{"stdin": "1 2\\n", "stdout": "3\\n"}, ...]}
+    {"kind": "stdio",  "language": "cpp", "match": "tokens", "cases": [...]}
     {"kind": "assert", "entry_point": "add", "code": "def check(candidate):\\n    assert candidate(1, 2) == 3\\n"}
     {"kind": "assert", "entry_point": "add", "asserts": ["assert add(1, 2) == 3"], "setup": "import math"}
     {"kind": "assert", "entry_point": "find_zero", "code": "...", "names": ["poly"]}
@@ -18,7 +19,11 @@ types are strict (`True` is not `1`, a tuple is not a list, a str subclass is no
 int result matches a float expected value numerically; floats (also inside containers) match within
 `rel_tol=1e-6`, `abs_tol=1e-9`, and NaN matches NaN; set elements and dict keys match exactly.
 `stdio` output matches when equal after removing trailing whitespace from every line and trailing
-empty lines. `assert` tests pass when the dataset's test code runs to the end without an exception.
+empty lines (`"match": "lines"`, the default); `"match"` may also be "exact", "tokens" (whitespace-separated
+tokens) or "float" (tokens, numbers within 1e-6 absolute or relative). A `stdio` spec may name its `"language"`
+(python, cpp, java, javascript, rust, go; `rewards.sandbox.languages`); without one, the reward takes the row's
+`language` column, else the language of the answer's fenced code block, else Python. `assert` tests pass when
+the dataset's test code runs to the end without an exception.
 
 In `assert` tests, the names that refer to the program are the entry point and `names`: by default the names the
 test code uses without defining them (a helper from the prompt, like HumanEval's `poly`); Python's builtins and
@@ -32,6 +37,8 @@ import json
 from dataclasses import dataclass, field
 
 from rewards.sandbox import wire
+from rewards.sandbox._compare import MATCHES
+from rewards.sandbox.languages import LANGUAGES, canonical_language
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,10 @@ class StdioCase:
 class StdioSpec:
     cases: tuple[StdioCase, ...]
     kind: str = "stdio"
+    language: str | None = None
+    """The program's language (`rewards.sandbox.languages`); None: the row's, or the answer's fence tag, or Python."""
+    match: str = "lines"
+    """How output is compared: lines, exact, tokens or float (`rewards.sandbox.verdict.MATCHES`)."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +153,10 @@ def parse(tests: str | dict) -> TestSpec:
             _need_str(c, "stdin", f"cases[{i}]")
             _need_str(c, "stdout", f"cases[{i}]")
             out.append(StdioCase(c["stdin"], c["stdout"]))
-        return StdioSpec(tuple(out))
+        match = tests.get("match", "lines")
+        if match not in MATCHES:
+            raise ValueError(f"tests.match: {match!r} is not one of {MATCHES}")
+        return StdioSpec(tuple(out), language=_language(tests), match=match)
     if kind == "assert":
         ep = _entry_point(tests)
         setup = tests.get("setup", "")
@@ -183,6 +197,17 @@ def _parse_call(tests: dict) -> CallSpec:
     return CallSpec(ep, tuple(out))
 
 
+def _language(tests: dict) -> str | None:
+    name = tests.get("language")
+    if name is None:
+        return None
+    canon = canonical_language(name)
+    if canon is None:
+        raise ValueError(f"tests.language: {name!r} is not a language the sandbox runs; use one of "
+                         f"python, {', '.join(LANGUAGES)}")
+    return canon
+
+
 def _entry_point(tests: dict) -> str:
     ep = tests.get("entry_point")
     if not isinstance(ep, str) or not ep.isidentifier():
@@ -207,7 +232,12 @@ def to_dict(spec: TestSpec) -> dict:
         cases = [{"args": wire.encode(list(c.args)), "expected": wire.encode(c.expected)} for c in spec.cases]
         return {"kind": "call", "entry_point": spec.entry_point, "cases": cases}
     if isinstance(spec, StdioSpec):
-        return {"kind": "stdio", "cases": [{"stdin": c.stdin, "stdout": c.stdout} for c in spec.cases]}
+        d = {"kind": "stdio", "cases": [{"stdin": c.stdin, "stdout": c.stdout} for c in spec.cases]}
+        if spec.language is not None:
+            d["language"] = spec.language
+        if spec.match != "lines":
+            d["match"] = spec.match
+        return d
     d = {"kind": "assert", "entry_point": spec.entry_point}
     d.update({"code": spec.code} if spec.code is not None else {"asserts": list(spec.asserts)})
     if spec.setup:

@@ -20,8 +20,8 @@ from rewards.sandbox._jail import close_except, write_all
 
 # Imported once here so that neither test code (run by supervisors) nor programs pay for them per job;
 # every process forked from the zygote starts with them loaded (random reseeds itself after a fork).
-PRELOAD = ("bisect", "collections", "copy", "functools", "hashlib", "heapq", "itertools", "math", "operator", "random",
-           "re", "string", "typing")
+PRELOAD = ("base64", "bisect", "collections", "copy", "functools", "hashlib", "heapq", "itertools", "math", "operator",
+           "random", "re", "string", "typing")
 
 
 def boot() -> None:
@@ -101,6 +101,9 @@ def _seccomp(cfg: dict, layers: dict) -> None:
         cfg["seccomp"] = _jail.seccomp_program().hex()
         _probe_seccomp(cfg["seccomp"])
         cfg["seccomp_filter"] = _jail.SeccompFilter(bytes.fromhex(cfg["seccomp"]))
+        # The variants jobs may ask for (`Job.seccomp_allow`), built once here.
+        cfg["seccomp_variants"] = {name: _jail.SeccompFilter(_jail.seccomp_program(allow=(name,)))
+                                   for name in _jail.ALLOWABLE}
         layers["seccomp"] = None
     except OSError as exc:
         cfg["seccomp"] = ""

@@ -346,8 +346,8 @@ def dumps(obj) -> bytes:
     return _ENCODER.encode(obj).encode()
 
 
-def loads(data: bytes):
-    return _DECODE(data.decode())
+def loads(data: bytes | str):
+    return _DECODE(data if type(data) is str else data.decode())
 
 
 def frame(obj) -> bytes:

@@ -1,0 +1,72 @@
+"""What a program in another language may write on its result channel (`_protocol.NativeChannel`)."""
+
+import math
+
+import pytest
+
+from rewards.sandbox import wire
+from rewards.sandbox._protocol import NativeChannel, Violation
+
+ARMED = wire.frame({"t": "armed"})
+
+
+def _line(obj) -> bytes:
+    return wire.dumps(obj) + b"\n"
+
+
+# (mode, chunks after "armed", event kinds of the last chunk, or Violation)
+RECORDS = [
+    ("call", [_line({"seq": 0, "ok": 3})], ["answer"]),  # the first call's answer
+    ("call", [_line({"seq": 0, "ok": 3}) + _line({"seq": 1, "ok": 0})], ["answer", "answer"]),  # two in one read
+    ("call", [b'{"seq": 0, ', b'"ok": 3}\n'], ["answer"]),  # a record split across reads
+    ("call", [b'{"seq": 0, "ok": 3}'], []),  # no newline yet: nothing
+    ("call", [_line({"seq": 1, "ok": 0})], Violation),  # call 1 before call 0
+    ("call", [_line({"seq": 0, "ok": 3}) + _line({"seq": 0, "ok": 3})], Violation),  # twice the same call
+    ("call", [_line({"seq": 0, "ok": 3}), _line({"seq": 1, "ok": 0}), _line({"seq": 2, "ok": 0})], Violation),
+    ("call", [_line({"seq": 0, "ok": 3, "passed": True})], Violation),  # extra fields
+    ("call", [_line({"seq": "0", "ok": 3})], Violation),  # not an int
+    ("call", [b'{"seq": 0, "ok": NaN}\n'], Violation),  # JSON's NaN literal: not plain data
+    ("call", [_line({"seq": 0, "ok": {"__float__": "nan"}})], ["answer"]),  # tagged NaN is
+    ("call", [b"PASSED\n"], Violation),  # a marker
+    ("call", [b"[1, 2]\n"], Violation),  # not an object
+    ("call", [_line({"seq": 0, "exc": "Panic", "detail": "index out of bounds"})], ["answer"]),
+    ("call", [_line({"seq": 0, "exc": "std::bad_alloc"})], Violation),  # exception names are identifiers
+    ("call", [_line({"seq": 0, "exc": "E", "detail": 5})], Violation),
+    ("call", [_line({"seq": 0})], Violation),  # neither answer nor exception
+    ("call", [b"x" * (1 << 21)], Violation),  # a line longer than any answer may be
+    ("stdio", [b"{}\n"], Violation),  # stdio programs have no result channel
+    ("compile", [wire.frame({"t": "compiled", "status": [0], "files": {"prog": "AA=="}})], ["compiled"]),
+    ("compile", [wire.frame({"t": "compiled", "status": [0], "files": {"prog": 5}})], Violation),
+    ("compile", [wire.frame({"t": "compiled", "status": "0", "files": {}})], Violation),
+    ("compile", [wire.frame({"t": "loaded", "names": []})], Violation),
+    ("compile", [wire.frame({"t": "compiled", "status": [0], "files": {}}) + b"more"], Violation),
+]
+
+
+@pytest.mark.parametrize("mode,chunks,last", RECORDS)
+def test_native_result_channel(mode, chunks, last):
+    channel = NativeChannel(mode, 2)
+    assert channel.feed(ARMED) == [("armed",)]
+    for chunk in chunks[:-1]:
+        channel.feed(chunk)
+    if last is Violation:
+        with pytest.raises(Violation):
+            channel.feed(chunks[-1])
+    else:
+        assert [e[0] for e in channel.feed(chunks[-1])] == last
+
+
+def test_before_armed_only_our_frames():
+    assert NativeChannel("call", 1).feed(wire.frame({"t": "setup_error", "detail": "x"}))[0][0] == "setup_error"
+    with pytest.raises(Violation):
+        NativeChannel("call", 1).feed(_line({"seq": 0, "ok": 3}))  # a record where "armed" must be: a bogus header
+    with pytest.raises(Violation):
+        NativeChannel("call", 1).feed(wire.frame({"t": "compiled", "status": [0], "files": {}}))
+    assert NativeChannel("call", 1).feed(ARMED[:3]) == []  # half a frame: wait
+
+
+def test_armed_and_first_record_in_one_read():
+    channel = NativeChannel("call", 1)
+    events = channel.feed(ARMED + _line({"seq": 0, "ok": [1.5, "a", None]}))
+    assert events == [("armed",), ("answer", 0, {"ok": [1.5, "a", None]})]
+    assert math.isclose(events[1][2]["ok"][0], 1.5)
