@@ -3,6 +3,8 @@
 A row's `tests` is a JSON string of one of these shapes:
 
     {"kind": "call",   "entry_point": "add", "cases": [{"args": [1, 2], "expected": 3}, ...]}
+    {"kind": "call",   "entry_point": "add", "language": "rust",
+     "signature": {"params": ["int", "int"], "returns": "int"}, "cases": [...]}
     {"kind": "stdio",  "cases": [{"stdin": "1 2\\n", "stdout": "3\\n"}, ...]}
     {"kind": "stdio",  "language": "cpp", "match": "tokens", "cases": [...]}
     {"kind": "assert", "entry_point": "add", "code": "def check(candidate):\\n    assert candidate(1, 2) == 3\\n"}
@@ -22,7 +24,9 @@ int result matches a float expected value numerically; floats (also inside conta
 empty lines (`"match": "lines"`, the default); `"match"` may also be "exact", "tokens" (whitespace-separated
 tokens) or "float" (tokens, numbers within 1e-6 absolute or relative). A `stdio` spec may name its `"language"`
 (python, cpp, java, javascript, rust, go; `rewards.sandbox.languages`); without one, the reward takes the row's
-`language` column, else the language of the answer's fenced code block, else Python. `assert` tests pass when
+`language` column, else the language of the answer's fenced code block, else Python. A `call` spec may name its
+`"language"` too; C++, Java, Rust and Go need its `"signature"` (Python annotations, as MultiPL-E translates them;
+`rewards.harness`), and its values are checked against it when the spec is read. `assert` tests pass when
 the dataset's test code runs to the end without an exception.
 
 In `assert` tests, the names that refer to the program are the entry point and `names`: by default the names the
@@ -36,6 +40,8 @@ import functools
 import json
 from dataclasses import dataclass, field
 
+from rewards import harness
+from rewards.harness.types import Signature
 from rewards.sandbox import wire
 from rewards.sandbox._compare import MATCHES
 from rewards.sandbox.languages import LANGUAGES, canonical_language
@@ -53,6 +59,11 @@ class CallSpec:
     entry_point: str
     cases: tuple[CallCase, ...]
     kind: str = "call"
+    language: str | None = None
+    """The program's language; None: the row's, or the answer's fence tag (when `signature` lets it run there),
+    or Python."""
+    signature: Signature | None = None
+    """Parameter and return types as Python annotations; needed to call C++, Java, Rust and Go functions."""
 
 
 @dataclass(frozen=True)
@@ -181,7 +192,15 @@ def parse(tests: str | dict) -> TestSpec:
 
 
 def _parse_call(tests: dict) -> CallSpec:
-    ep = _entry_point(tests)
+    language = _language(tests)
+    ep = tests.get("entry_point")
+    if language == "java" and isinstance(ep, str) and "." in ep:  # Class.method
+        cls, _, method = ep.rpartition(".")
+        if not (cls.isidentifier() and method.isidentifier()):
+            raise ValueError(f"tests.entry_point: {ep!r} is not a Java method or Class.method")
+    else:
+        ep = _entry_point(tests)
+    signature = Signature.from_dict(tests["signature"]) if tests.get("signature") is not None else None
     out = []
     for i, c in enumerate(_list(tests, "cases")):
         if not isinstance(c, dict) or "args" not in c or "expected" not in c:
@@ -194,7 +213,9 @@ def _parse_call(tests: dict) -> CallSpec:
         except (ValueError, TypeError) as exc:
             msg = f"tests.cases[{i}]: malformed tagged value ({exc}); write it with rewards.spec.dumps"
             raise ValueError(msg) from exc
-    return CallSpec(ep, tuple(out))
+    if language not in (None, "python"):
+        harness.validate(language, ep, signature, out)
+    return CallSpec(ep, tuple(out), language=language, signature=signature)
 
 
 def _language(tests: dict) -> str | None:
@@ -230,7 +251,12 @@ def _need_str(d, key: str, where: str) -> None:
 def to_dict(spec: TestSpec) -> dict:
     if isinstance(spec, CallSpec):
         cases = [{"args": wire.encode(list(c.args)), "expected": wire.encode(c.expected)} for c in spec.cases]
-        return {"kind": "call", "entry_point": spec.entry_point, "cases": cases}
+        d = {"kind": "call", "entry_point": spec.entry_point, "cases": cases}
+        if spec.language is not None:
+            d["language"] = spec.language
+        if spec.signature is not None:
+            d["signature"] = spec.signature.to_dict()
+        return d
     if isinstance(spec, StdioSpec):
         d = {"kind": "stdio", "cases": [{"stdin": c.stdin, "stdout": c.stdout} for c in spec.cases]}
         if spec.language is not None:

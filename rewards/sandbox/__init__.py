@@ -33,7 +33,10 @@ channel is the program's word: it may return plain answers (JSON with tagged tup
 `wire.py`) to the call that is open, once, and the callable names it defined; it may report a load failure only as
 syntax_error, runtime_error or memory, and a setup error only before the model's code started. Anything else (a
 forged or malformed frame, an answer to a call never made) kills it with `protocol_violation` (`_protocol.py`).
-A compiled program's output is compared by the supervisor, and its exit status can only fail it. Answers are validated (types, finite
+A compiled program and its harness share one process, so the program can do anything the harness can (exit early
+with 0, print a marker, read the harness's input): a function-call test's harness holds the inputs alone
+(`rewards.harness`) and writes one record per call, which counts as that call's answer and nothing more; stdio
+output is compared by the supervisor; the exit status can only fail a program. Answers are validated (types, finite
 numbers, depth/size caps) and compared by the supervisor without hashing or calling anything the program sent
 (`_compare.py`); assert-style test code runs in the supervisor (outside the
 program's namespaces, uid and memory) with Python's builtins and its own names, and only the names the spec
@@ -56,17 +59,17 @@ or killing the harness and other processes.
 
 What it does not protect against: kernel vulnerabilities (it shares the host kernel; seccomp only narrows the
 surface; compilers and language runtimes run on untrusted source inside the same layers, and a compiler bug is one
-more way in to those layers, not out of them), side channels and timing, reading world-readable system files (/etc, /usr), CPU contention between
-concurrent programs beyond the per-program CPU quota (a program that spins slows the others; one near its time
-limit can then time out), and wrong tests (a test that catches `Exception` around the candidate, or one whose
-helper from the prompt the program redefines, as HumanEval/32 calls the program's `poly`). In rootless mode
-without cgroups, memory is limited per process (address space), not per program tree, and the trusted processes
-share the caller's uid (separated from programs by namespaces, capabilities and seccomp, not by uid). Programs run
-on the interpreter's standard library only (no site-packages), and so does assert-style test code; compiled
-programs see their language's standard library only (no packages, crates or modules beyond it). A JVM gets one
-syscall Python programs do not (`socketpair`, for its file channels; an anonymous pair that reaches nothing). Assert-style
-tests can pass only plain data to `candidate` (no callables or objects; such tests are reported as sandbox_error)
-and cannot observe in-place mutation of arguments.
+more way in to those layers, not out of them), side channels and timing, reading world-readable system files (/etc,
+/usr), CPU contention between concurrent programs beyond the per-program CPU quota (a program that spins slows the
+others; one near its time limit can then time out), and wrong tests (a test that catches `Exception` around the
+candidate, or one whose helper from the prompt the program redefines, as HumanEval/32 calls the program's `poly`). In
+rootless mode without cgroups, memory is limited per process (address space), not per program tree, and the trusted
+processes share the caller's uid (separated from programs by namespaces, capabilities and seccomp, not by uid).
+Programs run on the interpreter's standard library only (no site-packages), and so does assert-style test code;
+compiled programs see their language's standard library only (no packages, crates or modules beyond it). A JVM gets
+one syscall Python programs do not (`socketpair`, for its file channels; an anonymous pair that reaches nothing).
+Assert-style tests can pass only plain data to `candidate` (no callables or objects; such tests are reported as
+sandbox_error) and cannot observe in-place mutation of arguments.
 """
 
 from rewards.sandbox.evaluate import Evaluator

@@ -40,6 +40,8 @@ def run_program(cfg: dict, job_r: int, ctl, cgroups) -> None:
     for fd in (out_r, err_r, req_w, resp_r, pidfd):
         os.close(fd)
     send = lambda obj: write_all(resp, wire.frame(obj))
+    if job.get("language", "python") != "python" and job["mode"] == "call" and cfg["drop_uid"]:
+        os.fchown(resp, cfg["uid"], cfg["gid"])  # a JVM harness opens its result pipe by path after the uid drop
     try:
         _harden(job, cfg, {"out_w": out_w, "err_w": err_w, "req_r": req_r, "resp_w": resp}, cgroups)
     except BaseException as exc:  # our fault: report it as such, never run the code half-isolated

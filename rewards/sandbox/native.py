@@ -4,7 +4,7 @@ For each (program, spec) the evaluator gets a `Plan`: the build (sources, compil
 `languages.py`) and how to turn the compiled files into run jobs. `compile_all` compiles every build that is not in
 the cache, once per distinct build, as sandbox jobs of their own; then the run jobs carry the compiled files and, for
 stdio tests, the input and expected output (judged by the supervisor), for call tests the expected answers (the
-harness inside the program sees only the inputs).
+harness inside the program sees only the inputs; `rewards.harness`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from rewards import harness
 from rewards import spec as specs
 from rewards.sandbox.compile_cache import CompileCache, Compiled
 from rewards.sandbox.jobs import Job, Limits, Run
@@ -48,10 +49,14 @@ def plan(code: str, sp, limits: Limits) -> Plan | Outcome:
     try:
         lang = language(sp.language)
         fingerprint = lang.fingerprint()
-        if not isinstance(sp, specs.StdioSpec):
+        if isinstance(sp, specs.StdioSpec):
+            build = lang.build(code)
+            make = _stdio_jobs(lang, build, sp, limits)
+        elif isinstance(sp, specs.CallSpec):
+            build, expected = harness.call_build(lang, code, sp)
+            make = _call_jobs(lang, build, expected, limits)
+        else:
             raise ValueError(f"{type(sp).__name__} tests run in Python only")
-        build = lang.build(code)
-        make = _stdio_jobs(lang, build, sp, limits)
     except (ToolchainMissing, ValueError) as exc:
         log.error("sandbox: cannot run a %s program: %s", sp.language, exc)
         return make_outcome(["sandbox_error"] * total, str(exc), extra={"language": sp.language})
@@ -72,6 +77,17 @@ def _stdio_jobs(lang, build: Build, sp, limits: Limits):
                     seccomp_allow=lang.seccomp_allow, stdin=c.stdin, expected_stdout=c.stdout, stdout_match=sp.match,
                     limits=run_limits)
                 for c in sp.cases]
+    return make
+
+
+def _call_jobs(lang, build: Build, expected: list, limits: Limits):
+    run_limits = lang.run_limits(limits)
+    argv = run_argv(build, run_limits)
+
+    def make(files: dict) -> list[Job]:
+        return [Job(code="", mode="call", language=lang.name, files=_run_files(build, files), argv=argv,
+                    env=dict(lang.env), seccomp_allow=lang.seccomp_allow,
+                    calls=[(i, []) for i in range(len(expected))], expected=expected, limits=run_limits)]
     return make
 
 
