@@ -88,8 +88,9 @@ class Evaluator:
         outcomes = self._assemble(parsed, owner, jobs, runs)
         for p, outcome in decided.items():
             outcomes[p] = outcome
-        for p, plan in plans.items():
-            outcomes[p].extra.setdefault("language", plan.lang)
+        for p, sp in enumerate(parsed):
+            if unique[p]:
+                outcomes[p].extra.setdefault("language", getattr(sp, "language", None) or "python")
         for p, key in enumerate(keys):
             if not unique[p]:
                 src = first[key]
