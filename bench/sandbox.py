@@ -95,12 +95,12 @@ def main_default(args) -> dict:
 def _hostile_pool() -> list[tuple[str, object, str]]:
     """(code, spec, expected reward) of every attack: the shared file's and ours (tests/rewards/attacks), each with
     the first spec it names (default: the assert-style one)."""
-    from rewards.attacks import _specs
+    from rewards.attacks import case_specs
 
     cases = json.loads(SHARED_ATTACKS.read_text()) if SHARED_ATTACKS.exists() else []
     cases += [c for f in sorted(OWN_ATTACKS.glob("*.json")) for c in json.loads(f.read_text())]
-    return [(c["code"], _specs(c.get("specs", ["assert"]))[0][1], expected_reward(c["expected_outcome"]))
-            for c in cases]
+    return [(c["code"], case_specs({"specs": ["assert"] if not c.get("language") else ["call"], **c})[0][1],
+             expected_reward(c["expected_outcome"])) for c in cases]
 
 
 def _rss_kib(pid: int) -> int:
