@@ -141,12 +141,14 @@ def program_for(prompt, completion, entry_point: str | None = None, language: st
     if entry_point and isinstance(prompt, str):
         text = completion_text(completion)
         if "```" not in text and not declares(text, entry_point, language) and \
-                _is_stub(prompt, entry_point, language):
+                is_stub(prompt, entry_point, language):
             return prompt + text + ("" if text.endswith("\n") else "\n")
     return extract_code(completion, entry_point, language)
 
 
-def _is_stub(prompt: str, entry_point: str, language: str) -> bool:
+def is_stub(prompt: str, entry_point: str, language: str = "python") -> bool:
+    """True if a plain (non-chat) prompt is source code to continue: for Python, it parses and defines `entry_point`
+    at top level (`is_code_stub`); for another language, it ends with the open body of `entry_point`'s definition."""
     if language == "python":
         return is_code_stub(prompt, entry_point)
     return prompt.rstrip().endswith("{") and declares(prompt, entry_point, language)

@@ -20,6 +20,8 @@ def row_language(column, i: int) -> str | None:
     if column is None:
         return None
     value = column[i]
+    if value == "any":  # the answer's language decides
+        return None
     lang = canonical_language(value) if value else None
     if value and lang is None:
         raise ValueError(f"language column: {value!r} is not a language the sandbox runs; use python or one of "

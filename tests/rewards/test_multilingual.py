@@ -102,6 +102,7 @@ def test_resolve_language(sp, completion, row_lang, chosen):
 def test_row_language_column():
     assert row_language(["C++", None, ""], 0) == "cpp" and row_language(["C++", None, ""], 1) is None
     assert row_language(None, 3) is None
+    assert row_language(["any"], 0) is None  # the answer's language decides
     with pytest.raises(ValueError, match="language column"):
         row_language(["cobol"], 0)
 
@@ -111,6 +112,7 @@ def test_format_reward_follows_the_row_language():
     completions = [f"```cpp\n{CPP}```", f"```cpp\n{CPP}```", "```python\nx = 1\n```"]
     assert fmt(["p"] * 3, completions, language=["cpp", None, "python"]) == [1.0, 0.0, 1.0]
     assert fmt(["p"], ["```python\nx\n```"]) == [1.0]  # no column: Python
+    assert fmt(["p"] * 2, ["```go\npackage main\n```", "```bash\nls\n```"], language=["any"] * 2) == [1.0, 0.0]
 
 
 @pytest.fixture(scope="module")
