@@ -65,4 +65,6 @@ def validate(language: str, entry_point: str, signature: Signature | None, cases
 def call_build(lang, code: str, sp):
     """(build of program + harness, expected trees) for the call spec `sp` in `lang` (a languages.Language)."""
     calls, expected = calls_and_expected(lang.name, sp.signature, sp.cases)
-    return lang.build(code, TARGETS[lang.name].harness(sp.entry_point, calls)), expected
+    harness = TARGETS[lang.name].harness(sp.entry_point, calls)
+    prelude, harness = harness if isinstance(harness, tuple) else ("", harness)  # C++: headers before the program
+    return lang.build(code, harness, prelude=prelude), expected

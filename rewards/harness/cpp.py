@@ -95,95 +95,120 @@ def expected(value, t: T):
 
 LIBRARY = r"""
 #include <cerrno>
-#include <cmath>
 #include <cstdio>
-#include <map>
+#include <cstdlib>
+#include <cstring>
 #include <new>
-#include <optional>
-#include <set>
-#include <string>
-#include <tuple>
 #include <type_traits>
-#include <unordered_map>
-#include <unordered_set>
 #include <utility>
-#include <vector>
 #include <unistd.h>
 
+// The result encoder, by what a type can do rather than by name, so that it needs no container header of its own
+// (only those of the types the test passes are included, above the program).
 namespace sbx_harness {
-inline void str(std::string &o, const std::string &s) {
-  o += '"';
-  for (unsigned char c : s) {
-    if (c == '"') o += "\\\"";
-    else if (c == '\\') o += "\\\\";
-    else if (c < 0x20) { char b[8]; std::snprintf(b, sizeof b, "\\u%04x", c); o += b; }
-    else o += (char)c;
+struct Out {
+  char *p = nullptr;
+  size_t n = 0, cap = 0;
+  void add(const char *s, size_t k) {
+    if (n + k + 1 > cap) {
+      cap = (n + k + 1) * 2;
+      p = (char *)std::realloc(p, cap);
+      if (!p) throw std::bad_alloc();
+    }
+    std::memcpy(p + n, s, k);
+    n += k;
   }
-  o += '"';
+  void add(const char *s) { add(s, std::strlen(s)); }
+};
+template <class T, class = void> struct iterable : std::false_type {};
+template <class T> struct iterable<T, std::void_t<decltype(std::declval<const T &>().begin()),
+                                                  decltype(std::declval<const T &>().end())>> : std::true_type {};
+template <class T, class = void> struct text : std::false_type {};
+template <class T> struct text<T, std::void_t<decltype(std::declval<const T &>().data()),
+                                              decltype(std::declval<const T &>().size())>>
+    : std::is_same<typename T::value_type, char> {};
+template <class T, class = void> struct keyed : std::false_type {};
+template <class T> struct keyed<T, std::void_t<typename T::key_type>> : std::true_type {};
+template <class T, class = void> struct mapped : std::false_type {};
+template <class T> struct mapped<T, std::void_t<typename T::mapped_type>> : std::true_type {};
+template <class T, class = void> struct optional_like : std::false_type {};
+template <class T> struct optional_like<T, std::void_t<decltype(std::declval<const T &>().has_value()),
+                                                       decltype(*std::declval<const T &>())>> : std::true_type {};
+template <class T, class = void> struct tuple_like : std::false_type {};
+template <class T> struct tuple_like<T, std::void_t<decltype(std::tuple_size<T>::value)>> : std::true_type {};
+
+inline void str(Out &o, const char *s, size_t k) {
+  o.add("\"");
+  for (size_t i = 0; i < k; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c == '"') o.add("\\\"");
+    else if (c == '\\') o.add("\\\\");
+    else if (c < 0x20) { char b[8]; std::snprintf(b, sizeof b, "\\u%04x", c); o.add(b); }
+    else o.add(s + i, 1);
+  }
+  o.add("\"");
 }
-inline void real(std::string &o, double v, int digits) {
-  if (std::isnan(v)) { o += "{\"__float__\":\"nan\"}"; return; }
-  if (std::isinf(v)) { o += v > 0 ? "{\"__float__\":\"inf\"}" : "{\"__float__\":\"-inf\"}"; return; }
+inline void real(Out &o, double v, int digits) {
+  if (__builtin_isnan(v)) { o.add("{\"__float__\":\"nan\"}"); return; }
+  if (__builtin_isinf(v)) { o.add(v > 0 ? "{\"__float__\":\"inf\"}" : "{\"__float__\":\"-inf\"}"); return; }
   char b[48];
-  std::snprintf(b, sizeof b, "%.*g", digits, v);
-  std::string s(b);
-  if (s.find_first_of(".eE") == std::string::npos) s += ".0";
-  o += s;
+  int k = std::snprintf(b, sizeof b, "%.*g", digits, v);
+  o.add(b, (size_t)k);
+  if (!std::strpbrk(b, ".eE")) o.add(".0");
 }
-inline void enc(std::string &o, bool v) { o += v ? "true" : "false"; }
-inline void enc(std::string &o, char v) { str(o, std::string(1, v)); }
-inline void enc(std::string &o, float v) { real(o, v, 9); }
-inline void enc(std::string &o, double v) { real(o, v, 17); }
-inline void enc(std::string &o, long double v) { real(o, (double)v, 17); }
-inline void enc(std::string &o, const std::string &v) { str(o, v); }
-inline void enc(std::string &o, const char *v) { str(o, v); }
-template <class I, typename std::enable_if<std::is_integral<I>::value && !std::is_same<I, bool>::value &&
-                                           !std::is_same<I, char>::value, int>::type = 0>
-inline void enc(std::string &o, I v) { o += std::to_string(v); }
-template <class A> void enc(std::string &o, const std::vector<A> &v);
-template <class A> void enc(std::string &o, const std::set<A> &v);
-template <class A> void enc(std::string &o, const std::unordered_set<A> &v);
-template <class K, class V> void enc(std::string &o, const std::map<K, V> &v);
-template <class K, class V> void enc(std::string &o, const std::unordered_map<K, V> &v);
-template <class A, class B> void enc(std::string &o, const std::pair<A, B> &v);
-template <class... A> void enc(std::string &o, const std::tuple<A...> &v);
-template <class A> void enc(std::string &o, const std::optional<A> &v);
-template <class C> void seq(std::string &o, const C &v) {
-  bool first = true;
-  for (const auto &x : v) { if (!first) o += ','; first = false; enc(o, x); }
+template <class T> void enc(Out &o, const T &v);
+template <class T, size_t... I> void items(Out &o, const T &v, std::index_sequence<I...>) {
+  ((o.add(I ? "," : ""), enc(o, std::get<I>(v))), ...);
 }
-template <class C> void pairs(std::string &o, const C &v) {
-  o += "{\"__dict__\":[";
+template <class C> void seq(Out &o, const C &v) {
   bool first = true;
-  for (const auto &kv : v) {
-    if (!first) o += ',';
-    first = false;
-    o += '['; enc(o, kv.first); o += ','; enc(o, kv.second); o += ']';
+  for (const auto &x : v) { if (!first) o.add(","); first = false; enc(o, x); }
+}
+template <class T> void enc(Out &o, const T &v) {
+  if constexpr (std::is_same<T, bool>::value) {
+    o.add(v ? "true" : "false");
+  } else if constexpr (std::is_same<T, char>::value) {
+    str(o, &v, 1);
+  } else if constexpr (std::is_integral<T>::value) {
+    char b[32];
+    int k = std::is_signed<T>::value ? std::snprintf(b, sizeof b, "%lld", (long long)v)
+                                     : std::snprintf(b, sizeof b, "%llu", (unsigned long long)v);
+    o.add(b, (size_t)k);
+  } else if constexpr (std::is_same<T, float>::value) {
+    real(o, v, 9);
+  } else if constexpr (std::is_floating_point<T>::value) {
+    real(o, (double)v, 17);
+  } else if constexpr (std::is_same<typename std::decay<T>::type, const char *>::value ||
+                       std::is_same<typename std::decay<T>::type, char *>::value) {
+    str(o, v, std::strlen(v));
+  } else if constexpr (text<T>::value) {
+    str(o, v.data(), v.size());
+  } else if constexpr (optional_like<T>::value) {
+    if (v.has_value()) enc(o, *v); else o.add("null");
+  } else if constexpr (std::is_class<T>::value && std::is_convertible<T, bool>::value && !iterable<T>::value) {
+    o.add(v ? "true" : "false");  // a std::vector<bool> element
+  } else if constexpr (mapped<T>::value) {
+    o.add("{\"__dict__\":[");
+    bool first = true;
+    for (const auto &kv : v) {
+      if (!first) o.add(",");
+      first = false;
+      o.add("["); enc(o, kv.first); o.add(","); enc(o, kv.second); o.add("]");
+    }
+    o.add("]}");
+  } else if constexpr (keyed<T>::value) {
+    o.add("{\"__set__\":["); seq(o, v); o.add("]}");
+  } else if constexpr (iterable<T>::value) {
+    o.add("["); seq(o, v); o.add("]");
+  } else if constexpr (tuple_like<T>::value) {
+    o.add("{\"__tuple__\":["); items(o, v, std::make_index_sequence<std::tuple_size<T>::value>{}); o.add("]}");
+  } else {
+    o.add("{\"__unserialisable__\":\"type\"}");
   }
-  o += "]}";
 }
-template <class A> void enc(std::string &o, const std::vector<A> &v) { o += '['; seq(o, v); o += ']'; }
-template <class A> void enc(std::string &o, const std::set<A> &v) { o += "{\"__set__\":["; seq(o, v); o += "]}"; }
-template <class A> void enc(std::string &o, const std::unordered_set<A> &v) {
-  o += "{\"__set__\":["; seq(o, v); o += "]}";
-}
-template <class K, class V> void enc(std::string &o, const std::map<K, V> &v) { pairs(o, v); }
-template <class K, class V> void enc(std::string &o, const std::unordered_map<K, V> &v) { pairs(o, v); }
-template <class A, class B> void enc(std::string &o, const std::pair<A, B> &v) {
-  o += "{\"__tuple__\":["; enc(o, v.first); o += ','; enc(o, v.second); o += "]}";
-}
-template <class... A> void enc(std::string &o, const std::tuple<A...> &v) {
-  o += "{\"__tuple__\":[";
-  bool first = true;
-  std::apply([&](const auto &...x) { ((o += first ? "" : ",", first = false, enc(o, x)), ...); }, v);
-  o += "]}";
-}
-template <class A> void enc(std::string &o, const std::optional<A> &v) {
-  if (v) enc(o, *v); else o += "null";
-}
-inline void emit(const std::string &s) {
-  const char *p = s.data();
-  size_t n = s.size();
+inline void emit(const Out &o) {
+  const char *p = o.p;
+  size_t n = o.n;
   while (n) {
     ssize_t w = ::write(3, p, n);
     if (w < 0 && errno == EINTR) continue;
@@ -192,21 +217,50 @@ inline void emit(const std::string &s) {
     n -= (size_t)w;
   }
 }
+inline void answer(int seq, void (*call)(Out &)) {
+  Out o;
+  char head[48];
+  o.add(head, (size_t)std::snprintf(head, sizeof head, "{\"seq\":%d,", seq));
+  size_t start = o.n;
+  try {
+    o.add("\"ok\":");
+    call(o);
+  } catch (const std::bad_alloc &) {
+    o.n = start;
+    o.add("\"exc\":\"MemoryError\"");
+  } catch (...) {
+    o.n = start;
+    o.add("\"exc\":\"Exception\"");
+  }
+  o.add("}\n");
+  emit(o);
+  std::free(o.p);
+}
 }  // namespace sbx_harness
 """
+HEADERS = {"list": "vector", "set": "set", "dict": "map", "optional": "optional", "tuple": "tuple", "str": "string"}
+"""The standard header each type of a call's arguments needs (included ahead of the program, as a stub would)."""
 
 
-def harness(entry: str, calls: list[list[tuple]]) -> str:
-    """calls: one list of (value, type) per call."""
+def _headers(t: T, found: set) -> set:
+    if t.kind in HEADERS:
+        found.add(HEADERS[t.kind])
+    for a in t.args:
+        _headers(a, found)
+    return found
+
+
+def harness(entry: str, calls: list[list[tuple]]) -> tuple[str, str]:
+    """(prelude, harness): the headers the arguments' types need, to go before the program (which may use them too,
+    as MultiPL-E's stubs include them), and the encoder and main, to go after it. calls: [(value, type)] per call."""
+    headers = set()
     body = []
     for seq, args in enumerate(calls):
-        decls = "".join(f"      {type_name(t)} sbx_a{i} = {literal(v, t)};\n" for i, (v, t) in enumerate(args))
+        for _, t in args:
+            _headers(t, headers)
+        decls = "".join(f"    {type_name(t)} sbx_a{i} = {literal(v, t)};\n" for i, (v, t) in enumerate(args))
         names = ", ".join(f"sbx_a{i}" for i in range(len(args)))
-        body.append(
-            f"  {{\n    std::string sbx_line = \"{{\\\"seq\\\":{seq},\";\n    try {{\n{decls}"
-            f"      auto sbx_r = {entry}({names});\n      std::string sbx_v;\n      sbx_harness::enc(sbx_v, sbx_r);\n"
-            f"      sbx_line += \"\\\"ok\\\":\" + sbx_v;\n"
-            f"    }} catch (const std::bad_alloc &) {{\n      sbx_line += \"\\\"exc\\\":\\\"MemoryError\\\"\";\n"
-            f"    }} catch (...) {{\n      sbx_line += \"\\\"exc\\\":\\\"Exception\\\"\";\n    }}\n"
-            f"    sbx_line += \"}}\\n\";\n    sbx_harness::emit(sbx_line);\n  }}\n")
-    return LIBRARY + "\nint main() {\n" + "".join(body) + "  return 0;\n}\n"
+        body.append(f"  sbx_harness::answer({seq}, [](sbx_harness::Out &sbx_o) {{\n{decls}"
+                    f"    sbx_harness::enc(sbx_o, {entry}({names}));\n  }});\n")
+    prelude = "".join(f"#include <{h}>\n" for h in sorted(headers))
+    return prelude, LIBRARY + "\nint main() {\n" + "".join(body) + "  return 0;\n}\n"

@@ -106,17 +106,32 @@ def expected(value, t: T):
 LIBRARY = r"""package main
 
 import (
-	"encoding/json"
 	"math"
 	"os"
 	"reflect"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 func sbxString(b *strings.Builder, s string) {
-	text, _ := json.Marshal(s)
-	b.Write(text)
+	b.WriteByte('"')
+	for _, r := range s { // invalid UTF-8 reads as U+FFFD
+		switch {
+		case r == '"':
+			b.WriteString(`\"`)
+		case r == '\\':
+			b.WriteString(`\\`)
+		case r < 0x20:
+			b.WriteString(`\u00`)
+			b.WriteByte("0123456789abcdef"[r>>4])
+			b.WriteByte("0123456789abcdef"[r&15])
+		default:
+			var buf [utf8.UTFMax]byte
+			b.Write(buf[:utf8.EncodeRune(buf[:], r)])
+		}
+	}
+	b.WriteByte('"')
 }
 
 func sbxReal(b *strings.Builder, f float64, bits int) {

@@ -112,8 +112,9 @@ class Language:
     def compile_env(self) -> dict:
         return {}
 
-    def build(self, program: str, harness: str | None = None, main: str | None = None) -> Build:
-        """The build of `program` alone (stdio) or with a generated call `harness` (see `rewards.harness`)."""
+    def build(self, program: str, harness: str | None = None, main: str | None = None, prelude: str = "") -> Build:
+        """The build of `program` alone (stdio) or with a generated call `harness` (see `rewards.harness`); a
+        `prelude` goes before the program (C++: the headers the harness's arguments need)."""
         raise NotImplementedError
 
 
@@ -150,17 +151,17 @@ def _rename_main(program: str, pattern: str, new: str) -> str:
 
 
 class Cpp(Language):
-    def build(self, program, harness=None, main=None):
+    def build(self, program, harness=None, main=None, prelude=""):
         gxx = self.paths()["g++"]
         source = program if harness is None else \
-            _rename_main(program, r"\bint\s+main\s*\(", "int sbx_program_main(") + "\n" + harness
+            prelude + _rename_main(program, r"\bint\s+main\s*\(", "int sbx_program_main(") + "\n" + harness
         return Build("cpp", {"main.cpp": source},
                      [[gxx, "-std=c++17", "-O1", "-pipe", "-w", "-o", f"{OUT}/prog", f"{SRC}/main.cpp"]],
                      ["prog"], [f"{APP}/prog"])
 
 
 class Rust(Language):
-    def build(self, program, harness=None, main=None):
+    def build(self, program, harness=None, main=None, prelude=""):
         rustc = self.paths()["rustc"]
         source = program if harness is None else \
             _rename_main(program, r"\bfn\s+main\s*\(", "fn sbx_program_main(") + "\n" + harness
@@ -181,7 +182,7 @@ class Go(Language):
     def compile_env(self):
         return {"GOROOT": self.paths()["goroot"], "GOCACHE": "/tmp/gocache"}
 
-    def build(self, program, harness=None, main=None):
+    def build(self, program, harness=None, main=None, prelude=""):
         tools = self.paths()
         source = _GO_PACKAGE.sub("package main", program, count=1)
         if not _GO_PACKAGE.search(source):
@@ -221,7 +222,7 @@ JVM_FLAGS = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto", "-XX
 
 
 class Java(Language):
-    def build(self, program, harness=None, main=None):
+    def build(self, program, harness=None, main=None, prelude=""):
         tools = self.paths()
         source = _JAVA_PACKAGE.sub("", program)  # one unnamed package: the harness and the program meet there
         public = _JAVA_PUBLIC.search(source)
@@ -240,7 +241,7 @@ class Java(Language):
 
 
 class JavaScript(Language):
-    def build(self, program, harness=None, main=None):
+    def build(self, program, harness=None, main=None, prelude=""):
         node = self.paths()["node"]
         source = program if harness is None else program + "\n" + harness
         return Build("javascript", {"prog.js": source}, [[node, "--check", f"{SRC}/prog.js"]], [],

@@ -182,7 +182,7 @@ STRINGS = 'quote " backslash \\ newline \n tab \t nul \0 é 😀'
 ECHO = {
     "cpp": ("#include <tuple>\ntemplate <class... A> auto echo(A... a) { return std::make_tuple(a...); }\n",
             ["int", "float", "bool", "str", "List[List[int]]", "Dict[str, List[float]]", "Optional[int]",
-             "Tuple[int, str]", "Set[int]"], "tuple"),
+             "Tuple[int, str]", "Set[int]", "List[bool]"], "tuple"),
     "rust": ("fn echo<A, B, C, D, E, F, G, H, I>(a: A, b: B, c: C, d: D, e: E, f: F, g: G, h: H, i: I)\n"
              "    -> (A, B, C, D, E, F, G, H, I) {\n    (a, b, c, d, e, f, g, h, i)\n}\n",
              ["int", "float", "bool", "str", "List[List[int]]", "Dict[str, List[float]]", "Optional[int]",
@@ -201,7 +201,7 @@ VALUES = {
     "int": [-(2**63), 2**53], "float": [0.5, -1.25e-3], "bool": [True, False], "str": [STRINGS, ""],
     "List[List[int]]": [[[1, 2], []], []], "Dict[str, List[float]]": [{"a": [1.5, -2.0], "": []}, {}],
     "Optional[int]": [None, 7], "Tuple[int, str]": [(1, "x"), (-5, "")], "Set[int]": [{3, 1}, set()],
-    "Dict[int, bool]": [{1: True, -2: False}, {}],
+    "Dict[int, bool]": [{1: True, -2: False}, {}], "List[bool]": [[True, False], []],
 }
 SAFE_DIV = {
     "cpp": "#include <stdexcept>\nlong safe_div(long a, long b) {\n  if (b == 0) throw std::runtime_error(\"zero\");\n"
