@@ -52,8 +52,9 @@ fields, deep nesting, huge or non-finite numbers, categories outside CATEGORIES)
 (SysV shared memory and message queues, files, the memory of earlier jobs in reused processes), programs replacing
 builtins or the test's own names, and exceptions that steer the test's control flow (StopIteration in map(),
 AttributeError in getattr()), resource exhaustion of the program (loops, sleeps, fork and memory bombs, output
-floods, disk filling) and of the trusted processes (answer floods, hash-collision sets, a request pipe the program
-stops reading; all bounded by per-job budgets, non-blocking writes and a memory limit on supervisors), crashes,
+floods, disk filling), of its compiler (template explosions, includes of endless files: the compile job's own
+time, memory and output budget) and of the trusted processes (answer floods, hash-collision sets, a request pipe the
+program stops reading; all bounded by per-job budgets, non-blocking writes and a memory limit on supervisors), crashes,
 writes/deletes outside its tmpfs, reading the caller's environment or home directory, network access, signalling
 or killing the harness and other processes.
 

@@ -45,12 +45,15 @@ def environment(job: dict, base: dict) -> dict:
     return env
 
 
-def start(job: dict, base_env: dict, fds: dict) -> None:
+def start(job: dict, base_env: dict, fds: dict, private_tmp: bool) -> None:
     """Compile or execute the job (see the module docstring). Never returns. fds: the hardened process's req_r and
-    resp_w; before "armed" only our code has run, and a failure to set up is reported as ours (setup_error)."""
+    resp_w; before "armed" only our code has run, and a failure to set up is reported as ours (setup_error).
+    private_tmp: /tmp is this program's own tmpfs (the namespaces layer); the paths here need it."""
     resp, compiling = fds["resp_w"], job["mode"] == "compile"
     send = lambda obj, fd=resp: write_all(fd, wire.frame(obj))  # noqa: E731
     try:
+        if not private_tmp:
+            raise OSError("languages other than Python need the namespaces layer (a private /tmp per program)")
         env = environment(job, base_env)
         root = SRC if compiling else APP
         write_files(root, job["files"])

@@ -48,7 +48,7 @@ def run_program(cfg: dict, job_r: int, ctl, cgroups) -> None:
         send({"t": "setup_error", "detail": f"{type(exc).__name__}: {exc}"})
         os._exit(70)
     if job.get("language", "python") != "python":
-        _native.start(job, ENVIRONMENT, {"req_r": req_r, "resp_w": resp})  # compiles or executes; never returns
+        _native.start(job, ENVIRONMENT, {"req_r": req_r, "resp_w": resp}, cfg["namespaces"])  # never returns
     # The last frame the supervisor trusts: from here on the model's code shares this process, and everything
     # on the channel is the program's word (a setup error is no longer accepted, nor any category but failures).
     send({"t": "armed"})

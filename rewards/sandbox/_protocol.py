@@ -223,3 +223,25 @@ class NativeChannel:
             answer = {"exc": exc, "detail": clean(detail, 300)}
         self.open_seq = seq + 1
         return ("answer", seq, answer)
+
+    def compile_outcome(self, category: str, detail: str, lim: dict, collects: bool) -> tuple[str, str, dict | None]:
+        """A compile job's end, from how its process ended (`category`, `detail`, as the supervisor classified it)
+        and the "compiled" frame: ("ok", "", files), or compile_error saying why (sandbox_error stays)."""
+        if category == "sandbox_error":
+            return category, detail, None
+        compiled = self.compiled
+        if category != "ok" or compiled is None:
+            why = {"timeout": f"compiler timeout: it ran past its {lim['timeout']}s limit",
+                   "memory": f"the compiler ran out of its {lim['memory_mb']} MiB",
+                   "output_limit": f"the compiler wrote more than {lim['output_bytes']} bytes"}.get(category)
+            return "compile_error", why or f"the compiler did not finish ({category}: {detail})", None
+        for step, status in enumerate(compiled["status"]):
+            if status:
+                how = (f"exit status {status >> 8}" if status & 0x7F == 0 else f"signal {status & 0x7F}")
+                return "compile_error", f"compile step {step + 1} failed ({how})", None
+        files = compiled["files"]
+        if "__too_large__" in files:
+            return "compile_error", "the compiled program is larger than the artifact budget", None
+        if not files and collects:
+            return "compile_error", "the compiler produced none of the expected outputs", None
+        return "ok", "", files

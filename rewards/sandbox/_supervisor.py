@@ -365,33 +365,12 @@ class Supervisor:
             return [missing] * total, ""
         return self.verdict["tests"], self.verdict["detail"]
 
-    def _compiled(self, category: str, detail: str) -> tuple[str, str, dict | None]:
-        """A compile job's end: "ok" with the collected outputs, or compile_error saying why (sandbox_error stays)."""
-        if category == "sandbox_error":
-            return category, detail, None
-        compiled = self.channel.compiled
-        if category != "ok" or compiled is None:
-            why = {"timeout": f"compiler timeout: it ran past its {self.lim['timeout']}s limit",
-                   "memory": f"the compiler ran out of its {self.lim['memory_mb']} MiB",
-                   "output_limit": f"the compiler wrote more than {self.lim['output_bytes']} bytes"}.get(category)
-            return "compile_error", why or f"the compiler did not finish ({category}: {detail})", None
-        for step, status in enumerate(compiled["status"]):
-            if status:
-                how = (f"exit status {os.WEXITSTATUS(status)}" if os.WIFEXITED(status) else
-                       f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"status {status}")
-                return "compile_error", f"compile step {step + 1} failed ({how})", None
-        files = compiled["files"]
-        if "__too_large__" in files:
-            return "compile_error", "the compiled program is larger than the artifact budget", None
-        if not files and self.job.get("collect"):
-            return "compile_error", "the compiler produced none of the expected outputs", None
-        return "ok", "", files
-
     def _finish(self) -> None:
         category, detail = self._classify()
         artifact = None
         if self.job["mode"] == "compile":
-            category, detail, artifact = self._compiled(category, detail)
+            category, detail, artifact = self.channel.compile_outcome(category, detail, self.lim,
+                                                                      bool(self.job.get("collect")))
         tests, test_detail = self._tests(category)
         elapsed = time.monotonic() - self.t0
         if "workdir" in self.job:

@@ -102,3 +102,27 @@ def test_case_specs_follow_the_language():
         case_specs({"id": "x", "language": "cpp", "specs": ["assert"]})
     with pytest.raises(ValueError, match="not one the sandbox runs"):
         case_specs({"id": "x", "language": "cobol"})
+
+
+@pytest.mark.slow
+def test_rootless_multilingual_attacks():
+    """The same attacks as a user without privileges (a user namespace; per-program rlimits without cgroups)."""
+    import os
+    import shutil
+    import tempfile
+
+    from tests.rewards.test_sandbox_isolation import ROOTLESS_UID, _rootless
+
+    where = Path(tempfile.mkdtemp(prefix="sbx-rootless-ml-"))  # pytest's tmp dirs are closed to other users
+    try:
+        runnable = [c for c in CASES if missing(c["language"]) is None]
+        (where / "attacks.json").write_text(json.dumps(runnable))
+        for path in (where, where / "attacks.json"):
+            os.chown(path, ROOTLESS_UID, ROOTLESS_UID)
+        proc = _rootless(["-m", "rewards.attacks", str(where / "attacks.json"), "--timeout", "2", "--probe-dir",
+                          str(where / "probes")], str(where), 900)
+        assert proc.stdout, proc.stderr[-3000:]
+        summary = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert proc.returncode == 0 and summary["correct_verdicts"] == summary["cases"] == len(runnable), proc.stdout
+    finally:
+        shutil.rmtree(where, ignore_errors=True)

@@ -258,3 +258,11 @@ def test_jvm_file_channels_need_and_get_a_socket_pair(lang):
     with Evaluator(limits=Limits(timeout=3)) as ev:
         [out] = ev.evaluate([program], [sp])
     assert out.category == "passed", (out.detail, out.stdout, out.stderr)
+
+
+@pytest.mark.parametrize("lang", params(["cpp"]))
+def test_other_languages_need_the_namespaces_layer(lang):
+    """Their files live at fixed paths under /tmp: without a private /tmp per program they would share the host's."""
+    with Evaluator(limits=Limits(timeout=3), disable=("namespaces",), allow_weak=True) as ev:
+        [out] = ev.evaluate([SUM[lang]], [spec.StdioSpec(CASES.cases, language=lang)])
+    assert out.category == "sandbox_error" and "namespaces layer" in out.detail, out

@@ -70,3 +70,29 @@ def test_armed_and_first_record_in_one_read():
     events = channel.feed(ARMED + _line({"seq": 0, "ok": [1.5, "a", None]}))
     assert events == [("armed",), ("answer", 0, {"ok": [1.5, "a", None]})]
     assert math.isclose(events[1][2]["ok"][0], 1.5)
+
+
+LIM = {"timeout": 30, "memory_mb": 2048, "output_bytes": 1024}
+# (how the compile process ended, its "compiled" frame, the outcome's category and the start of its detail)
+COMPILES = [
+    ("ok", {"status": [0, 0], "files": {"prog": "AA=="}}, "ok", ""),
+    ("ok", {"status": [0, 256], "files": {}}, "compile_error", "compile step 2 failed (exit status 1)"),
+    ("ok", {"status": [9], "files": {}}, "compile_error", "compile step 1 failed (signal 9)"),
+    ("ok", {"status": [0], "files": {}}, "compile_error", "the compiler produced none"),  # prog was to be collected
+    ("ok", {"status": [0], "files": {"__too_large__": ""}}, "compile_error", "the compiled program is larger"),
+    ("timeout", None, "compile_error", "compiler timeout"),  # not cached (rewards.sandbox.native)
+    ("memory", None, "compile_error", "the compiler ran out"),
+    ("output_limit", None, "compile_error", "the compiler wrote more"),
+    ("protocol_violation", None, "compile_error", "the compiler did not finish"),
+    ("sandbox_error", None, "sandbox_error", "runner"),  # ours
+]
+
+
+@pytest.mark.parametrize("ended,compiled,category,detail", COMPILES)
+def test_compile_outcomes(ended, compiled, category, detail):
+    channel = NativeChannel("compile", 0)
+    channel.feed(ARMED)
+    if compiled is not None:
+        channel.feed(wire.frame({"t": "compiled", **compiled}))
+    got = channel.compile_outcome(ended, "runner lost", LIM, collects=True)
+    assert got[0] == category and got[1].startswith(detail) and (got[2] is not None) == (category == "ok")
