@@ -27,14 +27,17 @@ def _safe(name) -> bool:
         and name.isprintable()
 
 
-def write_files(root: str, files: dict) -> None:
+def write_files(root: str, names: list, blobs: list) -> None:
+    """The job's files (names, and their bytes as the job's raw blobs) into root."""
     os.makedirs(root, mode=0o700, exist_ok=True)
-    for name, text in files.items():
+    if len(names) != len(blobs):
+        raise ValueError(f"{len(names)} file names for {len(blobs)} blobs")
+    for name, data in zip(names, blobs, strict=True):
         if not _safe(name):
             raise ValueError(f"file name {name!r}")
         fd = os.open(f"{root}/{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
         try:
-            write_all(fd, base64.b64decode(text))
+            write_all(fd, data)
         finally:
             os.close(fd)
 
@@ -56,7 +59,7 @@ def start(job: dict, base_env: dict, fds: dict, private_tmp: bool) -> None:
             raise OSError("languages other than Python need the namespaces layer (a private /tmp per program)")
         env = environment(job, base_env)
         root = SRC if compiling else APP
-        write_files(root, job["files"])
+        write_files(root, job["files"], job.pop(wire.BLOB_DATA, []))
         if compiling:
             os.makedirs(OUT, mode=0o700, exist_ok=True)
         os.chdir(root)

@@ -166,7 +166,7 @@ class Zygote:
         write_all(self.out, wire.frame(obj))
 
     def serve(self) -> None:
-        reader = wire.FrameReader()
+        reader = wire.TrustedReader()
         self.sel.register(0, selectors.EVENT_READ, None)
         for _ in range(self.cfg["max_concurrency"]):
             self._spawn_slot()
@@ -231,7 +231,7 @@ class Zygote:
             slot.update(job=job["id"], cg=job["cg"], deadline=time.monotonic() + job["limits"]["timeout"] + 15.0)
             self.running[job["id"]] = slot
             with contextlib.suppress(OSError):  # if the slot died, its closed output retires it
-                write_all(slot["job_w"], wire.frame(job))
+                write_all(slot["job_w"], wire.reframe(job))
 
     def _on_slot(self, slot: dict) -> None:
         data = os.read(slot["out_r"], 1 << 16)

@@ -209,13 +209,10 @@ def apply_frame(frame: dict, job: Job, run: Run) -> bool:
     return True
 
 
-def encode_files(files: dict) -> dict:
-    """file name -> bytes, as it travels in a frame (base64 text)."""
-    return {name: base64.b64encode(data).decode() for name, data in files.items()}
-
-
 def decode_files(tree, max_bytes: int) -> dict:
-    """The inverse of `encode_files` for a frame we did not write: names must be plain file names, sizes bounded."""
+    """A compile job's artifact as its end frame carries it ({file name: base64 text}) -> {file name: bytes}; the
+    frame comes from the runner, which took the files from a program's process: names must be plain file names,
+    sizes bounded."""
     if type(tree) is not dict or len(tree) > 4096:
         raise ValueError("files are not a map of names")
     out, total = {}, 0

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from rewards.sandbox import wire
-from rewards.sandbox.jobs import ARTIFACT_BYTES, Job, Run, apply_frame, encode_files
+from rewards.sandbox.jobs import ARTIFACT_BYTES, Job, Run, apply_frame
 
 log = logging.getLogger("rewards.sandbox")
 
@@ -272,10 +272,12 @@ class Sandbox:
                        "output_bytes": lim.output_bytes, "answer_bytes": lim.answer_bytes,
                        "max_processes": lim.max_processes, "address_space_mb": lim.address_space_mb,
                        "open_files": lim.open_files, "artifact_bytes": ARTIFACT_BYTES}}
-        if job.language != "python":
-            frame.update(language=job.language, files=encode_files(job.files), argv=job.argv, steps=job.steps,
+        blobs = []
+        if job.language != "python":  # the files travel as raw blobs after the frame, not inside the JSON
+            frame.update(language=job.language, files=list(job.files), argv=job.argv, steps=job.steps,
                          collect=job.collect, env=job.env, seccomp_allow=job.seccomp_allow)
-        self._outq.put(wire.frame(frame))
+            blobs = list(job.files.values())
+        self._outq.put(wire.frame_blobs(frame, blobs))
 
     def _on_zygote(self, ids: dict, ended: set, jobs: list, runs: list) -> bool:
         data = os.read(self.proc.stdout.fileno(), 1 << 16)

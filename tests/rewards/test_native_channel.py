@@ -96,3 +96,17 @@ def test_compile_outcomes(ended, compiled, category, detail):
         channel.feed(wire.frame({"t": "compiled", **compiled}))
     got = channel.compile_outcome(ended, "runner lost", LIM, collects=True)
     assert got[0] == category and got[1].startswith(detail) and (got[2] is not None) == (category == "ok")
+
+
+def test_trusted_frames_carry_raw_blobs():
+    """Jobs carry compiled programs as raw bytes after their frame (the sandbox's own channels only)."""
+    data = wire.frame_blobs({"op": "run", "files": ["prog", "x"]}, [b"\x7fELF" * 1000, b""]) + wire.frame({"n": 2})
+    reader = wire.TrustedReader()
+    got = [m for i in range(0, len(data), 7) for m in reader.feed(data[i:i + 7])]  # any split
+    assert got[0][wire.BLOB_DATA] == [b"\x7fELF" * 1000, b""] and got[1] == {"n": 2}
+    assert wire.TrustedReader().feed(wire.reframe(got[0]))[0][wire.BLOB_DATA] == got[0][wire.BLOB_DATA]
+    lying = wire.frame({"op": "run", wire.BLOBS: [5]}) + wire.frame({"x": 1})  # the next frame is not 5 bytes
+    with pytest.raises(wire.Malformed, match="announced"):
+        wire.TrustedReader().feed(lying)
+    # a program's channel never reads blobs: to it such a frame is one more frame it may not send
+    assert wire.FrameReader().feed(wire.frame({wire.BLOBS: [1]}))[0] == {wire.BLOBS: [1]}
