@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 
 from rewards.contract import Detailed  # noqa: F401 (re-exported: part of the contract)
+from rewards.editing import edit_size_chars_reward, edit_size_reward
 from rewards.shaping import FormatReward, format_reward
 from rewards.unit_tests import all_pass_reward, unit_test_reward
 
@@ -25,6 +26,8 @@ REWARD_FNS = {
     "unit_tests_binary": all_pass_reward,
     "format": format_reward,
     "format_think": FormatReward(require_think=True),
+    "edit_size": edit_size_reward,
+    "edit_size_chars": edit_size_chars_reward,
 }
 
 

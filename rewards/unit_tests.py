@@ -4,6 +4,9 @@ A row without a `tests` value is scored from its dataset's own test columns when
 and `entry_point`, MBPP's `test_list`, AceCode's `test_cases`: rewards.native), so a dataset passed to TRL as it
 comes is scored. A batch in which no row has tests of either kind is said once in the log, naming the columns.
 
+The program's language is the spec's, else the row's `language` column, else the answer's fence tag, else Python
+(`rewards.multilingual`).
+
 `detailed(...)` returns the scores with each row's sandbox `Outcome` (per-test verdicts), the declared interface
 of `rewards.registry` that trainers read. Under TRL, which calls the reward itself, the last batch's outcomes stay
 on the object (`last_outcomes`) and flat metrics go through TRL's `log_metric` when the trainer passes it
@@ -16,7 +19,7 @@ import math
 from rewards import native
 from rewards import spec as specs
 from rewards.contract import Detailed
-from rewards.extract import program_for
+from rewards.multilingual import prepare_row, row_language
 from rewards.sandbox import Evaluator, Limits, Outcome
 from rewards.sandbox.verdict import CATEGORIES
 
@@ -100,13 +103,14 @@ class UnitTestReward:
                     if found is None:
                         continue
                     sp = specs.parse(found)
+                sp, program = prepare_row(prompt, completion, sp, row_language(columns.get("language"), i))
             except (ValueError, SyntaxError) as exc:
                 bad += 1
                 self.stats["bad_specs"] += 1
                 log.error("%s: row %d has a malformed tests spec (%s); scored None", self.__name__, i, exc)
                 continue
             rows.append(i)
-            programs.append(program_for(prompt, completion, getattr(sp, "entry_point", None)))
+            programs.append(program)
             parsed.append(sp)
         if n and not rows and not bad:
             self._say_no_tests(columns)
@@ -152,19 +156,19 @@ def summarise(outcomes: list[Outcome]) -> dict[str, float]:
 
 
 def evaluate(completions: list, tests: list, evaluator: Evaluator | None = None,
-             prompts: list | None = None) -> list[Outcome]:
+             prompts: list | None = None, languages: list | None = None) -> list[Outcome]:
     """Detailed outcomes (per-test categories) for completions against their `tests` specs.
 
     With `prompts`, a completion that continues a code-stub prompt is run as prompt + completion (`program_for`).
+    `languages`: the rows' `language` column, if the dataset has one (`rewards.multilingual`).
     """
     own = evaluator is None
     ev = evaluator or Evaluator()
     try:
-        parsed = [specs.parse(t) for t in tests]
         prompts = [None] * len(completions) if prompts is None else prompts
-        programs = [program_for(p, c, getattr(sp, "entry_point", None))
-                    for p, c, sp in zip(prompts, completions, parsed, strict=True)]
-        return ev.evaluate(programs, parsed)
+        rows = [prepare_row(p, c, specs.parse(t), row_language(languages, i))
+                for i, (p, c, t) in enumerate(zip(prompts, completions, tests, strict=True))]
+        return ev.evaluate([program for _, program in rows], [sp for sp, _ in rows])
     finally:
         if own:
             ev.close()

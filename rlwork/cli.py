@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_args(p_eval)
     p_eval.add_argument("--checkpoint", action="append", default=[],
                         help="a run or checkpoint folder; 'base' = the base model; give one or two (default: base)")
+    p_eval.add_argument("--completions", action="append", default=[],
+                        help="score these fixed completions (JSONL of {task_id, completion}) instead of sampling a "
+                             "model, through the same scoring; repeatable, one report per file")
     p_eval.add_argument("--out", help="write the JSON report here too")
     p_rescore = sub.add_parser("rescore", help="re-score a run's saved rollouts with other rewards, no generation")
     p_rescore.add_argument("run_dir", help="the run folder whose rollouts/ to re-score")
@@ -136,6 +139,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rlwork: {err}", file=sys.stderr)
             return 2
         emit({k: metrics[k] for k in ("reward/mean", "policy/kl", "sandbox/passed_frac") if k in metrics})
+        return 0
+    if args.command == "eval" and args.completions:
+        from rlwork.evaluation.eval import run_eval_completions
+
+        if args.checkpoint:
+            parser.error("--completions scores given completions; it takes no --checkpoint")
+        report = run_eval_completions(cfg, args.completions, out_path=args.out)
+        print(json.dumps({name: {"pass_at_k": p["pass_at_k"], "per_language": p["per_language"]}
+                          for name, p in report["policies"].items()}))
         return 0
     if args.command == "eval":
         from rlwork.data.schema import DataError

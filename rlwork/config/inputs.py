@@ -11,6 +11,9 @@ from typing import Literal
 
 from rlwork.config.typed import ConfigError
 
+DATA_LANGUAGES = ("python", "cpp", "java", "javascript", "rust", "go", "any")
+"""`data.language` values: the sandbox's languages (rewards.sandbox.languages; tests/config checks that they agree)
+and `any`."""
 BIDIRECTIONAL_FAMILIES = ("llada", "dream", "diffucoder", "masked-diffusion", "masked-diffusion-shifted")
 """The `model.family` presets with bidirectional attention (the rest are block-causal); the config layer cannot read
 rlwork.models.FAMILIES, so tests/models/test_lm.py checks that the two agree."""
@@ -78,8 +81,8 @@ class LoraConfig:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
     dataset: str = "synthetic"
-    """Adapter: synthetic, humaneval, mbpp, mbpp_plus, apps, codecontests, acecode, kodcode
-    (rlwork.data.adapters)."""
+    """Adapter: synthetic, humaneval, mbpp, mbpp_plus, apps, codecontests, acecode, kodcode, multipl_e, mbxp,
+    canitedit (rlwork.data.adapters)."""
     # With `columns` set, rows are mapped by that column mapping instead (rlwork.data.loading "mapped").
     data_files: tuple[str, ...] = ()
     """Local JSONL/parquet files (or a hub name in `hub_name`) for file-based adapters."""
@@ -96,6 +99,18 @@ class DataConfig:
     bare: the problem's own text alone (a model fine-tuned on exactly that format, like the tiny demo coder)."""
     skip_malformed: bool = False
     """Skip (and count) malformed rows instead of failing on the first one."""
+    language: str = "python"
+    """apps / codecontests: the language of the stdin/stdout programs (python, cpp, java, javascript, rust, go), or
+    `any` (the answer's fenced block decides). multipl_e / mbxp rows name their own."""
+    edit_instruction: Literal["descriptive", "lazy"] = "descriptive"
+    """canitedit: which of CanItEdit's two instructions the prompt gives."""
+
+    def __post_init__(self) -> None:
+        if self.language not in DATA_LANGUAGES:
+            raise ConfigError(f"data.language={self.language!r}: use one of {', '.join(DATA_LANGUAGES)}")
+        if self.language != "python" and self.dataset not in ("apps", "codecontests"):
+            raise ConfigError(f"data.language={self.language!r} applies to apps and codecontests; {self.dataset!r} "
+                              "rows name their own language (or have none): leave data.language at python")
     synthetic_train: int = 256
     """Synthetic family: number of training tasks."""
     synthetic_heldout: int = 64

@@ -10,6 +10,10 @@ Adapter decisions worth knowing:
   those names itself) and each `test_*` function becomes one `asserts` entry `test_name()`, a statement
   that raises AssertionError on failure. Test functions taking fixtures or with decorators (parametrize)
   cannot run that way: such rows are malformed.
+- apps, codecontests take `language`: stdio tasks in cpp, java, javascript, rust or go (the tests say so and the
+  problem gets a `language` column; CodeContests' C++ and Java solutions become the reference), or "any" (the
+  answer's fenced block decides). multipl_e / mbxp (multilingual function tasks) and canitedit (code editing) are in
+  `rlwork.data.multilingual`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 from collections.abc import Callable, Iterable
 
 from rewards import native
+from rlwork.data.multilingual import canitedit_row, language_of, multipl_e_row
 from rlwork.data.schema import MalformedRow, code_defining, parse_code
 
 
@@ -103,7 +108,7 @@ def as_text(value) -> str:
     return value
 
 
-def _apps_row(row: dict) -> dict:
+def _apps_row(row: dict, language: str = "python") -> dict:
     require(row, "question")
     task_id = str(row.get("problem_id", row.get("task_id", "")))
     try:
@@ -116,7 +121,11 @@ def _apps_row(row: dict) -> dict:
     solutions = json.loads(row["solutions"]) if row.get("solutions") else []
     reference = solutions[0] if solutions else None
     prompt = row["question"] + (f"\n\n{row['starter_code']}" if row.get("starter_code") else "")
+    language = language_of(language, allow_any=True)
     if io.get("fn_name"):
+        if language not in ("python", "any"):
+            raise MalformedRow("tests", f"call-based rows have no types to call a {language} function with")
+        language = "python"  # "any" too: without types only Python (and JavaScript) could be called
         entry_point = io["fn_name"]
         unwrap = [y[0] if isinstance(y, list) and len(y) == 1 else y for y in outputs]
         tests = {"kind": "call", "entry_point": entry_point,
@@ -128,14 +137,30 @@ def _apps_row(row: dict) -> dict:
         entry_point = ""
         tests = {"kind": "stdio", "cases": [{"stdin": as_text(x), "stdout": as_text(y)}
                                             for x, y in zip(inputs, outputs, strict=True)]}
-    return {"prompt": prompt, "entry_point": entry_point, "tests": json.dumps(tests), "task_id": task_id,
-            "reference": reference}
+        _stdio_language(tests, language)
+    problem = {"prompt": prompt, "entry_point": entry_point, "tests": json.dumps(tests), "task_id": task_id,
+               "reference": reference if language in ("python", "any") else None}
+    return _with_language(problem, language)
+
+
+def _stdio_language(tests: dict, language: str) -> None:
+    """A stdio spec in `language` ("any": none, the answer's fence decides; python: as before, none)."""
+    if language not in ("python", "any"):
+        tests["language"] = language
+
+
+def _with_language(problem: dict, language: str) -> dict:
+    if language != "python":
+        problem["language"] = language
+    return problem
 
 
 PYTHON3 = 3  # CodeContests' language enum: 1 Python 2, 2 C++, 3 Python 3, 4 Java
+CODECONTESTS_LANGUAGES = {"python": PYTHON3, "any": PYTHON3, "cpp": 2, "java": 4}
 
 
-def _codecontests_row(row: dict, test_sets: Iterable[str] = ("public", "private", "generated")) -> dict:
+def _codecontests_row(row: dict, test_sets: Iterable[str] = ("public", "private", "generated"),
+                      language: str = "python") -> dict:
     require(row, "name", "description")
     cases = []
     for name in test_sets:
@@ -146,11 +171,15 @@ def _codecontests_row(row: dict, test_sets: Iterable[str] = ("public", "private"
         cases += [{"stdin": as_text(x), "stdout": as_text(y)} for x, y in zip(inputs, outputs, strict=True)]
     if not cases:
         raise MalformedRow("tests", f"no tests in {list(test_sets)}")
+    language = language_of(language, allow_any=True)
     solutions = row.get("solutions") or {}
-    python3 = [s for lang, s in zip(solutions.get("language") or [], solutions.get("solution") or [], strict=False)
-               if lang == PYTHON3]
-    return {"prompt": row["description"], "entry_point": "", "task_id": str(row["name"]),
-            "tests": json.dumps({"kind": "stdio", "cases": cases}), "reference": python3[0] if python3 else None}
+    wanted = CODECONTESTS_LANGUAGES.get(language)
+    ours = [s for lang, s in zip(solutions.get("language") or [], solutions.get("solution") or [], strict=False)
+            if lang == wanted]
+    tests = {"kind": "stdio", "cases": cases}
+    _stdio_language(tests, language)
+    return _with_language({"prompt": row["description"], "entry_point": "", "task_id": str(row["name"]),
+                           "tests": json.dumps(tests), "reference": ours[0] if ours else None}, language)
 
 
 def _acecode_row(row: dict) -> dict:
@@ -201,4 +230,7 @@ ADAPTERS: dict[str, Callable[..., dict]] = {
     "acecode": _acecode_row,
     "kodcode": _kodcode_row,
     "synthetic": _synthetic_row,
+    "multipl_e": multipl_e_row,
+    "mbxp": multipl_e_row,
+    "canitedit": canitedit_row,
 }

@@ -19,7 +19,8 @@ from typing import NamedTuple
 
 from datasets import Dataset, load_dataset
 
-from rewards.extract import is_code_stub
+from rewards.extract import is_code_stub, is_stub
+from rewards.sandbox.languages import LANGUAGES
 from rlwork.data.adapters import ADAPTERS, as_text, assert_tests, entry_point_from_asserts
 from rlwork.data.schema import DataError, MalformedRow, validate_problem
 from rlwork.data.tasks import make_synthetic_splits
@@ -220,11 +221,26 @@ def _mapped_row(row: dict, m: ColumnMapping, index: int) -> dict:
 # ---------------------------------------------------------------- prompts
 
 
+ANY_LANGUAGE = ("Write it in Python, C++, Java, JavaScript, Rust or Go, and answer with the complete code in a single "
+                "fenced code block tagged with its language (```python, ```cpp, ```java, ```javascript, ```rust or "
+                "```go).")
+
+
+def answer_format(language: str) -> str:
+    return ANSWER_FORMAT.replace("```python", f"```{language}")
+
+
 def format_instruction(problem: dict) -> str:
-    """The instruction text for a code model: the stub to complete, or the statement plus what to write."""
+    """The instruction text for a code model: the stub to complete, or the statement plus what to write (in the
+    problem's `language`; an editing problem's prompt already holds the instruction and the code to revise)."""
     prompt, entry_point = problem["prompt"], problem["entry_point"]
     if not isinstance(prompt, str):
         raise ValueError(f"task {problem.get('task_id')!r}: prompt is already conversational; use it as is")
+    language = problem.get("language") or "python"
+    if problem.get("original") is not None:
+        return f"{prompt.strip()}\n\n{answer_format(language).replace('complete code', 'complete revised code')}"
+    if language != "python":
+        return _other_language_instruction(prompt, entry_point, language)
     if not entry_point:
         return (f"{prompt.strip()}\n\nWrite a Python program that reads the input from standard input and "
                 f"prints the answer to standard output. {ANSWER_FORMAT}")
@@ -235,6 +251,20 @@ def format_instruction(problem: dict) -> str:
     if example:
         text += f" It should pass tests such as:\n{example}"
     return f"{text}\n\n{ANSWER_FORMAT}"
+
+
+def _other_language_instruction(prompt: str, entry_point: str, language: str) -> str:
+    if language == "any":
+        return (f"{prompt.strip()}\n\nWrite a program that reads the input from standard input and prints the "
+                f"answer to standard output. {ANY_LANGUAGE}")
+    display = LANGUAGES[language].display
+    if not entry_point:
+        return (f"{prompt.strip()}\n\nWrite a {display} program that reads the input from standard input and prints "
+                f"the answer to standard output. {answer_format(language)}")
+    if is_stub(prompt, entry_point, language):
+        return (f"Complete the following {display} function.\n\n```{language}\n{prompt.rstrip()}\n```\n\n"
+                f"{answer_format(language)}")
+    return f"{prompt.strip()}\n\nWrite a {display} function `{entry_point}`.\n\n{answer_format(language)}"
 
 
 PROMPT_STYLES = ("instruct", "bare")

@@ -39,6 +39,10 @@ def load_split(cfg: DataConfig, split: str, seed: int) -> list[dict[str, Any]]:
     options: dict[str, Any] = {}
     if cfg.dataset == "synthetic":
         options = dict(n_train=cfg.synthetic_train, n_heldout=cfg.synthetic_heldout, seed=seed)
+    elif cfg.dataset in ("apps", "codecontests") and cfg.language != "python":
+        options = dict(language=cfg.language)
+    elif cfg.dataset == "canitedit":
+        options = dict(instruction=cfg.edit_instruction)
     source = list(cfg.data_files) or cfg.hub_name
     name = "mapped" if cfg.columns else cfg.dataset
     loaded = load_problems(name, source, split=split, columns=dict(cfg.columns) or None,

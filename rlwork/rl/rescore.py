@@ -152,6 +152,7 @@ def rescore(
     stored_adv = torch.tensor([r["advantage"] for r in rows], dtype=torch.float64)  # [N]
     advantages = _advantage_changes(rows, old, new, stored_adv, G, advantage_estimator, scale_rewards)
     differ = _disagreement(old, new, atol)
+    languages = [_row_language(r, c) for r, c in zip(rows, columns, strict=True)]
     return {
         "run_dir": str(run_dir), "steps": sorted({r["step"] for r in rows}), "num_rows": len(rows),
         "num_groups": len(rows) // G, "num_generations": G, "reward_names": list(scorer.names),
@@ -164,7 +165,24 @@ def rescore(
             "examples": _examples(rows, old, new, differ, max_examples),
         },
         "advantages": advantages,
+        "by_language": _language_split(languages, old, new, differ) if set(languages) != {"python"} else {},
     }
+
+
+def _row_language(row: Mapping[str, Any], columns: Mapping[str, Any]) -> str:
+    """The language a saved row ran in (stored by runs since issue 21), else its problem's, else Python."""
+    lang = row.get("language") or columns.get("language")
+    return lang if lang and lang != "any" else "python"
+
+
+def _language_split(languages: Sequence[str], old: Tensor, new: Tensor, differ: Tensor) -> dict[str, Any]:
+    """Per language: rows, old and new mean total reward, fraction of rows whose reward changed."""
+    out = {}
+    for lang in sorted(set(languages)):
+        mask = torch.tensor([x == lang for x in languages])  # [N]
+        out[lang] = {"rows": int(mask.sum()), "old_mean": _nanmean(old[mask]), "new_mean": _nanmean(new[mask]),
+                     "disagreement_frac": _num(differ[mask].double().mean())}
+    return out
 
 
 def _reward_means(per_func: Tensor, names: Sequence[str], total: Tensor) -> dict[str, Any]:
@@ -246,6 +264,9 @@ def format_rescore_report(result: Mapping[str, Any]) -> str:
     lines.append(f"disagreement: {dis['rows']}/{r['num_rows']} rows ({_fmt(dis['frac'], '.1%')}) differ by more "
                  f"than {dis['atol']:g}" + "".join(f"; {n}: {_fmt(f, '.1%')} vs the run's"
                                                     for n, f in dis["per_reward"].items()))
+    for lang, m in r.get("by_language", {}).items():
+        lines.append(f"  {lang}: {m['rows']} rows, total reward {_fmt(m['old_mean'])} -> {_fmt(m['new_mean'])}, "
+                     f"{_fmt(m['disagreement_frac'], '.1%')} differ")
     for ex in dis["examples"]:
         text = ex["completion"].replace("\n", "\\n")
         lines.append(f"  step {ex['step']} {ex['task_id']} old {_fmt(ex['old'])} new {_fmt(ex['new'])}  {text[:80]!s}")

@@ -32,7 +32,14 @@ from rlwork.evaluation.eval import evaluate_sharded, open_sandbox
 from rlwork.rl import rollout as phase1
 from rlwork.rl.advantages import compute_advantages, frac_zero_std, reward_metrics, rows_with_signal
 from rlwork.rl.likelihoods import draw_step_masks, old_and_ref_logps
-from rlwork.rl.scoring import RewardScorer, rollout_rows, sandbox_metrics
+from rlwork.rl.scoring import (
+    RewardScorer,
+    language_means,
+    language_totals,
+    rollout_rows,
+    sandbox_metrics,
+    step_languages,
+)
 from rlwork.rl.update import no_update_metrics, policy_updates
 from rlwork.runtime import dist
 from rlwork.runtime import engine as eng
@@ -55,6 +62,8 @@ class RlSession(Session):
     eval_problems: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """The first eval.training_problems of eval.split, for phase 6 (empty when eval.every_steps is 0)."""
     eval_sandbox: Evaluator | None = None
+    languages: tuple[str, ...] = ()
+    """Languages of the per-language metrics (`scoring.step_languages`); () for a Python-only dataset."""
 
     def close(self) -> None:
         super().close()
@@ -83,6 +92,7 @@ def setup(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> RlSe
     session.scorer = scorer
     session.ref_policy = eng.RefPolicy.build(session.engine.model, cfg.algo.beta,
                                              copy_for_full_ft=cfg.algo.reference_copy)
+    session.languages = step_languages(session.stream.problems)
     if cfg.eval.every_steps:
         session.eval_problems = load_split(cfg.data, cfg.eval.split, cfg.seed)[: cfg.eval.training_problems]
         session.eval_sandbox = open_sandbox(cfg)
@@ -170,7 +180,8 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
     # 7 log: metrics reduced across ranks, rollouts saved, completions table every few steps.
     with timer("log"):
         metrics = {**reward_metrics(rewards, G, scores.per_func, list(scores.names)), **update_metrics,
-                   **sandbox_metrics(scores), **completion_metrics(rollout, signal, lm.eos_id)}
+                   **sandbox_metrics(scores), **completion_metrics(rollout, signal, lm.eos_id),
+                   **language_totals(rollout.problems, rewards, scores.outcomes, session.languages)}
         metrics["reward/errors"] = float(len(scores.errors))
         metrics["reward/frac_zero_std_before_resample"] = flat_frac
         metrics["reward/resample_rounds"] = float(rounds)
@@ -186,7 +197,7 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
     metrics.update(timer.metrics())
     metrics["perf/tokens_per_s"] = rollout.num_tokens / max(timer.seconds["rollout"], 1e-9)
     metrics["perf/sampler_forwards"] = float(rollout.num_forwards)
-    metrics = reduce_metrics(metrics)
+    metrics = language_means(reduce_metrics(metrics))
     session.tracker.log(metrics, step)
     if dist.is_main_process():
         tqdm.write(step_summary(step, cfg.train.steps, metrics))

@@ -42,7 +42,7 @@ def test_unknown_adapter_and_missing_source():
     with pytest.raises(ValueError, match=r"unknown dataset adapter 'mbpp\+'; valid: \['acecode'"):
         load_problems("mbpp+", sample("mbpp"))
     assert set(ADAPTERS) == {"humaneval", "mbpp", "mbpp_plus", "apps", "codecontests", "acecode", "kodcode",
-                             "synthetic"}
+                             "synthetic", "multipl_e", "mbxp", "canitedit"}
     with pytest.raises(ValueError, match="needs source="):
         load_problems("mbpp")
     with pytest.raises(ValueError, match="do not exist"):

@@ -181,7 +181,7 @@ def test_a_step_without_signal_leaves_the_adapter_alone(tmp_path, reward_module)
     assert all(torch.equal(lora0[n], lora1[n]) for n in lora0)
 
 
-def by_length_parity(completions, tests, evaluator=None, prompts=None):
+def by_length_parity(completions, tests, evaluator=None, prompts=None, languages=None):
     """Stand-in sandbox verdicts: a completion "passes" when its length is even, so that the random tiny coder's
     pass@k is neither 0 nor 1 and depends on exactly which completions were sampled."""
     return [SimpleNamespace(category="passed" if len(c) % 2 == 0 else "wrong_answer", passed=0, total=1)
@@ -221,7 +221,7 @@ def test_in_training_eval_split_over_ranks_matches_one_process(tmp_path, reward_
     one-process pass@k. Two ranks are simulated in turn (rank 1's verdicts are handed to rank 0's gather)."""
     sampled: list[str] = []
 
-    def recording(completions, tests, evaluator=None, prompts=None):
+    def recording(completions, tests, evaluator=None, prompts=None, languages=None):
         sampled.extend(completions)
         return by_length_parity(completions, tests)
 
