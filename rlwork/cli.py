@@ -29,17 +29,18 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlwork", description=__doc__)
+    # The DeepSpeed launcher runs `rlwork --local_rank=N <command> ...` (before the command); torchrun passes the
+    # rank in LOCAL_RANK. The rank is read from the environment either way (rlwork.runtime.dist).
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="RL-train LoRA adapters on a base diffusion coder")
     _add_config_args(p_train)
     p_train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    p_train.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     p_sft = sub.add_parser("sft", help="diffusion SFT (LoRA or full weights) into output_dir; prints its checkpoint")
     _add_config_args(p_sft)
     p_sft.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    p_sft.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     p_cfg = sub.add_parser("config", help="print the resolved config as YAML")
     _add_config_args(p_cfg)
     p_export = sub.add_parser("export", help="merge a run's adapter into the base and write an HF checkpoint")
@@ -60,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_args(p_demo)
     p_demo.add_argument("--seeds", type=_seed_list, metavar="0,1,2",
                         help="run the whole demo once per seed (in OUTPUT_DIR/seed<N>); the last line has the means")
+    return parser
+
+
+def parse_command_line(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line, dotted overrides collected in `args.overrides`; exits 2 on a bad command line."""
+    parser = build_parser()
     args, extra = parser.parse_known_args(argv)  # dotted overrides may also follow options
     unknown = [e for e in extra if "=" not in e or e.startswith("-")]
     if unknown:
@@ -68,9 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"'{args.command}' takes no config overrides: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_command_line(argv)
 
     from rlwork.config import ConfigError, load_config
-    from rlwork.config.typed import to_dict
 
     if args.command == "export":
         return _export(args.checkpoint, args.out)
@@ -79,12 +90,22 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"rlwork: config error: {err}", file=sys.stderr)
         return 2
+    try:
+        return _run(args, cfg)
+    except ConfigError as err:  # raised once the command looks at its inputs
+        print(f"rlwork: config error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, cfg) -> int:
     if args.command in ("train", "sft", "eval", "demo"):
         from rlwork.models.lm import set_flush_denormal
 
         set_flush_denormal(cfg.model.flush_denormal)  # before torch starts its worker threads: they copy the flag
     if args.command == "config":
         import yaml
+
+        from rlwork.config.typed import to_dict
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
