@@ -131,8 +131,10 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
         if algo.dynamic_sampling != "keep":
             signal = torch.zeros_like(signal).index_fill_(0, rows_with_signal(rewards, G), True)
 
-    # 4 old/reference likelihoods under shared mask draws (one draw per iteration if masks are resampled).
-    with timer("likelihoods"):
+    # 4 old/reference likelihoods under shared mask draws (one draw per iteration if masks are resampled). Ranks
+    # score only their signal rows, so their numbers of forwards differ: ZeRO-3 gathers the weights once for the
+    # phase, or its per-layer gathers would wait on each other.
+    with timer("likelihoods"), eng.gathered_parameters(engine):
         draws = draw_step_masks(algo, lm, rollout, cfg.train.micro_batch_size, cfg.seed, step, first_row)
         old, ref = old_and_ref_logps(algo, lm, engine, session.ref_policy, rollout, draws,
                                      cfg.train.micro_batch_size, needed=signal)
