@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_export = sub.add_parser("export", help="merge a run's adapter into the base and write an HF checkpoint")
     p_export.add_argument("checkpoint", help="a run folder (its latest checkpoint) or one checkpoint folder")
     p_export.add_argument("--out", required=True, help="output folder for the merged Instruct checkpoint")
-    p_eval = sub.add_parser("eval", help="pass@k of the base and/or trained checkpoints on eval.split")
+    p_eval = sub.add_parser("eval", help="pass@k of the base and/or trained checkpoints on the evaluation "
+                                                "problems (eval.dataset, eval.path, eval.split)")
     _add_config_args(p_eval)
     p_eval.add_argument("--checkpoint", action="append", default=[],
                         help="a run or checkpoint folder; 'base' = the base model; give one or two (default: base)")
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return _run(args, cfg)
-    except ConfigError as err:  # raised once the command looks at its inputs
+    except ConfigError as err:  # raised once the command looks at its inputs (e.g. the evaluation source)
         print(f"rlwork: config error: {err}", file=sys.stderr)
         return 2
 

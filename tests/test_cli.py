@@ -80,3 +80,12 @@ def test_demo_seeds_runs_each_seed_in_its_folder_and_reports_means(tmp_path, cap
     with pytest.raises(SystemExit):
         main(["demo", "--seeds", "0,x"])
     assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_eval_refuses_to_score_a_local_training_file_by_default(capsys):
+    from pathlib import Path
+
+    mbpp = Path(__file__).resolve().parent / "data" / "mbpp.jsonl"
+    assert main(["eval", "data.dataset=mbpp", f"data.data_files=[{mbpp}]"]) == 2
+    err = capsys.readouterr().err
+    assert "would score the training problems" in err and "eval.path" in err and "eval.split=train" in err

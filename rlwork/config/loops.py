@@ -150,8 +150,15 @@ class EvalConfig:
     """Completions per problem for pass@k."""
     ks: tuple[int, ...] = (1, 8)
     """pass@k values to report."""
+    dataset: str | None = None
+    """Adapter of the evaluation problems (the names of data.dataset); null = data.dataset."""
+    path: str | None = None
+    """The evaluation problems: a local .jsonl/.json/.parquet file (evaluated whole), a local folder of split files
+    (`<split>.jsonl`, `<split>.parquet`, ...) or a hub dataset name; null = the training source (data.data_files,
+    data.hub_name; for humaneval the installed package). Training problems are evaluated only when `split` names
+    the training split: a file source has one split, `train` (as `datasets` names it)."""
     split: str = "heldout"
-    """Which split to evaluate (synthetic: train or heldout)."""
+    """Split of that source: synthetic: heldout or train; a folder or hub dataset: one of its splits (test, ...)."""
     every_steps: int = 0
     """During `rlwork train`: pass@k of the policy on `split` after every N-th RL step and after the last one,
     logged as eval/pass@k (W&B, metrics.jsonl); 0 = off. Same samples, ks and sampler as `rlwork eval`."""

@@ -6,7 +6,7 @@
     3 advantages   weighted reward -> group advantages; zero-signal groups filtered    (rl/advantages.py)
     4 likelihoods  old and reference ELBOs under the step's shared mask draws          (rl/likelihoods.py)
     5 update       num_iterations passes of the clipped ELBO policy gradient            (rl/update.py)
-    6 evaluate     every eval.every_steps steps: pass@k of the updated policy on eval.split (evaluation/eval.py)
+    6 evaluate     every eval.every_steps steps: pass@k of the updated policy on the eval source (evaluation/eval.py)
     7 log          metrics, rollouts, completions table, checkpoint                     (runtime/tracking.py)
 
 Nothing algorithmic lives here: this module only sequences the phases. Setup (model, adapter, engine, data,
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from rewards.sandbox import Evaluator
 from rlwork.config import RunConfig
-from rlwork.data.prompts import PromptStream, load_split
+from rlwork.data.prompts import PromptStream, load_eval_split, load_split
 from rlwork.diffusion.rollout import Rollout
 from rlwork.evaluation.eval import evaluate_sharded, open_sandbox
 from rlwork.rl import rollout as phase1
@@ -51,7 +51,7 @@ class RlSession(Session):
     ref_policy: eng.RefPolicy | None = None
     scorer: RewardScorer | None = None
     eval_problems: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    """The first eval.training_problems of eval.split, for phase 6 (empty when eval.every_steps is 0)."""
+    """The first eval.training_problems of the evaluation source, for phase 6 (empty when eval.every_steps is 0)."""
     eval_sandbox: Evaluator | None = None
 
     def close(self) -> None:
@@ -67,6 +67,13 @@ def setup(cfg: RunConfig, resume: bool = False) -> RlSession:
     the reward functions and, with eval.every_steps, the in-training evaluation problems and sandbox."""
     dist.init_distributed()
     check_divisible("train.prompts_per_step", cfg.train.prompts_per_step)
+    eval_problems: list[dict[str, Any]] = []
+    if cfg.eval.every_steps:  # before loading a model: the source may be refused (the training data)
+        eval_problems, source = load_eval_split(cfg.data, cfg.eval, cfg.seed)
+        eval_problems = eval_problems[: cfg.eval.training_problems]
+        if dist.is_main_process():
+            tqdm.write(f"eval/pass@k every {cfg.eval.every_steps} steps: {len(eval_problems)} problems of "
+                       f"{source.describe()}")
     rows_per_rank = cfg.train.prompts_per_step // dist.world_size() * cfg.algo.num_generations
     base = open_session(cfg, cfg.train, kind="rl", problems=load_split(cfg.data, cfg.data.split, cfg.seed),
                         rows_per_rank=rows_per_rank, lora=cfg.lora.enabled, resume=resume)
@@ -75,7 +82,7 @@ def setup(cfg: RunConfig, resume: bool = False) -> RlSession:
                                              copy_for_full_ft=cfg.algo.reference_copy)
     session.scorer = RewardScorer(cfg.rewards)
     if cfg.eval.every_steps:
-        session.eval_problems = load_split(cfg.data, cfg.eval.split, cfg.seed)[: cfg.eval.training_problems]
+        session.eval_problems = eval_problems
         session.eval_sandbox = open_sandbox(cfg)
     return session
 
@@ -150,7 +157,7 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
             update_metrics = no_update_metrics(has_reference=ref is not None)
         update_metrics["optim/no_signal_step"] = float(not signal.any())
 
-    # 6 evaluate: every eval.every_steps steps (and after the last), pass@k of the updated policy on eval.split.
+    # 6 evaluate: every eval.every_steps steps (and after the last), pass@k of the updated policy on the eval source.
     eval_metrics: dict[str, float] = {}
     if cfg.eval.every_steps and ((step + 1) % cfg.eval.every_steps == 0 or step + 1 == cfg.train.steps):
         with timer("evaluate"), eng.gathered_parameters(engine):
