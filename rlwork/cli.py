@@ -54,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--out", help="write the JSON report here too")
     p_rescore = sub.add_parser("rescore", help="re-score a run's saved rollouts with other rewards, no generation")
     p_rescore.add_argument("run_dir", help="the run folder whose rollouts/ to re-score")
-    _add_config_args(p_rescore)
+    p_rescore.add_argument("--config", help="YAML recipe instead of the run's saved config (a run that saved no "
+                                            "checkpoint has none)")
+    p_rescore.add_argument("overrides", nargs="*",
+                           help="dotted overrides of the run's config, e.g. rewards.timeout_s=10")
     p_rescore.add_argument("--rewards", required=True, help="comma-separated reward names or import paths")
     p_rescore.add_argument("--weights", help="comma-separated weights, one per reward (default 1 each)")
     p_rescore.add_argument("--out", help="write the JSON result here too")
@@ -87,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export":
         return _export(args.checkpoint, args.out)
     try:
-        cfg = load_config(args.config, args.overrides)
+        base = _saved_config(args.run_dir) if args.command == "rescore" and args.config is None else None
+        cfg = load_config(args.config, args.overrides, base=base)
     except ConfigError as err:
         print(f"rlwork: config error: {err}", file=sys.stderr)
         return 2
@@ -149,6 +153,21 @@ def _sft(cfg, resume: bool) -> int:
         print(json.dumps({"checkpoint": str(final), **{k: metrics[k] for k in ("sft/loss", "sft/epoch")
                                                         if k in metrics}}))
     return 0
+
+
+def _saved_config(run_dir: str) -> dict:
+    """The config a run saved with its newest checkpoint (`rlwork rescore` rescores with the run's own G, data,
+    advantage estimator and reward settings)."""
+    from rlwork.config import ConfigError
+    from rlwork.config.typed import read_yaml
+    from rlwork.runtime.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None or not (ckpt / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} has no checkpoint with a saved config.yaml: pass the run's recipe and "
+                          "overrides, e.g. `rlwork rescore RUN --rewards ... --config configs/x.yaml "
+                          "algo.num_generations=8`")
+    return read_yaml(ckpt / "config.yaml")
 
 
 def _rescore(cfg, args) -> int:

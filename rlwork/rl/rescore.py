@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlwork.config import RewardsConfig
+from rlwork.config import ConfigError, RewardsConfig
 from rlwork.rl.advantages import DEFAULT_SCALE, compute_advantages, zero_std_groups
 from rlwork.rl.scoring import RewardScorer
 from rlwork.runtime.tracking import load_rollouts
@@ -62,8 +62,8 @@ def _group_size(rows: Sequence[Mapping[str, Any]], num_generations: int | None) 
         raise ValueError(f"groups have different sizes {sorted(found)}: the rollouts must hold whole groups of G rows")
     size = found.pop()
     if num_generations is not None and num_generations != size:
-        raise ValueError(f"num_generations={num_generations} but the saved groups hold {size} rows each: pass {size} "
-                         "or leave it out")
+        raise ConfigError(f"algo.num_generations={num_generations} but the saved groups hold {size} rows each: set "
+                         f"algo.num_generations={size} (`rlwork rescore` reads it from the run's saved config)")
     return size
 
 

@@ -210,8 +210,27 @@ def _export_chain(source: str | os.PathLike, out_dir: Path, depth: int) -> Path:
     if path in TINY_VARIANTS:
         return export_merged(ckpt, ensure_tiny_coder(path), out_dir, trust_remote_code=True)
     if run_checkpoint(path) is None:
-        return export_merged(ckpt, path, out_dir, trust_remote_code=trust)
+        return export_merged(ckpt, local_model_folder(path), out_dir, trust_remote_code=trust)
     with tempfile.TemporaryDirectory(dir=out_dir.resolve().parent) as tmp:
         base = _export_chain(path, Path(tmp) / "base", depth + 1)
         base_trust = trust or any(base.glob("*.py"))  # the chain's root shipped its modelling code
         return export_merged(ckpt, base, out_dir, trust_remote_code=base_trust)
+
+
+def local_model_folder(path: str) -> Path:
+    """`model.path` as a local HF folder: the folder itself, or a hub name's snapshot in the local Hugging Face cache
+    (what `from_pretrained` found when the run loaded it). Offline without it, ValueError saying what to download."""
+    if Path(path).is_dir():
+        return Path(path)
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(path, local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError):
+        raise ValueError(
+            f"the run's base model.path={path!r} is neither a local folder nor a hub model in the local Hugging Face "
+            f"cache ({constants.HF_HUB_CACHE}): download it there first, on a machine with network access and the "
+            f"same HF_HOME: `hf download {path}` (huggingface_hub's CLI; older: `huggingface-cli download {path}`), "
+            "then run `rlwork export` again"
+        ) from None
