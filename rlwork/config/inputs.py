@@ -54,16 +54,19 @@ class LoraConfig:
     """LoRA scaling numerator (scale = alpha / r)."""
     dropout: float = 0.0
     """Dropout on the adapter input."""
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    """Module names that get adapters (Llama naming)."""
+    target_modules: tuple[str, ...] | None = None
+    """Names of the linear layers that get adapters, in every transformer layer (the LM head never does); null = the
+    model.family preset's (Llama/Qwen: q/k/v/o_proj, gate/up/down_proj; LLaDA: q/k/v_proj, attn_out, ff_proj,
+    up_proj, ff_out). A name missing from some layers is an error, not a partial adapter."""
 
     def __post_init__(self) -> None:
         if self.r < 1 or self.alpha <= 0:
             raise ConfigError(f"lora.r={self.r}, lora.alpha={self.alpha}: both must be positive")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"lora.dropout={self.dropout}: use a probability in [0, 1)")
-        if self.enabled and not self.target_modules:
-            raise ConfigError("lora.target_modules is empty: name at least one module, e.g. [q_proj, v_proj]")
+        if self.target_modules is not None and not self.target_modules:
+            raise ConfigError("lora.target_modules is empty: name at least one module, e.g. [q_proj, v_proj], or "
+                              "null for the family's")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

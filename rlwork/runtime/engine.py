@@ -54,7 +54,7 @@ def apply_lora(
     dropout: float = 0.0,
     target_modules: Sequence[str] = LORA_TARGETS,
 ) -> nn.Module:
-    """Wrap `model` in a peft LoRA adapter (task type CAUSAL_LM); only adapter weights stay trainable.
+    """Wrap `model` in a peft LoRA adapter (a plain PeftModel); only adapter weights stay trainable.
 
     `r=0` means full fine-tuning: the model is returned unwrapped with every parameter trainable.
     """
@@ -64,11 +64,12 @@ def apply_lora(
         for param in model.parameters():
             param.requires_grad_(True)
         return model
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), task_type=TaskType.CAUSAL_LM
-    )
+    # No task type: peft's causal-LM wrapper reads the model's `prepare_inputs_for_generation`, which Dream's class
+    # lacks under transformers 5 (its only mixin is its own diffusion_generate), and rlwork never calls peft's
+    # generate. The plain PeftModel forwards every keyword to the model.
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules))
     return get_peft_model(model, config)
 
 

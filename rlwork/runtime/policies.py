@@ -18,7 +18,14 @@ import torch
 
 from rlwork.config import ModelConfig
 from rlwork.config.typed import ConfigError, build, read_yaml
-from rlwork.models.lm import DTYPES, DiffusionLM, load_diffusion_lm, set_flush_denormal
+from rlwork.models.lm import (
+    DTYPES,
+    DiffusionLM,
+    attention_kwargs,
+    get_family,
+    load_diffusion_lm,
+    set_flush_denormal,
+)
 from rlwork.models.tiny import TINY_VARIANTS, ensure_tiny_coder
 from rlwork.runtime.checkpoint import export_merged, latest_checkpoint
 
@@ -162,7 +169,7 @@ def attach_checkpoint(lm: DiffusionLM, ckpt: Path, model_cfg: ModelConfig, *, me
         cls, causal = type(lm.model), getattr(lm.model.config, "is_causal", True)
         lm.model = None  # the base's weights go before the checkpoint's arrive (peak memory: one model, not two)
         model = cls.from_pretrained(ckpt / "model", dtype=DTYPES[model_cfg.dtype],
-                                    attn_implementation=model_cfg.attn_implementation)
+                                    **attention_kwargs(family, model_cfg.attn_implementation))
         model.config.is_causal = causal
     else:
         raise ValueError(f"{ckpt} holds neither adapter/ nor model/: not an rlwork checkpoint")
@@ -207,14 +214,15 @@ def _export_chain(source: str | os.PathLike, out_dir: Path, depth: int) -> Path:
     if not isinstance(saved, dict) or "path" not in saved:
         raise ValueError(f"{ckpt}/config.yaml has no model.path: not a checkpoint rlwork wrote")
     path, trust = str(saved["path"]), bool(saved.get("trust_remote_code", False))
+    auto_class = get_family(str(saved.get("family", ModelConfig.family))).auto_class
     if path in TINY_VARIANTS:
-        return export_merged(ckpt, ensure_tiny_coder(path), out_dir, trust_remote_code=True)
+        return export_merged(ckpt, ensure_tiny_coder(path), out_dir, trust_remote_code=True, auto_class=auto_class)
     if run_checkpoint(path) is None:
-        return export_merged(ckpt, local_model_folder(path), out_dir, trust_remote_code=trust)
+        return export_merged(ckpt, local_model_folder(path), out_dir, trust_remote_code=trust, auto_class=auto_class)
     with tempfile.TemporaryDirectory(dir=out_dir.resolve().parent) as tmp:
         base = _export_chain(path, Path(tmp) / "base", depth + 1)
         base_trust = trust or any(base.glob("*.py"))  # the chain's root shipped its modelling code
-        return export_merged(ckpt, base, out_dir, trust_remote_code=base_trust)
+        return export_merged(ckpt, base, out_dir, trust_remote_code=base_trust, auto_class=auto_class)
 
 
 def local_model_folder(path: str) -> Path:
