@@ -177,10 +177,11 @@ def _rescore(cfg, args) -> int:
     from rlwork.rl.rescore import format_rescore_report, rescore
 
     weights = None if args.weights is None else [float(w) for w in args.weights.split(",")]
+    names = [r.strip() for r in args.rewards.split(",")]
     result = rescore(
-        args.run_dir, [r.strip() for r in args.rewards.split(",")], weights, cfg.algo.num_generations,
-        cfg.algo.advantage, scale_rewards=cfg.algo.scale_rewards,
-        problems=load_split(cfg.data, cfg.data.split, cfg.seed), timeout_s=cfg.rewards.timeout_s,
+        args.run_dir, names, weights, cfg.algo.num_generations, cfg.algo.advantage,
+        scale_rewards=cfg.algo.scale_rewards, problems=load_split(cfg.data, cfg.data.split, cfg.seed),
+        reward_kwargs={k: v for k, v in cfg.rewards.kwargs.items() if k in names}, timeout_s=cfg.rewards.timeout_s,
         workers=cfg.rewards.workers, allow_weak_isolation=cfg.rewards.allow_weak_isolation,
     )
     print(format_rescore_report(result))

@@ -153,6 +153,9 @@ class RewardsConfig:
     """Reward names from rewards.registry, or dotted import paths (`pkg.mod:fn`)."""
     weights: tuple[float, ...] = (1.0, 0.1)
     """One weight per function; the scalar reward is their weighted sum."""
+    kwargs: dict[str, dict] = dataclasses.field(default_factory=dict)
+    """Parameters of the rewards that take them, by the name in `functions`, e.g. {overlong: {max_length: 256,
+    cache_length: 64}} for DAPO's soft over-length penalty (lengths in completion tokens)."""
     timeout_s: float = 5.0
     """Wall-clock limit per program in the sandbox."""
     workers: int | None = None
@@ -169,3 +172,11 @@ class RewardsConfig:
             )
         if self.timeout_s <= 0:
             raise ConfigError(f"rewards.timeout_s={self.timeout_s}: use a positive number of seconds")
+        stray = sorted(set(self.kwargs) - set(self.functions))
+        if stray:
+            raise ConfigError(f"rewards.kwargs names {stray}, which rewards.functions={list(self.functions)} does not "
+                              "list: parameters go under the name of a reward in use")
+        bad = [name for name, value in self.kwargs.items() if not isinstance(value, dict)]
+        if bad:
+            raise ConfigError(f"rewards.kwargs.{bad[0]}: expected a mapping of keyword arguments, e.g. "
+                              "{max_length: 256, cache_length: 64}")

@@ -126,10 +126,13 @@ class TrainConfig(LoopConfig):
     """Log a completions table every N steps."""
     rollout_batch_size: int = 32
     """Rows sampled together in one batched generation call."""
+    log_every: int = 10
+    """Every N steps also log elbo/estimator_std: the spread of one completion's per-token ELBO estimate across
+    independent mask draws (rl/elbo_spread.py; 4 extra forwards of one micro-batch)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("prompts_per_step", "rollout_batch_size"):
+        for name in ("prompts_per_step", "rollout_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)}: must be >= 1")
 

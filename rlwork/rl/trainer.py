@@ -30,8 +30,9 @@ from rlwork.diffusion.rollout import Rollout
 from rlwork.evaluation.eval import evaluate_sharded, open_sandbox
 from rlwork.rl import rollout as phase1
 from rlwork.rl.advantages import compute_advantages, frac_zero_std, reward_metrics, rows_with_signal
+from rlwork.rl.elbo_spread import estimator_std
 from rlwork.rl.likelihoods import draw_step_masks, old_and_ref_logps
-from rlwork.rl.scoring import RewardScorer, rollout_rows, sandbox_metrics
+from rlwork.rl.scoring import RewardScorer, completion_token_ids, rollout_rows, sandbox_metrics
 from rlwork.rl.update import no_update_metrics, policy_updates
 from rlwork.runtime import dist
 from rlwork.runtime import engine as eng
@@ -122,7 +123,8 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
 
     # 2 score: every reward function on every completion; a raising reward yields NaN for its rows.
     with timer("score"):
-        scores = session.scorer.score(rollout.prompts, rollout.completions, rollout.problems)
+        scores = session.scorer.score(rollout.prompts, rollout.completions, rollout.problems,
+                                      completion_token_ids(rollout))
     flat_frac = float(frac_zero_std(scores.total, G))
 
     # 2b DAPO dynamic sampling: replace flat groups by fresh prompts' groups that have signal.
@@ -145,6 +147,10 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
         draws = draw_step_masks(algo, lm, rollout, cfg.train.micro_batch_size, cfg.seed, step, first_row)
         old, ref = old_and_ref_logps(algo, lm, engine, session.ref_policy, rollout, draws,
                                      cfg.train.micro_batch_size, needed=signal)
+        spread = {}
+        if step % cfg.train.log_every == 0:  # the estimator's own noise: the same rows under fresh mask draws
+            spread["elbo/estimator_std"] = estimator_std(algo, lm, engine.module, rollout, cfg.train.micro_batch_size,
+                                                         cfg.seed, step, first_row)
 
     # 5 policy updates: num_iterations passes, gradient accumulation over micro-batches. With no signal on any
     # rank there is nothing to learn, and an optimizer step on zero gradients would still move the weights
@@ -165,7 +171,7 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
 
     # 7 log: metrics reduced across ranks, rollouts saved, completions table every few steps.
     with timer("log"):
-        metrics = {**reward_metrics(rewards, G, scores.per_func, list(scores.names)), **update_metrics,
+        metrics = {**reward_metrics(rewards, G, scores.per_func, list(scores.names)), **update_metrics, **spread,
                    **sandbox_metrics(scores), **completion_metrics(rollout, signal, lm.eos_id)}
         metrics["reward/errors"] = float(len(scores.errors))
         metrics["reward/frac_zero_std_before_resample"] = flat_frac

@@ -19,7 +19,7 @@ from rlwork.runtime import dist
 
 UPDATE_KEYS = ("policy/clipfrac_low", "policy/clipfrac_high", "policy/clipfrac", "policy/ratio_mean",
                "policy/ratio_min", "policy/ratio_max", "policy/kl", "policy/loss", "optim/grad_norm",
-               "optim/skipped_updates", "optim/lr", "elbo/std", "elbo/mean_per_token")
+               "optim/skipped_updates", "optim/lr", "elbo/std_across_completions", "elbo/mean_per_token")
 """What phase 5 logs; a step without any signal logs them as NaN (JSONL null), so every step has the same keys."""
 
 
@@ -89,7 +89,8 @@ def policy_updates(algo: AlgoConfig, lm: DiffusionLM, engine, rollout: Rollout, 
         "optim/grad_norm": sum(grad_norms) / len(grad_norms),
         "optim/skipped_updates": float(skipped),
         "optim/lr": learning_rate,
-        "elbo/std": float(per_token_elbo.std()) if per_token_elbo.numel() > 1 else math.nan,
+        # how the step's completions differ in per-token ELBO (the estimator's own noise: elbo/estimator_std)
+        "elbo/std_across_completions": float(per_token_elbo.std()) if per_token_elbo.numel() > 1 else math.nan,
         "elbo/mean_per_token": float(per_token_elbo.mean()) if per_token_elbo.numel() else math.nan,
     }
 

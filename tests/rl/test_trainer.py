@@ -37,12 +37,14 @@ def test_two_steps_change_every_lora_parameter_and_no_base_weight(tmp_path, rewa
     assert not unchanged, f"LoRA parameters that never changed: {unchanged[:5]}"
     assert all(torch.equal(base0[n], base1[n]) for n in base0)
     keys = {"reward/mean", "reward/frac_zero_std", "reward/varied/mean",
-            "policy/clipfrac", "policy/kl", "policy/ratio_mean", "elbo/std", "completion/len_mean",
+            "policy/clipfrac", "policy/kl", "policy/ratio_mean", "elbo/std_across_completions", "completion/len_mean",
             "completion/eos_frac", "perf/rollout_s", "perf/score_s", "perf/advantages_s", "perf/likelihoods_s",
             "perf/update_s", "perf/log_s", "perf/tokens_per_s", "optim/grad_norm", "sandbox/passed_frac"}
     for m in metrics:
         assert keys <= set(m), keys - set(m)
         assert all(math.isfinite(m[k]) for k in keys if not k.startswith("sandbox/")), m
+    # the estimator's spread over mask draws, every train.log_every (10) steps: step 0 only
+    assert metrics[0]["elbo/estimator_std"] > 0 and "elbo/estimator_std" not in metrics[1]
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [0, 1]
     assert sorted(p.name for p in (tmp_path / "run" / "rollouts").glob("*.parquet")) == [
