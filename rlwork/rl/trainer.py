@@ -29,7 +29,15 @@ from rlwork.data.prompts import PromptStream, load_eval_split, load_split
 from rlwork.diffusion.rollout import Rollout
 from rlwork.evaluation.eval import evaluate_sharded, open_sandbox
 from rlwork.rl import rollout as phase1
-from rlwork.rl.advantages import compute_advantages, frac_zero_std, reward_metrics, rows_with_signal
+from rlwork.rl.advantages import (
+    DEFAULT_SCALE,
+    batch_moments,
+    compute_advantages,
+    frac_zero_std,
+    reward_metrics,
+    rows_with_signal,
+    std_from_moments,
+)
 from rlwork.rl.elbo_spread import estimator_std
 from rlwork.rl.likelihoods import draw_step_masks, old_and_ref_logps
 from rlwork.rl.scoring import RewardScorer, completion_token_ids, rollout_rows, sandbox_metrics
@@ -135,7 +143,10 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
 
     # 3 advantages; groups whose rewards are all equal carry no signal and are left out of the loss (DAPO).
     with timer("advantages"):
-        advantages = compute_advantages(rewards, G, algo.advantage, algo.scale_rewards)  # [N]
+        batch_scale = None  # scale_rewards=batch divides by the std of every rank's rewards, not this rank's
+        if (algo.scale_rewards or DEFAULT_SCALE[algo.advantage]) == "batch":
+            batch_scale = std_from_moments(dist.all_reduce(batch_moments(rewards)))
+        advantages = compute_advantages(rewards, G, algo.advantage, algo.scale_rewards, batch_scale=batch_scale)
         signal = torch.ones_like(rewards, dtype=torch.bool)
         if algo.dynamic_sampling != "keep":
             signal = torch.zeros_like(signal).index_fill_(0, rows_with_signal(rewards, G), True)
