@@ -5,6 +5,7 @@
                    2b: DAPO refill of groups without signal                           (rl/rollout.py)
     3 advantages   weighted reward -> group advantages; zero-signal groups filtered    (rl/advantages.py)
     4 likelihoods  old and reference ELBOs under the step's shared mask draws          (rl/likelihoods.py)
+                   every train.log_every steps, the estimator's spread over draws      (rl/elbo_spread.py)
     5 update       num_iterations passes of the clipped ELBO policy gradient            (rl/update.py)
     6 evaluate     every eval.every_steps steps: pass@k of the updated policy on the eval source (evaluation/eval.py)
     7 log          metrics, rollouts, completions table, checkpoint                     (runtime/tracking.py)
