@@ -213,3 +213,16 @@ def test_in_training_eval_split_over_ranks_matches_one_process(tmp_path, reward_
     assert len(set(whole_sampled)) > 4  # the draws differ between rows, so keying by the wrong row would show
     assert 0 < whole["eval/pass@1"] < 1
     assert split == pytest.approx(whole)
+
+
+def test_in_training_eval_refuses_the_training_file_before_loading_a_model(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from rlwork.config import ConfigError
+    from rlwork.runtime import session as session_mod
+
+    monkeypatch.setattr(session_mod, "load_model", lambda *a: pytest.fail("loaded a model first"))
+    mbpp = Path(__file__).resolve().parents[1] / "data" / "mbpp.jsonl"
+    cfg = tiny_cfg(tmp_path, "data.dataset=mbpp", f"data.data_files=[{mbpp}]", "eval.every_steps=1")
+    with pytest.raises(ConfigError, match="would score the training problems"):
+        setup(cfg)
