@@ -32,8 +32,10 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
+# The slow and distributed tests (2-rank ZeRO-2/3, offload, the DeepSpeed launcher, kill/resume, learning), each
+# listed by name with its result.
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -m slow -v --durations=10
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from rewards.contract import Detailed  # noqa: F401 (re-exported: part of the contract)
 from rewards.editing import edit_size_chars_reward, edit_size_reward
-from rewards.shaping import FormatReward, format_reward
+from rewards.shaping import FormatReward, OverlongPenalty, format_reward
 from rewards.unit_tests import all_pass_reward, unit_test_reward
 
 log = logging.getLogger("rewards.registry")
@@ -30,36 +30,67 @@ REWARD_FNS = {
     "edit_size_chars": edit_size_chars_reward,
 }
 
+REWARD_CLASSES = {
+    "overlong": OverlongPenalty,
+}
+"""Built-in rewards that take parameters: name -> class, built with the keyword arguments given for the name."""
 
-def get_reward(name: str, sandbox: dict | None = None):
+
+def get_reward(name: str, sandbox: dict | None = None, kwargs: dict | None = None):
     """A built-in reward by name, or a user reward by import path (`pkg.mod:fn` or `pkg.mod.fn`).
 
     `sandbox` (keyword arguments of `with_sandbox`) configures a reward that runs programs; others ignore it.
+    `kwargs` build a parameterised reward: a class from `REWARD_CLASSES` or one named by import path (a class is
+    instantiated with them, never called as the reward); a plain function takes none.
 
     Example:
         >>> get_reward("format").__name__
         'format'
+        >>> get_reward("overlong", kwargs={"max_length": 10, "cache_length": 4})([""], ["a" * 8])
+        [-0.5]
     """
-    fn = _lookup(name)
+    fn = _lookup(name, kwargs)
     if sandbox is not None and callable(getattr(fn, "with_sandbox", None)):
         fn = fn.with_sandbox(**sandbox)
     return fn
 
 
-def _lookup(name: str):
+def _lookup(name: str, kwargs: dict | None):
+    if name in REWARD_CLASSES:
+        return _build(name, REWARD_CLASSES[name], kwargs)
     if name in REWARD_FNS:
-        return REWARD_FNS[name]
-    if ":" in name or "." in name:
+        fn = REWARD_FNS[name]
+    elif ":" in name or "." in name:
         module, _, attr = name.partition(":") if ":" in name else name.rpartition(".")
         try:
             fn = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"reward {name!r}: cannot import {attr!r} from {module!r} ({exc})") from exc
+        if isinstance(fn, type):
+            return _build(name, fn, kwargs)
         if not callable(fn):
             raise ValueError(f"reward {name!r}: {type(fn).__name__} is not callable")
-        return fn
-    raise ValueError(f"unknown reward {name!r}; built-in rewards are {sorted(REWARD_FNS)}, "
-                     "or give an import path like 'my_pkg.my_rewards:my_reward'")
+    else:
+        raise ValueError(f"unknown reward {name!r}; built-in rewards are {sorted([*REWARD_FNS, *REWARD_CLASSES])}, "
+                         "or give an import path like 'my_pkg.my_rewards:my_reward'")
+    if kwargs:
+        raise ValueError(f"reward {name!r} is a function and takes no parameters; got {sorted(kwargs)} "
+                         f"(rewards.kwargs.{name} in an rlwork recipe): remove them")
+    return fn
+
+
+def _build(name: str, cls: type, kwargs: dict | None):
+    """A parameterised reward: `cls(**kwargs)`, with an error that names what to pass when they do not fit."""
+    import inspect
+
+    try:
+        return cls(**(kwargs or {}))
+    except TypeError as exc:
+        params = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+        raise ValueError(f"reward {name!r} is built from {cls.__name__}({', '.join(params)}) and its parameters do "
+                         f"not fit ({exc}): give them as keyword arguments (rewards.kwargs.{name} in an rlwork "
+                         f"recipe, e.g. rewards.kwargs={{{name}: {{{', '.join(f'{p}: ...' for p in params)}}}}})"
+                         ) from None
 
 
 def reward_name(fn) -> str:

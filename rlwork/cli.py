@@ -45,23 +45,25 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlwork", description=__doc__)
+    # The DeepSpeed launcher runs `rlwork --local_rank=N <command> ...` (before the command); torchrun passes the
+    # rank in LOCAL_RANK. The rank is read from the environment either way (rlwork.runtime.dist).
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="RL-train LoRA adapters on a base diffusion coder")
     _add_config_args(p_train)
     _add_run_dir_args(p_train)
-    p_train.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     p_sft = sub.add_parser("sft", help="diffusion SFT (LoRA or full weights) into output_dir; prints its checkpoint")
     _add_config_args(p_sft)
     _add_run_dir_args(p_sft)
-    p_sft.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     p_cfg = sub.add_parser("config", help="print the resolved config as YAML")
     _add_config_args(p_cfg)
     p_export = sub.add_parser("export", help="merge a run's adapter into the base and write an HF checkpoint")
     p_export.add_argument("checkpoint", help="a run folder (its latest checkpoint) or one checkpoint folder")
     p_export.add_argument("--out", required=True, help="output folder for the merged Instruct checkpoint")
-    p_eval = sub.add_parser("eval", help="pass@k of the base and/or trained checkpoints on eval.split")
+    p_eval = sub.add_parser("eval", help="pass@k of the base and/or trained checkpoints on the evaluation "
+                                                "problems (eval.dataset, eval.path, eval.split)")
     _add_config_args(p_eval)
     p_eval.add_argument("--checkpoint", action="append", default=[],
                         help="a run or checkpoint folder; 'base' = the base model; give one or two (default: base)")
@@ -71,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--out", help="write the JSON report here too")
     p_rescore = sub.add_parser("rescore", help="re-score a run's saved rollouts with other rewards, no generation")
     p_rescore.add_argument("run_dir", help="the run folder whose rollouts/ to re-score")
-    _add_config_args(p_rescore)
+    p_rescore.add_argument("--config", help="YAML recipe instead of the run's saved config (a run that saved no "
+                                            "checkpoint has none)")
+    p_rescore.add_argument("overrides", nargs="*",
+                           help="dotted overrides of the run's config, e.g. rewards.timeout_s=10")
     p_rescore.add_argument("--rewards", required=True, help="comma-separated reward names or import paths")
     p_rescore.add_argument("--weights", help="comma-separated weights, one per reward (default 1 each)")
     p_rescore.add_argument("--out", help="write the JSON result here too")
@@ -92,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     _add_run_dir_args(p_demo, resume=False)
     p_demo.add_argument("--seeds", type=_seed_list, metavar="0,1,2",
                         help="run the whole demo once per seed (in OUTPUT_DIR/seed<N>); the last line has the means")
+    return parser
+
+
+def parse_command_line(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line, dotted overrides collected in `args.overrides`; exits 2 on a bad command line."""
+    parser = build_parser()
     args, extra = parser.parse_known_args(argv)  # dotted overrides may also follow options
     unknown = [e for e in extra if "=" not in e or e.startswith("-")]
     if unknown:
@@ -100,9 +111,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"'{args.command}' takes no config overrides: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    if getattr(args, "completions", None) and args.checkpoint:
+        parser.error("--completions scores given completions; it takes no --checkpoint")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_command_line(argv)
 
     from rlwork.config import ConfigError, load_config
-    from rlwork.config.typed import to_dict
 
     _user_modules_on_path()
     if args.command == "export":
@@ -112,12 +129,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "generate":
         return _generate(args)
     try:
-        cfg = load_config(args.config, args.overrides)
+        base = _saved_config(args.run_dir) if args.command == "rescore" and args.config is None else None
+        cfg = load_config(args.config, args.overrides, base=base)
         if args.command in ("train", "sft", "eval", "demo"):
             check_inputs(cfg, args.command)
     except ConfigError as err:
         print(f"rlwork: config error: {err}", file=sys.stderr)
         return 2
+    try:
+        return _run(args, cfg)
+    except ConfigError as err:  # raised once the command looks at its inputs (e.g. the evaluation source)
+        print(f"rlwork: config error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, cfg) -> int:
     if args.command in ("train", "sft", "eval", "demo"):
         from rlwork.models.lm import set_flush_denormal
 
@@ -125,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         _say_cache()
     if args.command == "config":
         import yaml
+
+        from rlwork.config.typed import to_dict
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
@@ -143,8 +171,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "eval" and args.completions:
         from rlwork.evaluation.eval import run_eval_completions
 
-        if args.checkpoint:
-            parser.error("--completions scores given completions; it takes no --checkpoint")
         report = run_eval_completions(cfg, args.completions, out_path=args.out)
         print(json.dumps({name: {"pass_at_k": p["pass_at_k"], "per_language": p["per_language"]}
                           for name, p in report["policies"].items()}))
@@ -271,6 +297,21 @@ def _sft(cfg, resume: bool, overwrite: bool) -> int:
     return 0
 
 
+def _saved_config(run_dir: str) -> dict:
+    """The config a run saved with its newest checkpoint (`rlwork rescore` rescores with the run's own G, data,
+    advantage estimator and reward settings)."""
+    from rlwork.config import ConfigError
+    from rlwork.config.typed import read_yaml
+    from rlwork.runtime.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None or not (ckpt / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} has no checkpoint with a saved config.yaml: pass the run's recipe and "
+                          "overrides, e.g. `rlwork rescore RUN --rewards ... --config configs/x.yaml "
+                          "algo.num_generations=8`")
+    return read_yaml(ckpt / "config.yaml")
+
+
 def _rescore(cfg, args) -> int:
     from pathlib import Path
 
@@ -278,10 +319,11 @@ def _rescore(cfg, args) -> int:
     from rlwork.rl.rescore import format_rescore_report, rescore
 
     weights = None if args.weights is None else [float(w) for w in args.weights.split(",")]
+    names = [r.strip() for r in args.rewards.split(",")]
     result = rescore(
-        args.run_dir, [r.strip() for r in args.rewards.split(",")], weights, cfg.algo.num_generations,
-        cfg.algo.advantage, scale_rewards=cfg.algo.scale_rewards,
-        problems=load_split(cfg.data, cfg.data.split, cfg.seed), timeout_s=cfg.rewards.timeout_s,
+        args.run_dir, names, weights, cfg.algo.num_generations, cfg.algo.advantage,
+        scale_rewards=cfg.algo.scale_rewards, problems=load_split(cfg.data, cfg.data.split, cfg.seed),
+        reward_kwargs={k: v for k, v in cfg.rewards.kwargs.items() if k in names}, timeout_s=cfg.rewards.timeout_s,
         workers=cfg.rewards.workers, allow_weak_isolation=cfg.rewards.allow_weak_isolation,
     )
     print(format_rescore_report(result))

@@ -201,3 +201,67 @@ def test_data_and_checkpoint_errors_exit_2_without_a_traceback(tmp_path, capsys)
     assert "humaneval row 1 (task_id='HumanEval/1'): malformed test" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", "base", "--checkpoint", str(tmp_path / "no_run")]) == 2
     assert "is neither a checkpoint folder" in capsys.readouterr().err
+
+
+def test_eval_refuses_to_score_a_local_training_file_by_default(capsys):
+    from pathlib import Path
+
+    mbpp = Path(__file__).resolve().parent / "data" / "mbpp.jsonl"
+    assert main(["eval", "data.dataset=mbpp", f"data.data_files=[{mbpp}]"]) == 2
+    err = capsys.readouterr().err
+    assert "would score the training problems" in err and "eval.path" in err and "eval.split=train" in err
+
+
+def test_rescore_reads_the_runs_saved_config(tmp_path, capsys):
+    import json
+
+    run = tmp_path / "run"
+    # a run whose G and data size differ from the defaults (8 generations, 256 synthetic tasks)
+    assert main(["train", f"output_dir={run}", "train.steps=1", "train.prompts_per_step=2", "algo.num_generations=3",
+                 "sampler.max_new_tokens=4", "data.synthetic_train=5", "data.synthetic_heldout=2", "seed=4",
+                 "tracking.wandb=false", "train.micro_batch_size=6"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "rescore.json"
+    assert main(["rescore", str(run), "--rewards", "unit_tests,format", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["num_generations"] == 3 and result["num_rows"] == 6
+    assert result["rows_without_problem"] == 0  # the problems of the run's own data (size 5, seed 4) were joined
+    assert result["new"]["unit_tests"]["frac_unscorable"] == 0.0
+    # an override of the saved config that contradicts the rollouts says which key to set
+    assert main(["rescore", str(run), "--rewards", "format", "algo.num_generations=8"]) == 2
+    assert "set algo.num_generations=3" in capsys.readouterr().err
+
+
+def _hub_cache(root, repo: str):
+    """A local Hugging Face cache holding the tiny coder as hub model `repo` (what `hf download` leaves)."""
+    import shutil
+
+    from rlwork.models.tiny import ensure_tiny_coder
+
+    folder = root / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(ensure_tiny_coder("tiny"), folder / "snapshots" / ("0" * 40))
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("0" * 40)
+    return root
+
+
+def test_export_of_a_run_whose_base_is_a_hub_name(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(_hub_cache(tmp_path / "hub", "tinyorg/tiny-coder")))
+    run = tmp_path / "run"
+    assert main(["train", f"output_dir={run}", "model.path=tinyorg/tiny-coder", "model.trust_remote_code=true",
+                 "train.steps=1", "train.prompts_per_step=2", "algo.num_generations=2", "sampler.max_new_tokens=4",
+                 "data.synthetic_train=4", "data.synthetic_heldout=2", "tracking.wandb=false",
+                 "train.micro_batch_size=4"]) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "merged")]) == 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", trust_remote_code=True)
+    assert "StableDiffcoderForCausalLM" in [c.__name__ for c in type(model).__mro__]  # the base's own class (its
+    # export wraps it with a block-diffusion generate)
+    # offline without the base in the cache: which model to download, and how
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    capsys.readouterr()
+    assert main(["export", str(run), "--out", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err
+    assert "'tinyorg/tiny-coder'" in err and "hf download tinyorg/tiny-coder" in err and str(tmp_path / "empty") in err
+    assert not (tmp_path / "again").exists()

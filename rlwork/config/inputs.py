@@ -66,16 +66,19 @@ class LoraConfig:
     """LoRA scaling numerator (scale = alpha / r)."""
     dropout: float = 0.0
     """Dropout on the adapter input."""
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    """Module names that get adapters (Llama naming)."""
+    target_modules: tuple[str, ...] | None = None
+    """Names of the linear layers that get adapters, in every transformer layer (the LM head never does); null = the
+    model.family preset's (Llama/Qwen: q/k/v/o_proj, gate/up/down_proj; LLaDA: q/k/v_proj, attn_out, ff_proj,
+    up_proj, ff_out). A name missing from some layers is an error, not a partial adapter."""
 
     def __post_init__(self) -> None:
         if self.r < 1 or self.alpha <= 0:
             raise ConfigError(f"lora.r={self.r}, lora.alpha={self.alpha}: both must be positive")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"lora.dropout={self.dropout}: use a probability in [0, 1)")
-        if self.enabled and not self.target_modules:
-            raise ConfigError("lora.target_modules is empty: name at least one module, e.g. [q_proj, v_proj]")
+        if self.target_modules is not None and not self.target_modules:
+            raise ConfigError("lora.target_modules is empty: name at least one module, e.g. [q_proj, v_proj], or "
+                              "null for the family's")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -174,6 +177,9 @@ class RewardsConfig:
     """Reward names from rewards.registry, or dotted import paths (`pkg.mod:fn`)."""
     weights: tuple[float, ...] = (1.0, 0.1)
     """One weight per function; the scalar reward is their weighted sum."""
+    kwargs: dict[str, dict] = dataclasses.field(default_factory=dict)
+    """Parameters of the rewards that take them, by the name in `functions`, e.g. {overlong: {max_length: 256,
+    cache_length: 64}} for DAPO's soft over-length penalty (lengths in completion tokens)."""
     timeout_s: float = 5.0
     """Wall-clock limit per program in the sandbox."""
     workers: int | None = None
@@ -190,3 +196,11 @@ class RewardsConfig:
             )
         if self.timeout_s <= 0:
             raise ConfigError(f"rewards.timeout_s={self.timeout_s}: use a positive number of seconds")
+        stray = sorted(set(self.kwargs) - set(self.functions))
+        if stray:
+            raise ConfigError(f"rewards.kwargs names {stray}, which rewards.functions={list(self.functions)} does not "
+                              "list: parameters go under the name of a reward in use")
+        bad = [name for name, value in self.kwargs.items() if not isinstance(value, dict)]
+        if bad:
+            raise ConfigError(f"rewards.kwargs.{bad[0]}: expected a mapping of keyword arguments, e.g. "
+                              "{max_length: 256, cache_length: 64}")

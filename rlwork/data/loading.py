@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 from datasets import Dataset, load_dataset
@@ -38,11 +39,34 @@ class LoadedProblems(NamedTuple):
 # ---------------------------------------------------------------- loading
 
 
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
+
+
+def split_files(folder: str | os.PathLike, split: str) -> list[str]:
+    """The file(s) of `split` in a local dataset folder: `<split>.jsonl`, `<split>.parquet`, ... or, as `datasets`
+    names shards, `<split>-00000-of-00002.parquet`. ValueError listing the splits the folder has when none match."""
+    folder = Path(folder)
+    found = sorted(str(f) for f in folder.iterdir() if f.is_file() and f.name.endswith(DATA_SUFFIXES)
+                   and (f.name.split(".")[0] == split or f.name.startswith(f"{split}-")))
+    if not found:
+        present = sorted({f.name.split(".")[0].split("-")[0] for f in folder.iterdir()
+                          if f.is_file() and f.name.endswith(DATA_SUFFIXES)})
+        raise ValueError(f"{folder} has no {split!r} split (files named {split}.jsonl, {split}.parquet, ...); "
+                         f"its splits: {present or 'none'}")
+    return found
+
+
 def load_source(source: str | Sequence[str], split: str = "train", config: str | None = None) -> Dataset:
-    """Local .jsonl/.json(.gz)/.parquet file(s), or a hub dataset name (needs network) with split/config."""
+    """Local .jsonl/.json(.gz)/.parquet file(s), a local folder of split files (`split_files`), or a hub dataset name
+    (needs network) with split/config. Files are one split, whatever `split` says; a folder and a hub dataset have
+    one per name."""
     files = [source] if isinstance(source, str) else list(source)
     if not files:
         raise DataError("no data source given: pass a file path, a list of files, or a hub name")
+    if any(os.path.isdir(f) for f in files):
+        if len(files) > 1:
+            raise DataError(f"{files}: give one dataset folder, or files")
+        files = split_files(files[0], split)
     local = [os.path.exists(f) or f.removesuffix(".gz").endswith((".jsonl", ".json", ".parquet")) for f in files]
     if any(local):
         missing = [f for f in files if not os.path.exists(f)]

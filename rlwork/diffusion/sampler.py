@@ -286,6 +286,9 @@ def generate(
     """
     block = resolve_block_size(lm, config)
     check_generator(lm, config, generator)
+    if config.use_cache and lm.family.forward.cache_arg is None:
+        raise ValueError(f"sampler.use_cache=true, but the '{lm.family.name}' family's forward returns no KV cache "
+                         "rlwork can use (rlwork.models.families): set sampler.use_cache=false")
     lay = _layout(lm, prompt_ids, prompt_mask, config.max_new_tokens, block)
     x, key_mask, gen = lay.x, lay.key_mask, lay.gen
     n, width = x.shape

@@ -25,7 +25,7 @@ import torch
 from rewards.sandbox import CATEGORIES, Evaluator, Limits
 from rewards.unit_tests import evaluate
 from rlwork.config import RunConfig
-from rlwork.data.prompts import PromptStream, load_split
+from rlwork.data.prompts import PromptStream, load_eval_split
 from rlwork.diffusion.rollout import generate_rollouts
 from rlwork.diffusion.sampler import SamplerConfig
 from rlwork.evaluation.passk import format_passk_table, pass_at_k
@@ -258,11 +258,13 @@ def run_eval(
     out_path: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate one or two policies (None = the base model) on `cfg.eval.split` of `cfg.data`; print the table.
+    """Evaluate one or two policies (None = the base model) on the evaluation problems of `cfg.eval` (eval.dataset,
+    eval.path, eval.split; `rlwork.data.prompts.eval_source`); print the table with the source it scored.
 
     Every policy sees the same problems, prompts and sampler seed (`cfg.seed`), and one sandbox is shared.
     Rows are sampled `cfg.train.rollout_batch_size` at a time. Returns a JSON-able dict (written to `out_path`
-    too when given): the table's numbers under "table", and each policy's full `EvalResult` under "policies".
+    too when given): the source ("source", "split", "training_data"), the table's numbers under "table", and each
+    policy's full `EvalResult` under "policies".
     """
     if not 1 <= len(checkpoints) <= 2:
         raise ValueError(f"{len(checkpoints)} checkpoints: evaluate one policy, or two (e.g. base and trained)")
@@ -273,7 +275,7 @@ def run_eval(
     for checkpoint in checkpoints:  # every policy checked before the first one samples: a bad path fails now
         if checkpoint is not None:
             check_started_from(resolve_checkpoint(checkpoint), cfg.model)
-    problems = load_split(cfg.data, cfg.eval.split, cfg.seed)
+    problems, source = load_eval_split(cfg.data, cfg.eval, cfg.seed)  # refuses the training data unless asked
     evaluator = open_sandbox(cfg)
     results: dict[str, EvalResult] = {}
     try:
@@ -291,7 +293,7 @@ def run_eval(
     first = results[names[0]].pass_at_k
     second = results[names[1]].pass_at_k if len(names) == 2 else None
     table, data = format_passk_table(first, second, names=names)
-    print(f"{cfg.data.dataset}/{cfg.eval.split}: {len(problems)} problems x {cfg.eval.num_samples} samples")
+    print(f"{source.describe()}: {len(problems)} problems x {cfg.eval.num_samples} samples")
     print(table)
     for name, result in results.items():
         mix = ", ".join(f"{c} {v}" for c, v in result.verdicts.items() if v)
@@ -302,7 +304,8 @@ def run_eval(
                 print(f"  {lang:<11} {row['problems']:>3} problems  "
                       + "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "problems"))
     report = {
-        "dataset": cfg.data.dataset, "split": cfg.eval.split, "num_problems": len(problems),
+        "dataset": source.dataset, "source": source.describe(), "split": source.split,
+        "training_data": source.training_data, "num_problems": len(problems),
         "num_samples": cfg.eval.num_samples, "ks": list(cfg.eval.ks), "seed": cfg.seed,
         "model": cfg.model.path, "sampler": dataclasses.asdict(cfg.sampler), "table": data,
         "policies": {name: {"checkpoint": None if c is None else str(c), **results[name].to_dict()}
@@ -330,7 +333,7 @@ def run_eval_completions(cfg: RunConfig, files: Sequence[str | os.PathLike], out
                          ) -> dict[str, Any]:
     """Score fixed completions (one JSONL file per policy, e.g. a reference and its mutants) on `cfg.eval.split` of
     `cfg.data` through the same scoring as `run_eval`, without a model; print pass@k overall and per language."""
-    problems = load_split(cfg.data, cfg.eval.split, cfg.seed)
+    problems, source = load_eval_split(cfg.data, cfg.eval, cfg.seed)  # refuses the training data unless asked
     names = [Path(f).stem for f in files]
     if len(set(names)) != len(names):
         raise ValueError(f"--completions files {list(files)} share a name: give files with distinct names")
@@ -340,8 +343,9 @@ def run_eval_completions(cfg: RunConfig, files: Sequence[str | os.PathLike], out
                    for name, f in zip(names, files, strict=True)}
     finally:
         evaluator.close()
-    print(f"{cfg.data.dataset}/{cfg.eval.split}: fixed completions from {', '.join(map(str, files))}")
-    report = {"dataset": cfg.data.dataset, "split": cfg.eval.split, "ks": list(cfg.eval.ks), "policies": {}}
+    print(f"{source.describe()}: fixed completions from {', '.join(map(str, files))}")
+    report = {"dataset": source.dataset, "source": source.describe(), "split": source.split,
+              "training_data": source.training_data, "ks": list(cfg.eval.ks), "policies": {}}
     for name, f in zip(names, files, strict=True):
         result = results[name]
         print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.pass_at_k.items()))

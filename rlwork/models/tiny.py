@@ -147,13 +147,30 @@ def build_tiny_model(config, seed: int = 0):
         return LlamaForCausalLM(config)
 
 
+def save_on_any_rank(model, directory: str | Path) -> None:
+    """`model` in HF format (config.json + model.safetensors), written by this process whatever its rank.
+
+    Under torch.distributed, `save_pretrained` writes only on global rank 0; every rank of a launch that finds the
+    cache empty builds its own copy (then one rename wins), so each must write its files itself.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")  # as save_pretrained records it
+    model.config.architectures = [type(model).__name__]  # so does this: loaders and exports read the class from it
+    model.config.save_pretrained(directory)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, directory / "model.safetensors",
+              metadata={"format": "pt"})
+
+
 def save_tiny_coder(directory: str | Path, variant: str = "tiny", seed: int = 0) -> Path:
     """Build and save one tiny coder (tokenizer + weights + remote code) in HF format."""
     directory = Path(directory)
     tokenizer = build_tiny_tokenizer()
     config = tiny_config(variant, vocab_size=len(tokenizer))
     model = build_tiny_model(config, seed=seed)
-    model.save_pretrained(directory)
+    save_on_any_rank(model, directory)
     tokenizer.save_pretrained(directory)
     if variant == "tiny":
         (directory / "modeling_stable_diffcoder.py").write_text(MODELING_FILE)

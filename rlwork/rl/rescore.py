@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlwork.config import RewardsConfig
+from rlwork.config import ConfigError, RewardsConfig
 from rlwork.rl.advantages import DEFAULT_SCALE, compute_advantages, zero_std_groups
 from rlwork.rl.scoring import RewardScorer
 from rlwork.runtime.tracking import load_rollouts
@@ -62,8 +62,8 @@ def _group_size(rows: Sequence[Mapping[str, Any]], num_generations: int | None) 
         raise ValueError(f"groups have different sizes {sorted(found)}: the rollouts must hold whole groups of G rows")
     size = found.pop()
     if num_generations is not None and num_generations != size:
-        raise ValueError(f"num_generations={num_generations} but the saved groups hold {size} rows each: pass {size} "
-                         "or leave it out")
+        raise ConfigError(f"algo.num_generations={num_generations} but the saved groups hold {size} rows each: set "
+                         f"algo.num_generations={size} (`rlwork rescore` reads it from the run's saved config)")
     return size
 
 
@@ -111,6 +111,7 @@ def rescore(
     scale_rewards: str | None = None,
     problems: Sequence[Mapping[str, Any]] | None = None,
     steps: Sequence[int] | None = None,
+    reward_kwargs: dict[str, dict] | None = None,
     timeout_s: float = 5.0,
     workers: int | None = None,
     allow_weak_isolation: bool = False,
@@ -125,13 +126,16 @@ def rescore(
     scale_rewards: as `algo.advantage` / `algo.scale_rewards` (None = the estimator's default), applied per step to
     the old and the new rewards alike. problems: dataset rows joined on `task_id` for rewards that read columns
     (unit tests); e.g. `load_split(cfg.data, cfg.data.split, cfg.seed)`. steps: only these steps (None = all).
-    Rewards differ when |old - new| > atol or exactly one is NaN.
+    Rewards differ when |old - new| > atol or exactly one is NaN. reward_kwargs: parameters of parameterised
+    rewards by name (`rewards.kwargs`). The store keeps completion text, not token ids, so a length reward
+    measures characters here where training measured tokens.
     """
     from tqdm.auto import tqdm
 
     weights = tuple(weights) if weights is not None else (1.0,) * len(reward_names)
     rewards_cfg = RewardsConfig(functions=tuple(reward_names), weights=tuple(float(w) for w in weights),
-                                timeout_s=timeout_s, workers=workers, allow_weak_isolation=allow_weak_isolation)
+                                kwargs=dict(reward_kwargs or {}), timeout_s=timeout_s, workers=workers,
+                                allow_weak_isolation=allow_weak_isolation)
     rows = _ordered_rows(run_dir, steps)
     G = _group_size(rows, num_generations)
     columns, missing = _reward_columns(rows, problems)

@@ -51,14 +51,19 @@ class RewardScorer:
 
     def __init__(self, cfg: RewardsConfig):
         sandbox = dict(timeout=cfg.timeout_s, max_concurrency=cfg.workers, allow_weak=cfg.allow_weak_isolation)
-        self.fns = [get_reward(name, sandbox=sandbox) for name in cfg.functions]
+        self.fns = [get_reward(name, sandbox=sandbox, kwargs=cfg.kwargs.get(name)) for name in cfg.functions]
         self.weights = list(cfg.weights)
         self.names = tuple(reward_name(fn) for fn in self.fns)
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"rewards.functions={list(cfg.functions)} names a reward twice: list each once")
 
-    def score(self, prompts: list[str], completions: list[str], problems: list[dict[str, Any]]) -> StepScores:
+    def score(self, prompts: list[str], completions: list[str], problems: list[dict[str, Any]],
+              completion_ids: list[list[int]] | None = None) -> StepScores:
+        """Every reward on the batch; rewards get the problems' columns, and `completion_ids` (each completion's
+        real tokens, as TRL passes them) when given, so length rewards count tokens."""
         columns = {key: [p.get(key) for p in problems] for key in problems[0]} if problems else {}
+        if completion_ids is not None:
+            columns["completion_ids"] = completion_ids
         result = score_all(self.fns, self.weights, prompts, completions, columns)
         per_func = torch.tensor([result.per_reward[name] for name in self.names], dtype=torch.float32).T  # [N, R]
         detailed = next(iter(result.details.values()), None)  # the first, in reward order
@@ -128,6 +133,9 @@ def language_means(metrics: dict[str, float]) -> dict[str, float]:
             out[f"sandbox/lang/{lang}/passed_frac"] = metrics[f"lang/{lang}/passed"] / rows if rows else math.nan
             out[f"sandbox/lang/{lang}/rows"] = rows
     return out
+def completion_token_ids(rollout) -> list[list[int]]:
+    """Each row's real completion tokens (EOS included), for rewards that measure length in tokens."""
+    return [ids[mask].tolist() for ids, mask in zip(rollout.completion_ids, rollout.completion_mask, strict=True)]
 
 
 def rollout_rows(rollout, scores: StepScores, rewards: Tensor, advantages: Tensor) -> list[dict[str, Any]]:

@@ -245,15 +245,18 @@ def export_merged(
     base_path: str | Path,
     out_dir: str | Path,
     trust_remote_code: bool = False,
+    auto_class: str = "AutoModelForCausalLM",
 ) -> Path:
     """Write an HF checkpoint of base + adapter merged (`merge_and_unload`) to `out_dir` (atomically).
 
-    Loads with `AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=...)`: safetensors weights in the
-    base's dtype, the base's tokenizer and, for remote-code models, the base folder's modelling `.py` files next to
-    a config whose `auto_map` is kept. A full fine-tuning checkpoint's `model/` folder is exported the same way.
+    Loads with `<auto_class>.from_pretrained(out_dir, trust_remote_code=...)` (the family's class: AutoModel for
+    LLaDA, Dream, DiffuCoder): safetensors weights in the base's dtype, the base's tokenizer and, for remote-code
+    models, the base folder's modelling `.py` files next to a config whose `auto_map` is kept. A full fine-tuning
+    checkpoint's `model/` folder is exported the same way.
     """
+    import transformers
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     source = Path(checkpoint_or_run_dir)
     ckpt = source if (source / "meta.json").is_file() else latest_checkpoint(source)
@@ -265,7 +268,8 @@ def export_merged(
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if (ckpt / "adapter").is_dir():
-        base = AutoModelForCausalLM.from_pretrained(base_path, trust_remote_code=trust_remote_code, dtype="auto")
+        auto = getattr(transformers, auto_class)
+        base = auto.from_pretrained(base_path, trust_remote_code=trust_remote_code, dtype="auto")
         merged = PeftModel.from_pretrained(base, ckpt / "adapter").merge_and_unload()
         merged.save_pretrained(tmp)
     elif (ckpt / "model").is_dir():

@@ -24,7 +24,7 @@ import torch
 
 from rlwork.config import LoopConfig, RunConfig, to_dict
 from rlwork.data.prompts import PromptStream
-from rlwork.models.lm import DiffusionLM
+from rlwork.models.lm import DiffusionLM, lora_target_paths
 from rlwork.runtime import checkpoint as ckpt
 from rlwork.runtime import dist
 from rlwork.runtime import engine as eng
@@ -156,10 +156,11 @@ def open_session(cfg: RunConfig, loop: LoopConfig, *, kind: str, problems: list[
         check_kind(latest, kind)  # before loading anything: the other loop's weights would not even fit
     cfg = dataclasses.replace(cfg, model=starting_model(cfg.model, cfg.output_dir, resume))  # pinned, checked
     lm = load_model(cfg.model)  # an HF folder, a tiny variant, or a run folder (its weights merged into its base)
+    # Adapters on the family's linear layers (or lora.target_modules), in every layer, never on the LM head.
+    targets = lora_target_paths(lm.model, cfg.lora.target_modules or lm.family.lora_targets, lm.family) if lora else ()
     with torch.random.fork_rng(devices=[]):  # adapter init depends on cfg.seed only, not on what ran before
         torch.manual_seed(cfg.seed)
-        policy = eng.apply_lora(lm.model, cfg.lora.r if lora else 0, cfg.lora.alpha, cfg.lora.dropout,
-                                cfg.lora.target_modules)
+        policy = eng.apply_lora(lm.model, cfg.lora.r if lora else 0, cfg.lora.alpha, cfg.lora.dropout, targets)
     micro = min(loop.micro_batch_size, rows_per_rank)
     engine = eng.TrainEngine.create(
         policy, backend="deepspeed" if cfg.train.deepspeed else "torch", lr=loop.learning_rate,

@@ -63,7 +63,7 @@ def setup_sft(cfg: RunConfig, resume: bool = False, progress: bool = True, overw
                   continues_prompts(cfg.data))  # before loading a model
     base = open_session(cfg, s, kind="sft", problems=problems, rows_per_rank=s.batch_size // dist.world_size(),
                         lora=s.lora, resume=resume, overwrite=overwrite)
-    base.engine.module.train()  # adapter dropout on; the tiny and real coders have no other dropout
+    base.lm.train_mode(base.engine.module)  # adapter dropout on; the tiny and real coders have no other dropout
     return SftSession(**{f.name: getattr(base, f.name) for f in dataclasses.fields(Session)},
                       progress=progress and dist.is_main_process())
 

@@ -185,6 +185,9 @@ def test_run_eval_base_vs_trained_on_the_tiny_coder(tiny_lm, tmp_path, capsys):
         [s["completion"] for s in report["policies"]["trained"]["samples"]]
     printed = capsys.readouterr().out
     assert "pass@1" in printed and "trained" in printed and "delta" in printed
+    # the table says which source and split it scored
+    assert report["source"] == "synthetic split heldout" and report["split"] == "heldout"
+    assert not report["training_data"] and "synthetic split heldout: 2 problems x 2 samples" in printed
 
 
 def test_run_eval_checks_every_checkpoint_before_sampling(tiny_lm, tmp_path, monkeypatch):

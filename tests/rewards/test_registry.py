@@ -31,6 +31,19 @@ def test_lookup_errors(name, message):
         get_reward(name)
 
 
+def test_parameterised_rewards_are_built_from_their_keywords():
+    ids = [[1] * 3, [1] * 6, [1] * 9]  # token lengths 3, 6, 9
+    for name in ("overlong", "rewards.shaping:OverlongPenalty"):  # built-in name, or the class by import path
+        fn = get_reward(name, kwargs={"max_length": 8, "cache_length": 4})
+        assert isinstance(fn, OverlongPenalty) and fn.__name__ == "overlong"
+        assert fn(["p"] * 3, ["x"] * 3, completion_ids=ids) == [0.0, -0.5, -1.0]
+        # the class is never called as the reward (every score was NaN that way): without its keywords, an error
+        with pytest.raises(ValueError, match=r"OverlongPenalty\(max_length, cache_length\).*rewards.kwargs"):
+            get_reward(name)
+    with pytest.raises(ValueError, match="is a function and takes no parameters"):
+        get_reward("format", kwargs={"max_length": 3})
+
+
 @pytest.mark.parametrize("fn", [UnitTestReward(binary=True), OverlongPenalty(max_length=5, cache_length=2),
                                 *REWARD_FNS.values()])
 def test_parameterised_rewards_pickle_with_a_name(fn):

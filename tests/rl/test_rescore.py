@@ -119,7 +119,7 @@ def test_a_raising_reward_is_reported_per_step(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    (dict(num_generations=4), "pass 2"),
+    (dict(num_generations=4), "set algo.num_generations=2"),
     (dict(steps=[7]), r"steps=\[7\]"),
     (dict(weights=[1.0, 2.0]), "rewards.weights"),
 ])

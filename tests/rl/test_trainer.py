@@ -37,13 +37,15 @@ def test_two_steps_change_every_lora_parameter_and_no_base_weight(tmp_path, rewa
     assert not unchanged, f"LoRA parameters that never changed: {unchanged[:5]}"
     assert all(torch.equal(base0[n], base1[n]) for n in base0)
     keys = {"reward/mean", "reward/frac_zero_std", "reward/varied/mean", "reward/varied/std", "policy/entropy",
-            "completion/len_min", "policy/clipfrac", "policy/kl", "policy/ratio_mean", "elbo/std",
+            "completion/len_min", "policy/clipfrac", "policy/kl", "policy/ratio_mean", "elbo/std_across_completions",
             "completion/len_mean",
             "completion/eos_frac", "perf/rollout_s", "perf/score_s", "perf/advantages_s", "perf/likelihoods_s",
             "perf/update_s", "perf/log_s", "perf/tokens_per_s", "optim/grad_norm", "sandbox/passed_frac"}
     for m in metrics:
         assert keys <= set(m), keys - set(m)
         assert all(math.isfinite(m[k]) for k in keys if not k.startswith("sandbox/")), m
+    # the estimator's spread over mask draws, every train.log_every (10) steps: step 0 only
+    assert metrics[0]["elbo/estimator_std"] > 0 and "elbo/estimator_std" not in metrics[1]
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [0, 1]
     assert sorted(p.name for p in (tmp_path / "run" / "rollouts").glob("*.parquet")) == [
@@ -305,3 +307,16 @@ def test_rollouts_and_the_in_training_eval_show_progress_on_rank_0(tmp_path, rew
     train(tiny_cfg(tmp_path, "train.steps=1", "eval.every_steps=1", "train.rollout_batch_size=64", *EVAL))
     assert ("rollout", False) in bars  # one sampler batch still shows its bar (rows, with an ETA)
     assert passed == ["eval"]  # a transient bar named "eval"
+
+
+def test_in_training_eval_refuses_the_training_file_before_loading_a_model(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from rlwork.config import ConfigError
+    from rlwork.runtime import session as session_mod
+
+    monkeypatch.setattr(session_mod, "load_model", lambda *a: pytest.fail("loaded a model first"))
+    mbpp = Path(__file__).resolve().parents[1] / "data" / "mbpp.jsonl"
+    cfg = tiny_cfg(tmp_path, "data.dataset=mbpp", f"data.data_files=[{mbpp}]", "eval.every_steps=1")
+    with pytest.raises(ConfigError, match="would score the training problems"):
+        setup(cfg)
