@@ -51,7 +51,7 @@ from rlwork.rl.scoring import (
     sandbox_metrics,
     step_languages,
 )
-from rlwork.rl.update import no_update_metrics, policy_updates
+from rlwork.rl.update import kl_without_update, no_update_metrics, policy_updates
 from rlwork.runtime import dist
 from rlwork.runtime import engine as eng
 from rlwork.runtime.plots import plot_run
@@ -181,8 +181,9 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
     # on each other.
     with timer("likelihoods"), eng.gathered_parameters(engine):
         draws = draw_step_masks(algo, lm, rollout, cfg.train.micro_batch_size, cfg.seed, step, first_row)
+        any_signal = dist.any_rank(bool(signal.any()))
         old, ref = old_and_ref_logps(algo, cfg.sampler, lm, engine, session.ref_policy, rollout, draws,
-                                     cfg.train.micro_batch_size, needed=signal)
+                                     cfg.train.micro_batch_size, needed=signal if any_signal else None)
         spread = {}
         if step % cfg.train.log_every == 0 and algo.likelihood == "trace":
             spread["elbo/estimator_std"] = 0.0  # the trajectory likelihood is exact: no mask draw to vary
@@ -194,11 +195,15 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
     # rank there is nothing to learn, and an optimizer step on zero gradients would still move the weights
     # (Adam's momentum), so every rank skips the phase together.
     with timer("update"):
-        if dist.any_rank(bool(signal.any())):
+        if any_signal:
             update_metrics = policy_updates(algo, cfg.sampler, lm, engine, rollout, advantages, signal, draws, old,
                                             ref, cfg.train.micro_batch_size, cfg.train.learning_rate)
-        else:
+        else:  # the KL to the reference still exists (over every row: phase 4 scored them all for it)
             update_metrics = no_update_metrics(has_reference=ref is not None, trace=algo.likelihood == "trace")
+            if ref is not None:
+                with eng.gathered_parameters(engine):
+                    update_metrics["policy/kl"] = kl_without_update(algo, cfg.sampler, lm, engine.module, ref,
+                                                                    rollout, draws, cfg.train.micro_batch_size)
         update_metrics["optim/no_signal_step"] = float(not signal.any())
 
     # 6 evaluate: every eval.every_steps steps (and after the last), pass@k of the updated policy on the eval source.

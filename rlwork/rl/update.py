@@ -13,8 +13,8 @@ from torch import Tensor
 from rlwork.config import AlgoConfig, SamplerConfig
 from rlwork.diffusion.rollout import Rollout
 from rlwork.models.lm import DiffusionLM
-from rlwork.rl.likelihoods import Draws, likelihood_of_rows, row_chunks
-from rlwork.rl.losses import policy_loss
+from rlwork.rl.likelihoods import Draws, likelihood_of_rows, row_chunks, terms_of_rows
+from rlwork.rl.losses import kl_estimate, policy_loss
 from rlwork.runtime import dist
 
 UPDATE_KEYS = ("policy/clipfrac_low", "policy/clipfrac_high", "policy/clipfrac", "policy/ratio_mean",
@@ -29,9 +29,24 @@ iteration, whose weights are the sampler's (float noise when the trace is exact;
 
 
 def no_update_metrics(has_reference: bool, trace: bool = False) -> dict[str, float]:
-    """Phase 5's keys, all NaN, for a step that had no signal on any rank (policy/kl only with a reference)."""
+    """Phase 5's keys, all NaN, for a step that had no signal on any rank (policy/kl only with a reference; the
+    trainer fills it with `kl_without_update`, since the policy's distance to the reference exists either way)."""
     keys = [k for k in UPDATE_KEYS if k != "policy/kl" or has_reference] + list(TRACE_KEYS if trace else ())
     return {k: math.nan for k in keys}
+
+
+@torch.no_grad()
+def kl_without_update(algo: AlgoConfig, sampler: SamplerConfig, lm: DiffusionLM, model: torch.nn.Module,
+                      ref: list[Tensor], rollout: Rollout, draws: Draws, micro_batch_size: int) -> float:
+    """policy/kl on a step that updates nothing: the same estimator (`algo.kl_estimator`) as the loss's, of the
+    current policy to the reference on the step's own draws (ref: per-draw [N, L] terms of every row), as a mean
+    over every completion token of every rank (the loss's KL averages over signal rows' tokens; here all rows are
+    used, none having signal). One forward per micro-batch, the same number on every rank."""
+    current = terms_of_rows(algo, sampler, lm, rollout, draws[0], micro_batch_size, model)
+    mask = rollout.completion_mask
+    kl = kl_estimate(current, ref[0], algo.kl_estimator).masked_fill(~mask, 0.0)
+    total, count = dist.all_reduce(torch.tensor([float(kl.sum()), float(mask.sum())], dtype=torch.float64)).tolist()
+    return total / count if count else math.nan
 
 
 def policy_updates(algo: AlgoConfig, sampler: SamplerConfig, lm: DiffusionLM, engine, rollout: Rollout,

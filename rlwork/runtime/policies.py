@@ -218,7 +218,8 @@ def export_run(source: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
 
     trust = model_cfg.trust_remote_code or any(out.glob("*.py"))  # the folder ships the base's modelling code
     family = resolve_family(get_family(model_cfg.family), AutoConfig.from_pretrained(out, trust_remote_code=trust),
-                            AutoTokenizer.from_pretrained(out, trust_remote_code=trust), block_size=model_cfg.block_size)
+                            AutoTokenizer.from_pretrained(out, trust_remote_code=trust),
+                            block_size=model_cfg.block_size)
     data = saved.get("data") or {}
     prompt = {"chat": bool(data.get("chat", True)), "prompt_style": data.get("prompt_style", "instruct")}
     add_diffusion_generate(out, family, saved.get("sampler") or {}, prompt)

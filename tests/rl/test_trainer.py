@@ -183,6 +183,34 @@ def test_a_step_without_signal_leaves_the_adapter_alone(tmp_path, reward_module)
     assert all(torch.equal(lora0[n], lora1[n]) for n in lora0)
 
 
+def _perturb_adapter(session, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in session.engine.model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize("likelihood", ["elbo", "trace"])
+def test_a_step_without_signal_logs_the_kl_the_loss_would_have_logged(tmp_path, reward_module, likelihood):
+    """No signal: no update, but policy/kl is still the policy's distance to the reference: the value a step that
+    trains on every row (dynamic_sampling=keep, zero advantages) reports on the same rollout and mask draws."""
+    kls = {}
+    for mode in ("skip", "keep"):
+        cfg = tiny_cfg(tmp_path / mode, "rewards.functions=[format]", f"algo.dynamic_sampling={mode}",
+                       f"algo.likelihood={likelihood}")
+        session = setup(cfg)
+        _perturb_adapter(session)  # away from the reference (a fresh adapter is the reference: KL 0)
+        try:
+            m = train_step(session, 0)
+        finally:
+            session.close()
+        assert m["optim/no_signal_step"] == (1.0 if mode == "skip" else 0.0)
+        kls[mode] = m["policy/kl"]
+    assert math.isfinite(kls["skip"]) and kls["skip"] > 1e-4
+    assert kls["skip"] == pytest.approx(kls["keep"], rel=1e-5)
+
+
 def by_length_parity(completions, tests, evaluator=None, prompts=None, languages=None):
     """Stand-in sandbox verdicts: a completion "passes" when its length is even, so that the random tiny coder's
     pass@k is neither 0 nor 1 and depends on exactly which completions were sampled."""
