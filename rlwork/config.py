@@ -94,7 +94,16 @@ class DataConfig:
     synthetic_train: int = 256
     """Synthetic family: number of training tasks."""
     synthetic_heldout: int = 64
-    """Synthetic family: number of held-out tasks (new compositions, never seen in training)."""
+    """Synthetic family: tasks in each evaluation split: heldout (compositional: new compositions, never seen in
+    training), iid (the training distribution, each task unseen in training) and valid (drawn like iid, disjoint
+    from it: choose settings on valid, report iid)."""
+    synthetic_fresh: bool = False
+    """Synthetic family: the train split is `synthetic_train` i.i.d. draws from the generator (a fresh task in every
+    SFT batch when it is sft.steps x sft.batch_size) instead of that many distinct tasks repeated each epoch."""
+    synthetic_rl: int = 4096
+    """Synthetic family: size of the `rl` split, fresh i.i.d. draws (never an iid/valid task) for RL prompts."""
+    rl_split: str | None = None
+    """Demo: the split RL draws its prompts from (e.g. rl); null = data.split (the warm start's)."""
 
 
 REMASKING = ("low_confidence", "random", "margin", "entropy")
@@ -287,6 +296,10 @@ class EvalConfig:
     every_steps: int = 0
     """During `rlwork train`: pass@k of the policy on `split` after every N-th RL step and after the last one,
     logged as eval/pass@k (W&B, metrics.jsonl); 0 = off. Same samples, ks and sampler as `rlwork eval`."""
+    report_splits: tuple[str, ...] = ("heldout",)
+    """Demo: the splits evaluated before and after RL (all problems), reported as `<name>_pass@k_before/after` with
+    name heldout for iid (the i.i.d. held-out split), compositional for heldout when iid is reported too, else the
+    split's own name."""
     training_problems: int | None = 64
     """Problems per in-training evaluation: the first N of `split` (null = all). `rlwork eval` always uses all."""
 

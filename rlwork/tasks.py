@@ -18,6 +18,7 @@ primitives does. Solving it needs composing known steps in a new order, not reca
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Sequence
@@ -132,6 +133,7 @@ def _render(composition: Sequence[str], consts: Sequence[dict]) -> tuple[str, st
     return name, sig, "\n".join([sig, *body]) + "\n"
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a fresh-draw stream repeats programs (and their step-dropped variants)
 def _compile(code: str, name: str):
     namespace: dict = {}
     exec(code, namespace)  # noqa: S102 -- our own grammar's code, see the module docstring
@@ -263,9 +265,14 @@ def _fingerprint(row: dict) -> str:
     """The row's input type and outputs on fixed probe inputs: equal fingerprints mean (nearly surely) equal
     behaviour, e.g. "rev|evens" and "evens|rev"."""
     src = PRIMITIVES[row["composition"].split("|")[0]].src
+    return _fingerprint_of(row["reference"], row["entry_point"], src)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _fingerprint_of(reference: str, entry_point: str, src: str) -> str:
     probe_rng = random.Random(f"probes:{src}")
     probes = EDGE_INPUTS[src] + [_draw_input(src, probe_rng) for _ in range(NUM_INPUTS)]
-    return json.dumps([src, _outputs(_compile(row["reference"], row["entry_point"]), probes)])
+    return json.dumps([src, _outputs(_compile(reference, entry_point), probes)])
 
 
 def _by_len(pool: list[tuple[str, ...]]) -> dict[int, list[tuple[str, ...]]]:
@@ -273,3 +280,86 @@ def _by_len(pool: list[tuple[str, ...]]) -> dict[int, list[tuple[str, ...]]]:
     for c in pool:
         out.setdefault(len(c), []).append(c)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# i.i.d. evaluation splits and fresh (unlimited) training draws (issue 15)
+
+TRAIN_WEIGHTS = {1: 0.2, 2: 0.45, 3: 0.35}
+"""Composition lengths of a training draw (and of an i.i.d. held-out or validation draw)."""
+SPLITS = ("train", "heldout", "iid", "valid", "rl")
+
+
+def _pools(seed: int, heldout_frac: float) -> tuple[list, list]:
+    """(train compositions, held-out compositions) of a seed: make_synthetic_splits's partition."""
+    multi = [c for c in compositions() if len(c) > 1]
+    random.Random(f"{seed}:split").shuffle(multi)
+    n_held = int(len(multi) * heldout_frac)
+    return [c for c in compositions() if len(c) == 1] + multi[n_held:], multi[:n_held]
+
+
+def _draw_fresh(pool_by_len: dict[int, list], n: int, rng: random.Random, split: str, avoid: set[str]) -> list[dict]:
+    """n i.i.d. draws from the generator (a task may repeat), none with a fingerprint in `avoid`."""
+    lengths = sorted(k for k in TRAIN_WEIGHTS if pool_by_len.get(k))
+    rows: list[dict] = []
+    while len(rows) < n:
+        length = rng.choices(lengths, weights=[TRAIN_WEIGHTS[k] for k in lengths])[0]
+        row = synthetic_task(rng.choice(pool_by_len[length]), rng, task_id=f"synthetic/{split}/{len(rows)}")
+        if row is not None and _fingerprint(row) not in avoid:
+            rows.append(row)
+    return rows
+
+
+@functools.lru_cache(maxsize=2)
+def synthetic_splits(n_train: int, n_heldout: int, seed: int = 0, fresh: bool = False, n_rl: int = 0,
+                     heldout_frac: float = 0.25) -> dict[str, tuple[dict, ...]]:
+    """Every split of the synthetic family for one seed: name -> rows (cached; treat the rows as read-only).
+
+    - train: n_train SFT tasks. fresh=False: distinct tasks, as `make_synthetic_splits` (the same rows); each
+      epoch repeats them. fresh=True: n_train i.i.d. draws from the generator (sft.steps x sft.batch_size of them
+      means every batch is fresh; common short tasks recur, as they do in the generator).
+    - heldout: the compositional split of `make_synthetic_splits` (compositions never in train), n_heldout tasks.
+    - iid: n_heldout tasks drawn like train (same composition pool and length mix), distinct from each other and,
+      by code and by behaviour fingerprint, from every train task (fresh=True: train draws exclude them instead).
+    - valid: a validation split drawn exactly like iid with its own rng, disjoint from iid: choose settings on it.
+    - rl: n_rl i.i.d. draws like fresh train tasks (own rng), none with an iid/valid fingerprint: RL prompts.
+    """
+    train_pool, held_pool = _pools(seed, heldout_frac)
+    by_len = _by_len(train_pool)
+    out: dict[str, list[dict]] = {}
+
+    def eval_split(name: str, seen_code: set[str], avoid: set[str]) -> list[dict]:
+        rows = _sample_tasks(by_len, TRAIN_WEIGHTS, n_heldout, random.Random(f"{seed}:{name}"), name, seen_code, avoid)
+        avoid.update(_fingerprint(r) for r in rows)  # the next split avoids these too
+        return rows
+
+    if fresh:
+        seen: set[str] = set()
+        avoid: set[str] = set()
+        out["iid"] = eval_split("iid", seen, avoid)
+        out["valid"] = eval_split("valid", seen, avoid)
+        out["train"] = _draw_fresh(by_len, n_train, random.Random(f"{seed}:train"), "train", avoid)
+        train_fps = {_fingerprint(r) for r in out["train"]}
+        known = {p for r in out["train"] for p in r["composition"].split("|")}
+        held = _by_len([c for c in held_pool if known.issuperset(c)])
+        out["heldout"] = _sample_tasks(held, {2: 0.5, 3: 0.5}, n_heldout, random.Random(f"{seed}:heldout"), "heldout",
+                                       {r["reference"] for r in out["train"]} | seen, train_fps)
+    else:
+        train, heldout = make_synthetic_splits(n_train, n_heldout, seed, heldout_frac)
+        out["train"], out["heldout"] = train.to_list(), heldout.to_list()
+        seen = {r["reference"] for r in out["train"] + out["heldout"]}
+        avoid = {_fingerprint(r) for r in out["train"]}
+        out["iid"] = eval_split("iid", seen, avoid)
+        out["valid"] = eval_split("valid", seen, avoid)
+    if n_rl:
+        eval_fps = {_fingerprint(r) for r in out["iid"] + out["valid"]}
+        out["rl"] = _draw_fresh(by_len, n_rl, random.Random(f"{seed}:rl"), "rl", eval_fps)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def synthetic_split(split: str, n_train: int, n_heldout: int, seed: int = 0, fresh: bool = False,
+                    n_rl: int = 0) -> list[dict]:
+    """One split of `synthetic_splits` (fresh copies of the rows); rl is drawn only when asked for."""
+    if split not in SPLITS:
+        raise ValueError(f"synthetic split={split!r}: use one of {', '.join(SPLITS)}")
+    return [dict(r) for r in synthetic_splits(n_train, n_heldout, seed, fresh, n_rl if split == "rl" else 0)[split]]
