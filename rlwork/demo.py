@@ -34,10 +34,10 @@ def base_identity(cfg: RunConfig) -> str:
 
 def warm_start_key(cfg: RunConfig) -> str:
     data = to_dict(cfg.data)
-    for name in ("synthetic_rl", "rl_split"):  # what RL draws; not the warm start's data
-        del data[name]
-    if not cfg.data.synthetic_fresh:
-        del data["synthetic_fresh"]  # keys of warm starts made before the option existed stay valid
+    del data["rl_split"]  # what RL draws; not the warm start's data
+    if not cfg.data.synthetic_fresh:  # the distinct train split is drawn first, whatever is reserved after it
+        del data["synthetic_fresh"], data["synthetic_rl"], data["synthetic_train_mix"]  # so warm starts made
+        # before these options existed keep their keys
         if cfg.data.dataset == "synthetic" and cfg.data.split == "train":
             del data["synthetic_heldout"]  # the train split is drawn first and does not depend on the held-out size
     bookkeeping = ("save_every", "keep_checkpoints", "log_every")  # they do not change the weights

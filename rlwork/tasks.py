@@ -19,6 +19,7 @@ primitives does. Solving it needs composing known steps in a new order, not reca
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import random
 from collections.abc import Sequence
@@ -286,8 +287,12 @@ def _by_len(pool: list[tuple[str, ...]]) -> dict[int, list[tuple[str, ...]]]:
 # i.i.d. evaluation splits and fresh (unlimited) training draws (issue 15)
 
 TRAIN_WEIGHTS = {1: 0.2, 2: 0.45, 3: 0.35}
-"""Composition lengths of a training draw (and of an i.i.d. held-out or validation draw)."""
+"""Composition lengths of a training draw (and of an iid / valid / rl draw)."""
+RESERVED_FRAC = 0.2
+"""fresh=True: the share of the program space (by behaviour fingerprint) kept out of training for iid/valid/rl."""
 SPLITS = ("train", "heldout", "iid", "valid", "rl")
+RESERVED = ("iid", "valid", "rl")
+"""Splits of programs never in training, drawn alike."""
 
 
 def _pools(seed: int, heldout_frac: float) -> tuple[list, list]:
@@ -298,68 +303,105 @@ def _pools(seed: int, heldout_frac: float) -> tuple[list, list]:
     return [c for c in compositions() if len(c) == 1] + multi[n_held:], multi[:n_held]
 
 
-def _draw_fresh(pool_by_len: dict[int, list], n: int, rng: random.Random, split: str, avoid: set[str]) -> list[dict]:
-    """n i.i.d. draws from the generator (a task may repeat), none with a fingerprint in `avoid`."""
-    lengths = sorted(k for k in TRAIN_WEIGHTS if pool_by_len.get(k))
+def _reserved(row: dict, seed: int) -> bool:
+    """Whether a task's program lies in the seed's reserved share of the program space: a hash of its behaviour
+    fingerprint, so the partition is independent of how often the generator draws a program."""
+    return _reserved_fp(_fingerprint(row), seed)
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _reserved_fp(fingerprint: str, seed: int) -> bool:
+    digest = hashlib.sha256(f"{seed}:reserve:{fingerprint}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64 < RESERVED_FRAC
+
+
+def _reserve_splits(by_len: dict[int, list], sizes: dict[str, int], seed: int, keep, avoid: set[str]) -> dict:
+    """Distinct unseen tasks for the RESERVED splits, drawn as one sequence and dealt out by a seeded shuffle, so
+    the splits are exchangeable (the first split drawn does not take the programs the generator draws most)."""
+    rows = _draw_distinct(by_len, sum(sizes.values()), random.Random(f"{seed}:reserved"), "reserved", keep, avoid)
+    random.Random(f"{seed}:deal").shuffle(rows)
+    out, start = {}, 0
+    for name, n in sizes.items():
+        out[name] = [{**row, "task_id": f"synthetic/{name}/{i}"} for i, row in enumerate(rows[start:start + n])]
+        start += n
+    return out
+
+
+def _draw_fresh(pool_by_len: dict[int, list], n: int, rng: random.Random, split: str, keep,
+                weights: dict[int, float] | None = None) -> list[dict]:
+    """n i.i.d. draws from the generator (a task may repeat), each with keep(row) true; weights: composition
+    lengths (default TRAIN_WEIGHTS, the generator's)."""
+    weights = weights or TRAIN_WEIGHTS
+    lengths = sorted(k for k in weights if pool_by_len.get(k))
     rows: list[dict] = []
     while len(rows) < n:
-        length = rng.choices(lengths, weights=[TRAIN_WEIGHTS[k] for k in lengths])[0]
+        length = rng.choices(lengths, weights=[weights[k] for k in lengths])[0]
         row = synthetic_task(rng.choice(pool_by_len[length]), rng, task_id=f"synthetic/{split}/{len(rows)}")
-        if row is not None and _fingerprint(row) not in avoid:
+        if row is not None and keep(row):
             rows.append(row)
     return rows
 
 
+def _draw_distinct(pool_by_len: dict[int, list], n: int, rng: random.Random, split: str, keep,
+                   avoid: set[str]) -> list[dict]:
+    """n draws from the generator with keep(row) true and a behaviour fingerprint not in `avoid` (which each taken
+    task joins): the generator's distribution restricted to `keep`, each program once."""
+    rows: list[dict] = []
+    for row in _draw_fresh(pool_by_len, 60 * n + 1000, rng, split, keep):
+        fp = _fingerprint(row)
+        if fp not in avoid:
+            avoid.add(fp)
+            rows.append({**row, "task_id": f"synthetic/{split}/{len(rows)}"})
+            if len(rows) == n:
+                return rows
+    raise ValueError(f"could only make {len(rows)} distinct {split} tasks of {n}; ask for fewer")
+
+
 @functools.lru_cache(maxsize=2)
 def synthetic_splits(n_train: int, n_heldout: int, seed: int = 0, fresh: bool = False, n_rl: int = 0,
-                     heldout_frac: float = 0.25) -> dict[str, tuple[dict, ...]]:
+                     heldout_frac: float = 0.25, train_mix: tuple[float, ...] | None = None
+                     ) -> dict[str, tuple[dict, ...]]:
     """Every split of the synthetic family for one seed: name -> rows (cached; treat the rows as read-only).
 
-    - train: n_train SFT tasks. fresh=False: distinct tasks, as `make_synthetic_splits` (the same rows); each
-      epoch repeats them. fresh=True: n_train i.i.d. draws from the generator (sft.steps x sft.batch_size of them
-      means every batch is fresh; common short tasks recur, as they do in the generator).
+    - train: the SFT tasks. fresh=False: n_train distinct tasks, exactly `make_synthetic_splits`'s; each SFT epoch
+      repeats them. fresh=True: n_train i.i.d. draws from the generator restricted to the programs outside the
+      seed's reserved share (RESERVED_FRAC of the program space, by a hash of the behaviour fingerprint); with
+      sft.steps x sft.batch_size draws every batch is fresh (short programs recur, as they do in the generator).
+      train_mix: weights of 1-, 2- and 3-step compositions in these draws (None: the generator's TRAIN_WEIGHTS).
     - heldout: the compositional split of `make_synthetic_splits` (compositions never in train), n_heldout tasks.
-    - iid: n_heldout tasks drawn like train (same composition pool and length mix), distinct from each other and,
-      by code and by behaviour fingerprint, from every train task (fresh=True: train draws exclude them instead).
-    - valid: a validation split drawn exactly like iid with its own rng, disjoint from iid: choose settings on it.
-    - rl: n_rl i.i.d. draws like fresh train tasks (own rng), none with an iid/valid fingerprint: RL prompts.
+    - iid, valid (n_heldout each) and rl (n_rl): programs never in training, drawn alike (`RESERVED`), each program
+      once and in one split only, dealt out of one sequence of draws at random. fresh=True: draws from the generator restricted to the reserved share (so the
+      same distribution as train, on the other programs). fresh=False: draws after the distinct training tasks,
+      rejecting their programs. iid is the held-out split; choose settings on valid; rl holds RL prompts, so the
+      reward on them estimates pass@1 on iid.
     """
     train_pool, held_pool = _pools(seed, heldout_frac)
     by_len = _by_len(train_pool)
     out: dict[str, list[dict]] = {}
-
-    def eval_split(name: str, seen_code: set[str], avoid: set[str]) -> list[dict]:
-        rows = _sample_tasks(by_len, TRAIN_WEIGHTS, n_heldout, random.Random(f"{seed}:{name}"), name, seen_code, avoid)
-        avoid.update(_fingerprint(r) for r in rows)  # the next split avoids these too
-        return rows
-
+    sizes = {"iid": n_heldout, "valid": n_heldout, "rl": n_rl}
     if fresh:
-        seen: set[str] = set()
-        avoid: set[str] = set()
-        out["iid"] = eval_split("iid", seen, avoid)
-        out["valid"] = eval_split("valid", seen, avoid)
-        out["train"] = _draw_fresh(by_len, n_train, random.Random(f"{seed}:train"), "train", avoid)
+        out.update(_reserve_splits(by_len, sizes, seed, lambda row: _reserved(row, seed), set()))
+        out["train"] = _draw_fresh(by_len, n_train, random.Random(f"{seed}:train"), "train",
+                                   lambda row: not _reserved(row, seed),
+                                   dict(enumerate(train_mix, start=1)) if train_mix else None)
         train_fps = {_fingerprint(r) for r in out["train"]}
         known = {p for r in out["train"] for p in r["composition"].split("|")}
         held = _by_len([c for c in held_pool if known.issuperset(c)])
+        seen = {r["reference"] for k in ("train", *RESERVED) for r in out[k]}
         out["heldout"] = _sample_tasks(held, {2: 0.5, 3: 0.5}, n_heldout, random.Random(f"{seed}:heldout"), "heldout",
-                                       {r["reference"] for r in out["train"]} | seen, train_fps)
+                                       seen, train_fps)
     else:
         train, heldout = make_synthetic_splits(n_train, n_heldout, seed, heldout_frac)
         out["train"], out["heldout"] = train.to_list(), heldout.to_list()
-        seen = {r["reference"] for r in out["train"] + out["heldout"]}
-        avoid = {_fingerprint(r) for r in out["train"]}
-        out["iid"] = eval_split("iid", seen, avoid)
-        out["valid"] = eval_split("valid", seen, avoid)
-    if n_rl:
-        eval_fps = {_fingerprint(r) for r in out["iid"] + out["valid"]}
-        out["rl"] = _draw_fresh(by_len, n_rl, random.Random(f"{seed}:rl"), "rl", eval_fps)
+        avoid = {_fingerprint(r) for r in out["train"] + out["heldout"]}
+        out.update(_reserve_splits(by_len, sizes, seed, lambda row: True, avoid))
     return {k: tuple(v) for k, v in out.items()}
 
 
 def synthetic_split(split: str, n_train: int, n_heldout: int, seed: int = 0, fresh: bool = False,
-                    n_rl: int = 0) -> list[dict]:
-    """One split of `synthetic_splits` (fresh copies of the rows); rl is drawn only when asked for."""
+                    n_rl: int = 0, train_mix: tuple[float, ...] | None = None) -> list[dict]:
+    """One split of `synthetic_splits` (fresh copies of the rows)."""
     if split not in SPLITS:
         raise ValueError(f"synthetic split={split!r}: use one of {', '.join(SPLITS)}")
-    return [dict(r) for r in synthetic_splits(n_train, n_heldout, seed, fresh, n_rl if split == "rl" else 0)[split]]
+    splits = synthetic_splits(n_train, n_heldout, seed, fresh, n_rl, train_mix=tuple(train_mix) if train_mix else None)
+    return [dict(r) for r in splits[split]]
