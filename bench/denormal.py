@@ -32,12 +32,12 @@ def measure(model: str, flush: bool, steps: int, threads: int) -> float:
     """SFT steps per second from `model` in this process (the flag set before torch does any work)."""
     import torch
 
-    from rlwork.models import set_flush_denormal
+    from rlwork.models.lm import set_flush_denormal
 
     set_flush_denormal(flush)
     torch.set_num_threads(threads)
     from rlwork.config import load_config
-    from rlwork.sft_trainer import setup_sft, sft_step
+    from rlwork.sft.trainer import setup_sft, sft_step
 
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(CONFIG, [f"output_dir={out}", f"model.path={model}", "model.trust_remote_code=true",
@@ -58,7 +58,7 @@ def measure(model: str, flush: bool, steps: int, threads: int) -> float:
 def cached_warm_start() -> Path:
     from rlwork.config import load_config
     from rlwork.demo import warm_start_key
-    from rlwork.tiny import cache_root
+    from rlwork.models.tiny import cache_root
 
     path = cache_root() / "sft" / warm_start_key(load_config(CONFIG))
     if not (path / "config.json").is_file():

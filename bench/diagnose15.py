@@ -63,12 +63,13 @@ def classify(completion: str, reference: str, prompt: str) -> str:
 
 def main(args: list[str]) -> None:
     from rlwork.config import DataConfig
-    from rlwork.prompts import load_split
+    from rlwork.data.prompts import load_split
 
     n_train, n_heldout, fresh, paths = int(args[0]), int(args[1]), bool(int(args[2])), args[3:]
     data = DataConfig(dataset="synthetic", synthetic_train=n_train, synthetic_heldout=n_heldout, synthetic_fresh=fresh)
     for path in paths:
-        report = json.loads(open(path).read())
+        with open(path) as f:
+            report = json.load(f)
         policy = next(iter(report["policies"].values()))
         problems = {p["task_id"]: p for p in load_split(data, report["split"], report["seed"])}
         cats, by_len = Counter(), {}
@@ -83,7 +84,8 @@ def main(args: list[str]) -> None:
         total = sum(cats.values())
         print(json.dumps({"report": path, "pass@k": policy["pass_at_k"],
                           "categories": {k: round(v / total, 3) for k, v in cats.most_common()},
-                          "pass_by_len": {k: round(v["passed"] / sum(v.values()), 3) for k, v in sorted(by_len.items())},
+                          "pass_by_len": {k: round(v["passed"] / sum(v.values()), 3)
+                                          for k, v in sorted(by_len.items())},
                           "n_by_len": {k: sum(v.values()) for k, v in sorted(by_len.items())}}))
 
 

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from rlwork.diffusion.sampler import Generation, SamplerConfig, generate  # noqa: E402
 from rlwork.diffusion.sampler_ref import naive_generate  # noqa: E402
-from rlwork.models import DiffusionLM, load_diffusion_lm  # noqa: E402
+from rlwork.models.lm import DiffusionLM, load_diffusion_lm  # noqa: E402
 
 
 def humaneval_prompts(lm: DiffusionLM, n: int, lo: int, hi: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import torch  # noqa: E402
 
 from rlwork.config import load_config  # noqa: E402
-from rlwork.trainer import setup, train_step  # noqa: E402
+from rlwork.rl.trainer import setup, train_step  # noqa: E402
 
 PHASES = ("rollout", "score", "advantages", "likelihoods", "update", "log")
 

@@ -1,10 +1,20 @@
-"""Names -> reward functions, user rewards by dotted import path, and scoring that survives a raising reward."""
+"""Names -> reward functions, user rewards by dotted import path, and scoring that survives a raising reward.
+
+Every reward follows TRL's contract, `fn(prompts, completions, **columns) -> list[float | None]`. Two optional
+methods let a reward give a trainer more, without the trainer naming it:
+
+- `detailed(prompts, completions, **columns) -> Detailed`: the same scores plus one detail per row (the unit-test
+  rewards give the sandbox's per-test `Outcome`); `score_all` collects them under `Scores.details`.
+- `with_sandbox(timeout=..., max_concurrency=..., allow_weak=...)`: a copy that runs its programs with these
+  sandbox settings; `get_reward(name, sandbox=...)` applies them to every reward that has the method.
+"""
 
 import importlib
 import logging
 import math
 from dataclasses import dataclass, field
 
+from rewards.contract import Detailed  # noqa: F401 (re-exported: part of the contract)
 from rewards.shaping import FormatReward, format_reward
 from rewards.unit_tests import all_pass_reward, unit_test_reward
 
@@ -18,13 +28,22 @@ REWARD_FNS = {
 }
 
 
-def get_reward(name: str):
+def get_reward(name: str, sandbox: dict | None = None):
     """A built-in reward by name, or a user reward by import path (`pkg.mod:fn` or `pkg.mod.fn`).
+
+    `sandbox` (keyword arguments of `with_sandbox`) configures a reward that runs programs; others ignore it.
 
     Example:
         >>> get_reward("format").__name__
         'format'
     """
+    fn = _lookup(name)
+    if sandbox is not None and callable(getattr(fn, "with_sandbox", None)):
+        fn = fn.with_sandbox(**sandbox)
+    return fn
+
+
+def _lookup(name: str):
     if name in REWARD_FNS:
         return REWARD_FNS[name]
     if ":" in name or "." in name:
@@ -53,6 +72,8 @@ class Scores:
     """Weighted sum over the rewards that apply (NaN if none does), like TRL's nansum."""
     errors: dict[str, str] = field(default_factory=dict)
     """reward name -> the error it raised in this call."""
+    details: dict[str, list] = field(default_factory=dict)
+    """reward name -> N per-row details, for the rewards with a `detailed` method that did not raise."""
 
 
 ERRORS: dict[str, int] = {}
@@ -75,11 +96,18 @@ def score_all(reward_fns: list, weights: list[float] | None, prompts: list, comp
     if len(weights) != len(reward_fns):
         raise ValueError(f"weights: {len(weights)} given for {len(reward_fns)} rewards; give one per reward")
     n = len(completions)
-    per, errors = {}, {}
+    per, errors, details = {}, {}, {}
     for fn in reward_fns:
         name = reward_name(fn)
         try:
-            values = list(fn(prompts, completions, **columns))
+            if callable(getattr(fn, "detailed", None)):
+                out = fn.detailed(prompts, completions, **columns)
+                values = list(out.scores)
+                if len(out.details) != n:
+                    raise ValueError(f"returned {len(out.details)} details for {n} completions")
+                details[name] = list(out.details)
+            else:
+                values = list(fn(prompts, completions, **columns))
             if len(values) != n:
                 raise ValueError(f"returned {len(values)} values for {n} completions")
             per[name] = [math.nan if v is None else float(v) for v in values]
@@ -89,9 +117,19 @@ def score_all(reward_fns: list, weights: list[float] | None, prompts: list, comp
             log.error("reward %r raised %s; its %d rows are NaN (%d errors so far)", name, errors[name], n,
                       ERRORS[name])
             per[name] = [math.nan] * n
+    total = weighted_total([per[reward_name(fn)] for fn in reward_fns], weights)
+    return Scores(per, total, errors, details)
+
+
+def weighted_total(per_reward: list[list[float]], weights: list[float]) -> list[float]:
+    """Row-wise weighted sum of R reward columns, TRL's nansum convention: a NaN (does not apply) contributes 0, and
+    a row is NaN only when every reward is NaN for it.
+
+    >>> weighted_total([[1.0, float("nan")], [2.0, 3.0]], [1.0, 0.5])
+    [2.0, 1.5]
+    """
     total = []
-    for i in range(n):
-        parts = [w * per[reward_name(fn)][i] for fn, w in zip(reward_fns, weights, strict=True)
-                 if not math.isnan(per[reward_name(fn)][i])]
+    for column in zip(*per_reward, strict=True):
+        parts = [w * v for v, w in zip(column, weights, strict=True) if not math.isnan(v)]
         total.append(sum(parts) if parts else math.nan)
-    return Scores(per, total, errors)
+    return total

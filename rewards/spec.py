@@ -6,6 +6,7 @@ A row's `tests` is a JSON string of one of these shapes:
     {"kind": "stdio",  "cases": [{"stdin": "1 2\\n", "stdout": "3\\n"}, ...]}
     {"kind": "assert", "entry_point": "add", "code": "def check(candidate):\\n    assert candidate(1, 2) == 3\\n"}
     {"kind": "assert", "entry_point": "add", "asserts": ["assert add(1, 2) == 3"], "setup": "import math"}
+    {"kind": "assert", "entry_point": "find_zero", "code": "...", "names": ["poly"]}
 
 Values in `call` cases (args and expected) use the tagged form of `rewards.sandbox.wire`: JSON
 lists are lists, `{"__tuple__": [...]}` is a tuple, `{"__set__": [...]}` a set, `{"__dict__": [[k, v], ...]}`
@@ -18,8 +19,15 @@ int result matches a float expected value numerically; floats (also inside conta
 `rel_tol=1e-6`, `abs_tol=1e-9`, and NaN matches NaN; set elements and dict keys match exactly.
 `stdio` output matches when equal after removing trailing whitespace from every line and trailing
 empty lines. `assert` tests pass when the dataset's test code runs to the end without an exception.
+
+In `assert` tests, the names that refer to the program are the entry point and `names`: by default the names the
+test code uses without defining them (a helper from the prompt, like HumanEval's `poly`); Python's builtins and
+names the setup or test code define always keep their own meaning, whatever the program defines.
 """
 
+import ast
+import builtins
+import functools
 import json
 from dataclasses import dataclass, field
 
@@ -60,11 +68,56 @@ class AssertSpec:
     code: str | None = None
     asserts: tuple[str, ...] = field(default=())
     setup: str = ""
+    names: tuple[str, ...] = ()
+    """Other names of the program the test calls; default: those the test code uses without defining them."""
     kind: str = "assert"
+
+    def __post_init__(self):
+        for name in self.names:
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ValueError(f"tests.names: {name!r} is not a Python identifier")
+            if hasattr(builtins, name):
+                raise ValueError(f"tests.names: {name!r} is a builtin, and the test always gets Python's own; "
+                                 "rename the function in the prompt and the test")
 
     @property
     def num_tests(self) -> int:
         return len(self.asserts) if self.code is None else 1
+
+    @property
+    def declared_names(self) -> tuple[str, ...]:
+        """The names that become proxies of the program: the entry point first, then `names` or, if none are
+        given, the test's free names (used by the setup or test code, defined by neither, not builtins)."""
+        return _declared(self.entry_point, self.names, self.setup, self.code, self.asserts)
+
+
+@functools.lru_cache(maxsize=4096)
+def _declared(entry_point: str, names: tuple, setup: str, code: str | None, asserts: tuple) -> tuple[str, ...]:
+    free = set(names) if names else _free_names([setup, code or "", *asserts])
+    return (entry_point, *sorted(free - {entry_point}))
+
+
+def _free_names(sources: list[str]) -> set[str]:
+    loaded, bound = set(), set()
+    for src in sources:
+        try:
+            tree = ast.parse(src)
+        except SyntaxError:  # the test host reports a broken test as such
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name):
+                (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                bound.add(node.name)
+            elif isinstance(node, ast.arg):
+                bound.add(node.arg)
+            elif isinstance(node, ast.alias):
+                bound.add(node.asname or node.name.split(".")[0])
+            elif isinstance(node, ast.ExceptHandler | ast.MatchAs | ast.MatchStar) and node.name:
+                bound.add(node.name)
+            elif isinstance(node, ast.MatchMapping) and node.rest:
+                bound.add(node.rest)
+    return {n for n in loaded - bound if not hasattr(builtins, n)}
 
 
 TestSpec = CallSpec | StdioSpec | AssertSpec
@@ -98,15 +151,18 @@ def parse(tests: str | dict) -> TestSpec:
         if ("code" in tests) == ("asserts" in tests):
             raise ValueError("tests: an 'assert' spec needs exactly one of 'code' (defines check(candidate)) "
                              "or 'asserts' (list of assert statements)")
+        names = tests.get("names", [])
+        if not isinstance(names, list):
+            raise ValueError("tests.names: must be a list of the program's function names the test calls")
         if "code" in tests:
             _need_str(tests, "code", "tests")
             if "def check" not in tests["code"]:
                 raise ValueError("tests.code: must define check(candidate); use 'asserts' for bare statements")
-            return AssertSpec(ep, code=tests["code"], setup=setup)
+            return AssertSpec(ep, code=tests["code"], setup=setup, names=tuple(names))
         asserts = _list(tests, "asserts")
         if not all(isinstance(a, str) and a.strip() for a in asserts):
             raise ValueError("tests.asserts: every entry must be a non-empty string like 'assert f(1) == 2'")
-        return AssertSpec(ep, asserts=tuple(asserts), setup=setup)
+        return AssertSpec(ep, asserts=tuple(asserts), setup=setup, names=tuple(names))
     raise ValueError(f"tests.kind: {kind!r} is not one of 'call', 'stdio', 'assert'")
 
 
@@ -156,6 +212,8 @@ def to_dict(spec: TestSpec) -> dict:
     d.update({"code": spec.code} if spec.code is not None else {"asserts": list(spec.asserts)})
     if spec.setup:
         d["setup"] = spec.setup
+    if spec.names:
+        d["names"] = list(spec.names)
     return d
 
 

@@ -1,14 +1,16 @@
 """Unit-test rewards: run each completion's code against its row's `tests` column in the sandbox.
 
-The per-test verdicts of the last batch stay on the reward object (`last_outcomes`) and as flat metrics
-(`last_metrics`, also sent through TRL's `log_metric` when the trainer passes it), so the trainer can log
-them. `evaluate(...)` gives the same outcomes without making a reward.
+`detailed(...)` returns the scores with each row's sandbox `Outcome` (per-test verdicts), the declared interface
+of `rewards.registry` that trainers read. Under TRL, which calls the reward itself, the last batch's outcomes stay
+on the object (`last_outcomes`) and flat metrics go through TRL's `log_metric` when the trainer passes it
+(`last_metrics`). `evaluate(...)` gives the same outcomes without making a reward.
 """
 
 import logging
 import math
 
 from rewards import spec as specs
+from rewards.contract import Detailed
 from rewards.extract import program_for
 from rewards.sandbox import Evaluator, Limits, Outcome
 from rewards.sandbox.verdict import CATEGORIES
@@ -57,10 +59,25 @@ class UnitTestReward:
             self._evaluator.close()
             self._evaluator = None
 
+    def with_sandbox(self, *, timeout: float | None = None, max_concurrency: int | None = None,
+                     allow_weak: bool | None = None) -> "UnitTestReward":
+        """A copy of this reward (same name, scoring and tests column) whose programs run with these sandbox
+        settings; None keeps this reward's value. `rewards.registry.get_reward(name, sandbox=...)` calls it."""
+        return UnitTestReward(
+            binary=self.binary, tests_column=self.tests_column, memory_mb=self.limits.memory_mb,
+            timeout=self.limits.timeout if timeout is None else timeout,
+            max_concurrency=self.sandbox_kw["max_concurrency"] if max_concurrency is None else max_concurrency,
+            allow_weak=self.sandbox_kw["allow_weak"] if allow_weak is None else allow_weak,
+        )
+
     def __call__(self, prompts, completions, **columns) -> list[float | None]:
+        return self.detailed(prompts, completions, **columns).scores
+
+    def detailed(self, prompts, completions, **columns) -> Detailed:
+        """The rewards, and each row's sandbox `Outcome` (None for rows without a usable spec)."""
         column = columns.get(self.tests_column)
         if column is None:
-            return [None] * len(completions)
+            return Detailed([None] * len(completions), [None] * len(completions))
         rows, programs, parsed = [], [], []
         for i, (prompt, completion, tests) in enumerate(zip(prompts, completions, column, strict=True)):
             if not tests:
@@ -75,22 +92,22 @@ class UnitTestReward:
             programs.append(program_for(prompt, completion, getattr(sp, "entry_point", None)))
             parsed.append(sp)
         outcomes = self.evaluator.evaluate(programs, parsed) if programs else []
-        self.last_outcomes = [None] * len(completions)
+        per_row: list[Outcome | None] = [None] * len(completions)
         rewards: list[float | None] = [None] * len(completions)
         for i, out in zip(rows, outcomes, strict=True):
-            self.last_outcomes[i] = out
+            per_row[i] = out
             if out.sandbox_error:
                 log.error("%s: sandbox error on row %d (%s); scored None", self.__name__, i, out.detail)
             else:
                 rewards[i] = float(out.passed == out.total) if self.binary else out.fraction
         self.stats["programs"] += len(outcomes)
         self.stats["sandbox_errors"] += sum(o.sandbox_error for o in outcomes)
-        self.last_metrics = summarise(outcomes)
+        self.last_outcomes, self.last_metrics = per_row, summarise(outcomes)
         log_metric = columns.get("log_metric")
         if callable(log_metric):
             for key, value in self.last_metrics.items():
                 log_metric(key, value)
-        return rewards
+        return Detailed(rewards, per_row)
 
 
 def summarise(outcomes: list[Outcome]) -> dict[str, float]:

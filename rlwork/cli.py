@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
 
     from rlwork.config import ConfigError, load_config
-    from rlwork.typed_config import to_dict
+    from rlwork.config.typed import to_dict
 
     if args.command == "export":
         return _export(args.checkpoint, args.out)
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlwork: config error: {err}", file=sys.stderr)
         return 2
     if args.command in ("train", "sft", "eval", "demo"):
-        from rlwork.models import set_flush_denormal
+        from rlwork.models.lm import set_flush_denormal
 
         set_flush_denormal(cfg.model.flush_denormal)  # before torch starts its worker threads: they copy the flag
     if args.command == "config":
@@ -89,13 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
     if args.command == "train":
-        from rlwork.trainer import train
+        from rlwork.rl.trainer import train
 
         metrics = train(cfg, resume=args.resume)
         print(json.dumps({k: metrics[k] for k in ("reward/mean", "policy/kl", "sandbox/passed_frac") if k in metrics}))
         return 0
     if args.command == "eval":
-        from rlwork.eval import run_eval
+        from rlwork.evaluation.eval import run_eval
 
         checkpoints = [None if c == "base" else c for c in (args.checkpoint or ["base"])]
         names = ["base" if c is None else c for c in checkpoints]
@@ -115,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sft(cfg, resume: bool) -> int:
-    from rlwork.checkpoint import latest_checkpoint
-    from rlwork.dist import is_main_process
-    from rlwork.sft_trainer import train_sft
+    from rlwork.runtime.checkpoint import latest_checkpoint
+    from rlwork.runtime.dist import is_main_process
+    from rlwork.sft.trainer import train_sft
 
     metrics = train_sft(cfg, resume=resume)
     if is_main_process():
@@ -132,8 +132,8 @@ def _sft(cfg, resume: bool) -> int:
 def _rescore(cfg, args) -> int:
     from pathlib import Path
 
-    from rlwork.prompts import load_split
-    from rlwork.rescore import format_rescore_report, rescore
+    from rlwork.data.prompts import load_split
+    from rlwork.rl.rescore import format_rescore_report, rescore
 
     weights = None if args.weights is None else [float(w) for w in args.weights.split(",")]
     result = rescore(
@@ -149,7 +149,7 @@ def _rescore(cfg, args) -> int:
 
 
 def _export(checkpoint: str, out: str) -> int:
-    from rlwork.policies import export_run
+    from rlwork.runtime.policies import export_run
 
     try:
         path = export_run(checkpoint, out)

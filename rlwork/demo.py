@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from rlwork.config import RunConfig
-from rlwork.tiny import BUILD_VERSION, TINY_VARIANTS, cache_root, ensure_tiny_coder
-from rlwork.typed_config import to_dict
+from rlwork.config.typed import to_dict
+from rlwork.models.tiny import BUILD_VERSION, TINY_VARIANTS, cache_root, ensure_tiny_coder
 
 
 def base_folder(cfg: RunConfig) -> Path:
@@ -50,15 +50,15 @@ def warm_start_key(cfg: RunConfig) -> str:
 
 
 def warm_start(cfg: RunConfig, progress: bool = True) -> Path:
-    """Diffusion SFT of the base on the training split's reference solutions (`rlwork.sft_trainer`, `cfg.sft`:
+    """Diffusion SFT of the base on the training split's reference solutions (`rlwork.sft.trainer`, `cfg.sft`:
     full weights unless sft.lora); cached by `warm_start_key`, published by one atomic rename.
 
     The result is a plain HF model folder (the base's modelling *.py next to the weights and tokenizer) to load as
     `model.path`. The run itself lives in `.run-<key>` beside it until it is published, so a killed warm start
     continues from its last checkpoint; a lock file keeps two demos from training the same key at once.
     """
-    from rlwork.checkpoint import export_merged
-    from rlwork.sft_trainer import train_sft
+    from rlwork.runtime.checkpoint import export_merged
+    from rlwork.sft.trainer import train_sft
 
     root = cache_root() / "sft"
     key = warm_start_key(cfg)
@@ -136,8 +136,8 @@ def subset_pass_at_1(report: dict[str, Any], policy: str, num_problems: int | No
 
 def run_demo(cfg: RunConfig) -> dict[str, Any]:
     """Warm start, evaluate, train, evaluate; returns the summary printed as the demo's last line."""
-    from rlwork.eval import run_eval
-    from rlwork.trainer import train
+    from rlwork.evaluation.eval import run_eval
+    from rlwork.rl.trainer import train
 
     start = time.time()
     run_dir = Path(cfg.output_dir)
@@ -151,8 +151,8 @@ def run_demo(cfg: RunConfig) -> dict[str, Any]:
     print(f"[3/4] RL: {cfg.train.steps} steps of '{cfg.algo.preset or 'custom'}' on LoRA", flush=True)
     train(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, split=cfg.data.rl_split or cfg.data.split)))
     print(f"[4/4] pass@k after RL on {', '.join(splits)}", flush=True)
-    after = {s: run_eval(_on(cfg, s), [str(run_dir)], ["after RL"], out_path=run_dir / _report_file("after", s, splits))
-             for s in splits}
+    after = {s: run_eval(_on(cfg, s), [str(run_dir)], ["after RL"],
+                         out_path=run_dir / _report_file("after", s, splits)) for s in splits}
     summary: dict[str, Any] = {}
     for s in splits:
         scores_before = before[s]["policies"]["warm start"]["pass_at_k"]

@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_lm():
     """The embedded block-causal tiny coder (Stable-DiffCoder layout)."""
-    from rlwork.models import load_diffusion_lm
+    from rlwork.models.lm import load_diffusion_lm
 
     return load_diffusion_lm("tiny", "stable-diffcoder")
 
@@ -25,7 +25,7 @@ def tiny_lm():
 @pytest.fixture(scope="session")
 def tiny_bidir_lm():
     """The embedded bidirectional tiny coder."""
-    from rlwork.models import load_diffusion_lm
+    from rlwork.models.lm import load_diffusion_lm
 
     return load_diffusion_lm("tiny-bidirectional", "masked-diffusion")
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from rlwork.config import load_config
+from rlwork.data.prompts import PromptStream, load_split
 from rlwork.demo import warm_start
-from rlwork.eval import evaluate_passk, run_eval
-from rlwork.policies import load_policy
-from rlwork.prompts import PromptStream, load_split
-from rlwork.trainer import sampler_config, train
+from rlwork.evaluation.eval import evaluate_passk, run_eval
+from rlwork.rl.trainer import train
+from rlwork.runtime.policies import load_policy
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 COLUMNS = ("data.columns={prompt: prompt, tests: tests, entry_point: entry_point, task_id: task_id, "
@@ -36,7 +36,7 @@ def test_rl_raises_the_pass_rate_of_the_tasks_it_trains_on(tmp_path):
     problems = load_split(cfg.data, "train", cfg.seed)[:96]
     lm = load_policy(cfg.model, None)
     render = PromptStream(problems, lm.tokenizer, chat=False, seed=0, style=cfg.data.prompt_style).text
-    screen = evaluate_passk(lm, problems, render, 8, [1], sampler_config(cfg), torch.Generator().manual_seed(0),
+    screen = evaluate_passk(lm, problems, render, 8, [1], cfg.sampler, torch.Generator().manual_seed(0),
                             cfg.train.rollout_batch_size, progress=False)
     partial = [p for p in problems if 0 < screen.per_problem[p["task_id"]]["correct"] < 8][:12]
     assert len(partial) == 12, f"only {len(partial)} of 96 tasks partially solved: the warm start is off"

@@ -3,6 +3,13 @@
 The zygote owns one base directory per controller and hands each job a child cgroup: an empty one from
 the free list, or a new one. A pids cgroup keeps counting exited tasks for a while, so released cgroups
 drain before reuse (`tick`), and the limit files are rewritten only when a job asks for other limits.
+A released cgroup is reused only once its memory charge is back to zero (up to the kernel's per-CPU charge
+batches): memory a program left charged (page cache, a segment that outlived it) must not count against the next
+program; the charge is reclaimed once, and a cgroup that keeps one is removed instead.
+
+All the programs' cgroups sit under one base, which the CPU scheduler weighs as one entity: its weight is that of
+as many processes as programs run at once, so that on a loaded machine they get the share that as many plain
+processes would (with the default weight they shared the CPU of one).
 """
 
 import contextlib
@@ -18,10 +25,14 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 class Cgroups:
     """Per-job cgroups (v1 memory/pids/cpu here; v2 when the unified hierarchy has the controllers)."""
 
-    def __init__(self, want: bool):
+    def __init__(self, want: bool, programs: int = 1):
         self.dirs = {}  # controller -> fd of our base directory
         self.paths = {}
+        self.programs = programs
         self.free, self.draining, self.counter = [], {}, 0
+        self.emptied = set()  # draining cgroups whose leftover charge was reclaimed once
+        # Charges the kernel keeps per CPU in batches of 64 pages (memcg "stock"), plus a few kernel pages.
+        self.residue = (64 * (os.cpu_count() or 1) + 16) * 4096
         self.applied = {}  # job cgroup -> (memory, pids) its limit files hold
         self.v2 = False
         self.error = "not requested"
@@ -40,7 +51,7 @@ class Cgroups:
                 _, ctrls, path = line.rstrip("\n").split(":", 2)
                 for c in ctrls.split(","):
                     own[c or "unified"] = path
-        name = f"rlwork-sbx-{os.getpid()}"
+        name = f"rlwork-sbx-{_host_pid()}"
         v1 = [c for c in ("memory", "pids", "cpu") if os.path.isdir(f"{CGROUP_ROOT}/{c}") and c in own]
         if "memory" in v1 and "pids" in v1:
             for c in v1:
@@ -48,6 +59,9 @@ class Cgroups:
                 _make_base(base)
                 self.paths[c] = base
                 self.dirs[c] = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+            if "cpu" in self.dirs:
+                shares = int(_read_at(self.dirs["cpu"], "cpu.shares") or 1024)
+                _write_at(self.dirs["cpu"], "cpu.shares", str(shares * max(1, self.programs)).encode())
             return
         ctl = f"{CGROUP_ROOT}/cgroup.controllers"
         if os.path.exists(ctl) and {"memory", "pids"} <= set(_read_path(ctl).split()):
@@ -102,8 +116,9 @@ class Cgroups:
         self.draining[job] = time.monotonic()
 
     def tick(self) -> bool:
-        """Move drained cgroups to the free list (a pids cgroup can count exited tasks for a while); True while
-        some are still draining. Cgroups that stay busy for 10 s are removed instead of reused."""
+        """Move drained cgroups to the free list (a pids cgroup can count exited tasks for a while; memory must be
+        uncharged); True while some are still draining. Cgroups that stay busy for 10 s, or keep a memory charge
+        after one reclaim, are removed instead of reused."""
         for job, since in list(self.draining.items()):
             busy = False
             for c, fd in self.dirs.items():
@@ -113,13 +128,32 @@ class Cgroups:
                         os.kill(int(pid), signal.SIGKILL)
                 if c in ("pids", "unified") and _read_at(fd, f"{job}/pids.current").strip() not in ("", "0"):
                     busy = True
-            if not busy:
+            charged = not busy and self.charged(job) > self.residue
+            if charged and job not in self.emptied:
+                self.emptied.add(job)
+                self._reclaim(job)
+                charged = self.charged(job) > self.residue
+            if not busy and not charged:
                 del self.draining[job]
+                self.emptied.discard(job)
                 self.free.append(job)
-            elif time.monotonic() - since > 10:
+            elif charged or time.monotonic() - since > 10:  # never reused: the next program would pay for it
                 del self.draining[job]
+                self.emptied.discard(job)
                 self._rmdir(job)
         return bool(self.draining)
+
+    def charged(self, job: str) -> int:
+        """Bytes of memory charged to the job's cgroup."""
+        c = "memory" if "memory" in self.dirs else "unified"
+        text = _read_at(self.dirs[c], f"{job}/{'memory.usage_in_bytes' if c == 'memory' else 'memory.current'}")
+        return int(text or 0)
+
+    def _reclaim(self, job: str) -> None:
+        c = "memory" if "memory" in self.dirs else "unified"
+        with contextlib.suppress(OSError):  # v2 reports what it could not reclaim as EAGAIN
+            _write_at(self.dirs[c], f"{job}/{'memory.force_empty' if c == 'memory' else 'memory.reclaim'}",
+                      b"0" if c == "memory" else b"1G")
 
     def remove_all(self, patience: float) -> None:
         end = time.monotonic() + patience
@@ -134,6 +168,13 @@ class Cgroups:
         for fd in self.dirs.values():
             with contextlib.suppress(OSError):
                 os.rmdir(job, dir_fd=fd)
+
+
+def _host_pid() -> int:
+    """Our PID as the host sees it (in a PID namespace of our own we are 1), from the host's /proc."""
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/self/status") as fh:
+        return int(next(line for line in fh if line.startswith("NSpid:")).split()[1])
+    return os.getpid()
 
 
 def _make_base(path: str) -> None:

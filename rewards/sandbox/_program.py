@@ -20,6 +20,7 @@ from rewards.sandbox._jail import write_all
 DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, signal.SIGCHLD)
 ENVIRONMENT = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
 _SIGKILL = int(signal.SIGKILL)
+MAX_NAMES, MAX_NAME = 256, 100  # what the supervisor accepts in a "loaded" frame
 _FDS = struct.Struct("5i")  # five file descriptors in an SCM_RIGHTS message
 
 
@@ -43,6 +44,9 @@ def run_program(cfg: dict, job_r: int, ctl, cgroups) -> None:
     except BaseException as exc:  # our fault: report it as such, never run the code half-isolated
         send({"t": "setup_error", "detail": f"{type(exc).__name__}: {exc}"})
         os._exit(70)
+    # The last frame the supervisor trusts: from here on the model's code shares this process, and everything
+    # on the channel is the program's word (a setup error is no longer accepted, nor any category but failures).
+    send({"t": "armed"})
     mode = job["mode"]
     ns = {"__name__": "__main__" if mode == "stdio" else "solution", "__builtins__": builtins}
     try:
@@ -67,12 +71,13 @@ def run_program(cfg: dict, job_r: int, ctl, cgroups) -> None:
         sys.stdout.flush()
         send({"t": "done"})
         os._exit(0)
-    names = [k for k, v in list(ns.items()) if callable(v) and not k.startswith("__")]
+    names = [k for k, v in list(ns.items())
+             if type(k) is str and k.isidentifier() and len(k) <= MAX_NAME and not k.startswith("__") and callable(v)]
     entry = job["entry_point"]
     if not callable(ns.get(entry)):
         send({"t": "load_error", "category": "runtime_error", "detail": f"entry point {entry!r} is not defined"})
         os._exit(1)
-    send({"t": "loaded", "names": names})
+    send({"t": "loaded", "names": ([entry] + [n for n in names if n != entry])[:MAX_NAMES]})
     _serve(ns, req_r, send)
 
 
@@ -135,6 +140,11 @@ def _harden(job: dict, cfg: dict, fds: dict, cgroups) -> None:
         _jail.drop_privileges(cfg["uid"], cfg["gid"])
         if not cgroups.dirs:
             _jail.set_rlimits({"RLIMIT_NPROC": 64})  # fallback only: it counts every process of the uid
+    if cfg["process_userns"]:  # rootless without cgroups: its own user namespace, where NPROC counts it alone
+        _jail.enter_user_namespace(cfg["uid"], cfg["gid"])
+        _jail.set_rlimits({"RLIMIT_NPROC": lim["max_processes"]})
+    if cfg["drop_caps"]:  # rootless: the uid is already 65534 here; the capabilities of the namespace go
+        _jail.drop_capabilities()
     _jail.prctl(_jail.PR_SET_DUMPABLE, 0)
     os.chdir("/tmp" if cfg["namespaces"] else job["workdir"])
     if cfg["seccomp"]:

@@ -1,32 +1,35 @@
-"""Slots: persistent trusted processes that run one job at a time, and their forkers.
+"""The supervisor: the trusted half of a slot, which runs one program at a time and decides its verdict.
 
-Runs under the system Python, loaded by source (see `pool.py`). Process tree:
+Runs under the system Python, loaded by source (see `pool.py`; process tree in `_slot.py`). For each job it
+takes the program the slot's forker keeps ready, hands it the job (code, limits; never the expectations, which
+stay here), and then:
 
-    zygote   trusted; private mount/net/ipc/uts namespaces, minimal read-only root; never runs model code
-      slot (supervisor)   trusted, persistent, own session; deadline, output caps, calls, assert-style tests
-        forker            trusted, persistent; keeps the next program forked ahead, reaps it, reports its exit status
-          program         PID 1 of its own PID and mount namespaces; cgroups, hard rlimits, nobody, seccomp
+    - enforces the wall-clock deadline, the output cap and the answer budget (all bytes on the result channel),
+      killing the program when one is exceeded;
+    - accepts from the program only what `_protocol.py` allows (an answer to the open call, ...);
+    - sends calls without blocking: a program that stops reading its requests cannot stall the supervisor;
+    - compares answers (call mode) and stdout (stdio mode) with the expectations, or runs the assert-style test
+      code against proxies of the program (`_tester.py`);
+    - decides how the run ended from what it observes (exit status, signals, cgroup events, deadlines, its own
+      comparisons) and reports per-test categories to the zygote in one bounded frame.
 
-The supervisor never forks after it has seen a job, and the forker never receives a job at all, so the
-program's memory (a copy of the forker's) holds no test code or expected values, of this job or earlier
-ones. The program, forked ahead, reads its own job (code, limits; no tests) and, still running our code and
-before it hardens itself, hands the supervisor its pipes and a pidfd (SCM_RIGHTS): the supervisor talks to
-the program directly and can kill it without racing pid reuse. For assert-style jobs the supervisor reads
-the test spec from the job's channel (a socket whose other end the parent holds; the zygote only passes it
-on) after the program is forked, and runs it against proxies of the program (`_tester.py`), so each
-`candidate(...)` is one round trip to the program. The verdict goes back on that channel; how the program
-ended goes to the zygote.
+Expectations and test code reach the supervisor with the job; the program is forked from a forker made before
+the slot saw any job, so neither ever exists in a program's memory.
 """
 
 import contextlib
 import os
+import resource
 import select
 import signal
-import socket
 import time
 
-from rewards.sandbox import _jail, _program, _tester, wire
+from rewards.sandbox import _compare, _protocol, _tester, wire
 from rewards.sandbox._jail import write_all
+
+EXCERPT = 8192
+"""stdout/stderr characters sent back when the supervisor judged the output itself (only for logs)."""
+_SLACK = 64 << 10  # channel bytes beyond the answer budget: "armed", "loaded" and the frame headers
 
 
 class _Discard:
@@ -40,22 +43,26 @@ class _Discard:
 
 
 class Supervisor:
-    """Deadline, output caps, relaying calls; decides how the run ended."""
+    """Deadline, output caps, relaying calls; decides how the run ended and what each test got."""
 
-    def __init__(self, job: dict, cfg: dict, slot: "_Slot"):
+    def __init__(self, job: dict, cfg: dict, slot):
+        self.check = job.pop("check", None)  # expectations / test code: never part of what the program reads
         self.job, self.cfg, self.slot, self.cgroups = job, cfg, slot, slot.cgroups
         self.lim = job["limits"]
+        self.channel = _protocol.ProgramChannel(job["mode"])
         self.out, self.err = bytearray(), bytearray()
-        self.out_total = 0
+        self.out_total, self.resp_total = 0, 0
+        self.resp_cap = self.lim["answer_bytes"] + _SLACK
         self.ending = None  # (category, detail) once decided by us
-        self.load = None
-        self.names = None
         self.pending_calls = list(job.get("calls") or [])
-        self.calls_open = 0
-        self.answers, self.seq, self.gone = {}, 0, None
-        self.tests = None  # the assert-style test spec, read from the channel after the fork
-        self.status = None
+        self.tests = {}  # call mode with expectations: seq -> category
+        self.answer = None  # assert mode: the answer to the open call
+        self.seq, self.gone, self.verdict, self.status, self.killed_at = 0, None, None, None, None
         self.open = set()
+        self.req_w, self.req_buf, self.req_polled = None, b"", False
+        self.reader = wire.FrameReader(self.resp_cap)
+        if self.check is not None and job["mode"] == "call":
+            self.check["index"] = {seq: i for i, (seq, _) in enumerate(job["calls"])}
 
     def run(self) -> None:
         job = self.job
@@ -64,12 +71,12 @@ class Supervisor:
         self.t0 = time.monotonic()
         self.deadline = self.t0 + self.lim["timeout"]
         out_r, err_r, self.req_w, resp_r, self.pidfd = self.slot.fork_program(job)
+        os.set_blocking(self.req_w, False)
         self.poll, self.watched = select.poll(), {}  # fd -> name
         for fd, name in ((out_r, "out"), (err_r, "err"), (resp_r, "resp")):
             self._watch(fd, name)
             self.open.add(name)
         self._watch(self.slot.z_in, "z")
-        self.readers = {"resp": wire.FrameReader(self.lim["output_bytes"] + (1 << 20)), "tests": wire.FrameReader()}
         try:
             if job["mode"] == "assert":
                 self._assert_tests()
@@ -80,26 +87,22 @@ class Supervisor:
             os.close(self.pidfd)
         self._finish()
 
+    def _ended(self) -> bool:
+        return "resp" not in self.open or self.ending is not None or self.channel.load is not None
+
     # -- assert-style tests -----------------------------------------------------------------------------
     def _assert_tests(self) -> None:
-        channel = self.job["channel"]
-        self._pump(lambda: self.names is not None or "resp" not in self.open)
-        if self.names is not None:
-            self._watch(channel, "tests")
-            self.open.add("tests")
-            self._pump(lambda: self.tests is not None or "tests" not in self.open or "resp" not in self.open)
-        if self.tests is not None:
-            verdict = self._run_tests_with_deadline()
-            with contextlib.suppress(OSError):
-                write_all(channel, wire.frame({"t": "verdict", **verdict}))
-        if "tests" in self.open:
-            self._unwatch(channel)
-            self.open.discard("tests")
-        os.close(channel)
+        self._pump(lambda: self.channel.names is not None or self._ended())
+        if self.channel.names is not None and not self._ended():
+            self.verdict = self._run_tests_with_deadline()
         self._close_req()
 
     def _run_tests_with_deadline(self) -> dict:
+        finished = False
+
         def expire(*_):
+            if finished:  # fired between the end of the tests and the timer's cancellation: nothing to stop
+                return
             self._kill("timeout", f"wall-clock limit of {self.lim['timeout']}s reached")
             self.gone = self.gone or self.ending
             raise _tester.ProgramGone(*self.gone)
@@ -110,9 +113,12 @@ class Supervisor:
         signal.setitimer(signal.ITIMER_REAL, max(self.deadline - time.monotonic(), 0) + 0.5)
         saved = _tester.sys_streams(_Discard())
         try:
-            return _tester.run_tests(self.tests, self.names, self._call, lambda: self.gone)
+            verdict = _tester.run_tests(self.check, self.channel.names, self._call, lambda: self.gone)
+            finished = True
+            return verdict
         except _tester.ProgramGone:  # the timer fired outside a test statement
-            return {"tests": [self.gone[0]] * self.tests["total"], "detail": str(self.gone[1])}
+            finished = True
+            return {"tests": [self.gone[0]] * self.check["total"], "detail": str(self.gone[1])}
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old)
@@ -128,12 +134,13 @@ class Supervisor:
         if self.gone is not None:
             raise _tester.ProgramGone(*self.gone)
         self.seq += 1
-        seq = self.seq
-        self._send_call({"seq": seq, "name": name, "args": args})
-        self._pump(lambda: seq in self.answers or "resp" not in self.open)
-        if seq in self.answers:
-            return self.answers.pop(seq)
-        # The program closed its result channel: it has ended, or can no longer answer.
+        self.channel.open_seq = self.seq
+        self._send({"seq": self.seq, "name": name, "args": args})
+        self._pump(lambda: self.answer is not None or self._ended())
+        if self.answer is not None:
+            answer, self.answer = self.answer, None
+            return answer
+        # The program ended, broke the protocol or ran out of time: it can no longer answer.
         self._signal_kill()
         self._reap()
         category, detail = self._classify()
@@ -156,67 +163,117 @@ class Supervisor:
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
 
-    def _send_call(self, msg: dict) -> None:
-        # If the program is gone, its ending is reported when the pipes close.
-        with contextlib.suppress(OSError):
-            write_all(self.req_w, wire.frame({"seq": msg["seq"], "name": msg["name"], "args": msg["args"]}))
+    def _send(self, msg: dict) -> None:
+        """Queue a call for the program; written as the request pipe takes it (never blocking)."""
+        if self.req_w is not None:
+            self.req_buf += wire.frame(msg)
+            self._flush_req()
 
-    def _on_program(self, msg: dict) -> None:
-        t = msg.get("t")
-        if t == "setup_error":
-            self._kill("sandbox_error", msg.get("detail", ""))
-        elif t == "load_error":
-            self.load = msg
-        elif t == "loaded" and self.names is None:
-            self.names = [str(n) for n in msg.get("names", [])][:1000]
-            self._next_call()
-        elif t == "result" and self.job["mode"] == "assert":
-            self.answers[msg.get("seq")] = {k: msg[k] for k in ("ok", "exc", "detail") if k in msg}
-        elif t == "result":
-            self.calls_open -= 1
-            self._emit({k: msg[k] for k in ("t", "seq", "ok", "exc", "detail") if k in msg})
-            self._next_call()
-        elif t == "done":
-            self.load = self.load or {"t": "done"}
-        else:
-            self._kill("runtime_error", "program wrote a malformed frame on the result channel")
-
-    def _next_call(self) -> None:
-        if self.job["mode"] != "call" or self.calls_open:
-            return
-        if self.pending_calls:
-            seq, args = self.pending_calls.pop(0)
-            self.calls_open += 1
-            self._send_call({"seq": seq, "name": self.job["entry_point"], "args": args})
-        else:
-            self._close_req()
+    def _flush_req(self) -> None:
+        try:
+            while self.req_buf:
+                self.req_buf = self.req_buf[os.write(self.req_w, self.req_buf):]
+        except BlockingIOError:
+            pass
+        except OSError:  # the program closed its end; how it ended is reported when its pipes close
+            self.req_buf = b""
+        want = bool(self.req_buf)
+        if want != self.req_polled:
+            self.poll.register(self.req_w, select.POLLOUT) if want else self.poll.unregister(self.req_w)
+            self.req_polled = want
 
     def _close_req(self) -> None:
         if self.req_w is not None:
+            if self.req_polled:
+                self.poll.unregister(self.req_w)
             os.close(self.req_w)
-            self.req_w = None
+            self.req_w, self.req_buf, self.req_polled = None, b"", False
+
+    def _on_frames(self, data: bytes) -> None:
+        self.resp_total += len(data)
+        try:
+            if self.resp_total > self.resp_cap:
+                raise wire.FrameTooLarge(f"{self.resp_total} bytes")
+            with wire.gc_paused():
+                msgs = self.reader.feed(data)
+            for msg in msgs:
+                if self.ending is None:
+                    with wire.gc_paused():  # checks the answer's tree
+                        event = self.channel.accept(msg)
+                    self._on_event(event)
+        except wire.FrameTooLarge:
+            self._kill("output_limit", f"answers larger than the budget of {self.lim['answer_bytes']} bytes")
+        except (wire.Malformed, _protocol.Violation) as exc:
+            self._kill("protocol_violation", f"the program wrote {exc} on its result channel")
+
+    def _on_event(self, event: tuple) -> None:
+        kind = event[0]
+        if kind == "setup_error":
+            self._kill("sandbox_error", f"sandbox setup failed in the program: {event[1]}")
+        elif kind == "load_error":
+            self._signal_kill()  # nothing more to hear from it; its category is the load failure
+        elif kind == "loaded":
+            self._next_call()
+        elif kind == "answer" and self.job["mode"] == "assert":
+            self.answer = event[2]
+        elif kind == "answer":
+            _, seq, answer = event
+            if self.check is None:  # no expectations here: the caller compares (answers fit the budget)
+                self._emit({"t": "result", "seq": seq, **answer})
+            else:
+                self.tests[seq] = self._judge(seq, answer)
+            self._next_call()
+
+    def _judge(self, seq: int, answer: dict) -> str:
+        if "exc" in answer:
+            return "memory" if answer["exc"] == "MemoryError" else "runtime_error"
+        ok = _compare.answer_equal(answer["ok"], self.check["expected"][self.check["index"][seq]])
+        return "passed" if ok else "wrong_answer"
+
+    def _next_call(self) -> None:
+        if self.job["mode"] != "call" or self.channel.names is None or self.channel.open_seq is not None:
+            return
+        if self.pending_calls:
+            seq, args = self.pending_calls.pop(0)
+            self.channel.open_seq = seq
+            self._send({"seq": seq, "name": self.job["entry_point"], "args": args})
+        else:
+            self._close_req()
 
     def _on_output(self, fd_name: str, data: bytes) -> None:
         keep = self.out if fd_name == "out" else self.err
         cap = self.lim["output_bytes"]
         self.out_total += len(data)
-        room = (cap if fd_name == "out" else 8192) - len(keep)
+        room = (cap if fd_name == "out" else EXCERPT) - len(keep)
         if room > 0:
             keep += data[:room]
         if self.out_total > cap:
             self._kill("output_limit", f"program wrote more than {cap} bytes")
 
     def _pump(self, done) -> None:
-        """Handle the program's output, answers and the deadline until done() is true."""
+        """Handle the program's output, answers, requests and the deadline until done() is true."""
         while not done():
             timeout = self.deadline - time.monotonic()
             if timeout <= 0:
+                if self.killed_at is not None:  # killed a second ago and its pipes are still open (no PID namespace)
+                    self._abandon()
+                    continue
                 self._kill("timeout", f"wall-clock limit of {self.lim['timeout']}s reached")
-                self.deadline = float("inf")
+                self.deadline = self.killed_at = time.monotonic() + 1.0
                 continue
             for fd, _ in self.poll.poll(min(timeout, 3600) * 1000):
-                if fd in self.watched:  # not unwatched earlier in this round
+                if fd == self.req_w:
+                    self._flush_req()
+                elif fd in self.watched:  # not unwatched earlier in this round
                     self._on_readable(fd, self.watched[fd])
+
+    def _abandon(self) -> None:
+        for fd, name in list(self.watched.items()):
+            if name != "z":
+                self._unwatch(fd)
+                os.close(fd)
+                self.open.discard(name)
+        self.deadline = float("inf")
 
     def _watch(self, fd: int, name: str) -> None:
         self.poll.register(fd, select.POLLIN)
@@ -236,22 +293,11 @@ class Supervisor:
             return
         if not data:
             self._unwatch(fd)
-            if name != "tests":
-                os.close(fd)
+            os.close(fd)
             self.open.discard(name)
-            return
-        if name in ("resp", "tests"):
-            try:
-                msgs = self.readers[name].feed(data)
-            except (ValueError, RecursionError):  # RecursionError: a frame nested too deep for the JSON parser
-                msgs = [None]
-            for msg in msgs:
-                if name == "tests":
-                    self.tests = msg
-                elif type(msg) is not dict:
-                    self._kill("runtime_error", "program wrote an oversized or malformed result frame")
-                else:
-                    self._on_program(msg)
+        elif name == "resp":
+            if self.ending is None:
+                self._on_frames(data)
         else:
             self._on_output(name, data)
 
@@ -275,119 +321,50 @@ class Supervisor:
             return "memory", "killed by the memory cgroup"
         if sig == signal.SIGXCPU:
             return "timeout", "CPU-time limit reached"
-        if self.load is not None and self.load["t"] == "load_error":
-            return self.load["category"], self.load.get("detail", "")
+        if self.channel.load is not None:
+            return self.channel.load
         if sig:
             return "runtime_error", f"killed by signal {signal.Signals(sig).name}"
-        if self.job["mode"] == "stdio" and (self.load is None or code != 0):
+        if self.job["mode"] == "stdio" and (not self.channel.done or code != 0):
             return "runtime_error", f"exited with status {code} before finishing"
         return "ok", f"exit status {code}"
 
+    def _tests(self, category: str) -> tuple[list | None, str]:
+        """Per-test categories against the expectations (None without them), and the first failure's detail."""
+        if self.check is None:
+            return None, ""
+        mode = self.job["mode"]
+        total = len(self.job["calls"]) if mode == "call" else self.check.get("total", 1)
+        if category in ("protocol_violation", "sandbox_error"):  # nothing the program answered counts
+            return [category] * total, ""
+        missing = category if category != "ok" else "runtime_error"
+        if mode == "stdio":
+            if category != "ok":
+                return [category], ""
+            same = _compare.stdout_matches(self.out.decode("utf-8", "replace"), self.check["stdout"])
+            return ["passed" if same else "wrong_answer"], "" if same else "stdout differs from the expected output"
+        if mode == "call":
+            return [self.tests.get(seq, missing) for seq, _ in self.job["calls"]], ""
+        if self.verdict is None:
+            return [missing] * total, ""
+        return self.verdict["tests"], self.verdict["detail"]
+
     def _finish(self) -> None:
         category, detail = self._classify()
+        tests, test_detail = self._tests(category)
         elapsed = time.monotonic() - self.t0
         if "workdir" in self.job:
             import shutil  # only without namespaces; imported here to keep it (and bz2, lzma) out of every fork
             shutil.rmtree(self.job["workdir"], ignore_errors=True)
-        self._emit({"t": "end", "category": category, "detail": str(detail)[:500], "elapsed": round(elapsed, 4),
-                    "names": self.names,
-                    "stdout": self.out.decode("utf-8", "replace"), "stderr": self.err.decode("utf-8", "replace")})
-
-
-class _Slot:
-    """The persistent side of a slot: links to the zygote and to the forker."""
-
-    def __init__(self, cfg: dict, cgroups, z_in: int, z_out: int, fd_sock: int):
-        self.cfg, self.cgroups, self.z_in, self.z_out = cfg, cgroups, z_in, z_out
-        self.fd_sock = socket.socket(fileno=fd_sock)
-        self.zygote_gone = False
-        ctl_slot, ctl_forker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        job_r, self.job_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 70
-            try:
-                keep = {2, job_r, ctl_forker.fileno(), *cgroups.dirs.values()}
-                if cfg.get("pidns_fd") is not None:
-                    keep.add(cfg["pidns_fd"])
-                _jail.close_except(keep)
-                _forker(cfg, cgroups, job_r, ctl_forker)
-                code = 0
-            finally:
-                os._exit(code)
-        ctl_forker.close()
-        os.close(job_r)
-        self.ctl = ctl_slot
-
-    def fork_program(self, job: dict) -> list:
-        """Hand the job to the program the forker keeps ready; returns its [out_r, err_r, req_w, resp_r, pidfd]."""
-        write_all(self.job_w, wire.frame(job))
-        msg, fds, _, _ = socket.recv_fds(self.ctl, 256, 5)
-        if len(fds) != 5:
-            for fd in fds:
-                os.close(fd)
-            raise OSError(f"forker failed: {msg[:200]!r}")
-        return fds
-
-    def exit_status(self, timeout: float | None) -> int | None:
-        self.ctl.settimeout(timeout)
-        try:
-            msg = self.ctl.recv(256)
-        except TimeoutError:
-            return None
-        if not msg:
-            raise OSError("forker exited")
-        return int(msg)
-
-
-def slot_main(cfg: dict, cgroups, z_in: int, z_out: int, fd_sock: int) -> None:
-    """A slot's loop: one job at a time from the zygote, until the zygote closes the link."""
-    _jail.prctl(_jail.PR_SET_PDEATHSIG, signal.SIGKILL)
-    _jail.set_name("sbx-slot")
-    slot = _Slot(cfg, cgroups, z_in, z_out, fd_sock)
-    reader = wire.FrameReader()
-    while not slot.zygote_gone:
-        data = os.read(z_in, 1 << 16)
-        if not data:
-            return
-        for job in reader.feed(data):
-            if job.get("channel"):
-                _, fds, _, _ = socket.recv_fds(slot.fd_sock, 16, 1)
-                job["channel"] = fds[0]
-            Supervisor(job, cfg, slot).run()
-
-
-def _forker(cfg: dict, cgroups, job_r: int, ctl: socket.socket) -> None:
-    """Keeps the slot's next program forked ahead (fresh PID namespace, waiting for its job); reports its exit status.
-
-    The program reads its own job, makes its own pipes and hands them to the supervisor (`_program.py`), so this
-    loop touches very little memory: every page it writes while a program lives is a copy-on-write fault.
-    """
-    _jail.prctl(_jail.PR_SET_PDEATHSIG, signal.SIGKILL)
-    _jail.set_name("sbx-forker")
-    # Set once here rather than in every program: default signal dispositions and the programs' environment.
-    for sig in _program.DEFAULT_SIGNALS:
-        signal.signal(sig, signal.SIG_DFL)
-    os.environ.clear()
-    os.environ.update(_program.ENVIRONMENT)
-    namespaces, pidns_fd = cfg["namespaces"], cfg.get("pidns_fd")
-    unshare, setns, status_of = _jail.unshare, _jail.setns, b"%d".__mod__
-    while True:
-        if namespaces:
-            unshare(_jail.CLONE_NEWPID)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _program.run_program(cfg, job_r, ctl, cgroups)
-            finally:
-                os._exit(70)
-        if namespaces:
-            setns(pidns_fd, _jail.CLONE_NEWPID)  # so that the next unshare is allowed
-        _, status = os.waitpid(pid, 0)
-        try:
-            ctl.send(status_of(status))
-        except OSError:  # the slot is gone
-            return
+        excerpt = EXCERPT if self.check is not None else len(self.out)
+        # A supervisor that grew for this job (a large answer budget) is replaced by a fresh one from the template:
+        # Python keeps freed memory, and a program must not leave trusted processes big.
+        big = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > self.cfg["supervisor_recycle_mb"] << 10
+        self._emit({"t": "end", "recycle": big, "category": category, "detail": _protocol.clean(str(detail), 500),
+                    "elapsed": round(elapsed, 4), "names": self.channel.names, "tests": tests,
+                    "test_detail": _protocol.clean(test_detail, 500),
+                    "stdout": self.out[:excerpt].decode("utf-8", "replace"),
+                    "stderr": self.err.decode("utf-8", "replace")})
 
 
 def _make_workdir() -> str:

@@ -1,10 +1,17 @@
 """Assert-style tests, run by the trusted supervisor against the sandboxed program it has just forked.
 
-The dataset's test code reaches the supervisor over the job's own channel only after the program was
-forked, so it never exists in the program's memory, and the zygote never reads it. Each name the program
-defined becomes a proxy here: calling it sends the (plain-data) arguments to the program and returns its
-(plain-data) answer, so `assert candidate(1, 2) == 3` compares two plain values in this process: an object
-with a forged `__eq__` never crosses, and nothing the program does can reach the verdict.
+The dataset's test code reaches the supervisor with the job; the program is forked from a forker that never
+saw it, so it never exists in the program's memory. The test namespace is the test's own: its setup and test
+code run with Python's builtins, and only the names the spec declares (the entry point, and names the test code
+uses without defining them, e.g. a helper from the prompt) become proxies of the program. Calling a proxy sends
+the (plain-data) arguments to the program and returns its (plain-data) answer, so `assert candidate(1, 2) == 3`
+compares two plain values in this process: an object with a forged `__eq__` never crosses, a program's `abs`
+or `isclose` never replaces the test's, and nothing the program does can reach the verdict.
+
+An exception the program raised reaches the test as a CandidateError: a subclass of the builtin type for
+ordinary errors (ValueError, TypeError, ... so `except ValueError` in a test still works), never one that Python
+or the builtins treat as a signal (StopIteration ends map()/next(), AttributeError makes getattr() fall back,
+IndexError ends old-style iteration, ...). If it escapes a test statement, that test is a runtime_error.
 """
 
 import builtins
@@ -24,8 +31,24 @@ class HarnessFailure(BaseException):
     """Our own machinery failed while forwarding a call: sandbox_error, never the model's failure."""
 
 
-class CandidateRaised(Exception):
-    """The program raised a non-builtin exception type while answering a call."""
+class CandidateError(Exception):
+    """An exception the program raised while answering a call; .type_name is its type's name."""
+
+    type_name = "Exception"
+
+
+# Builtin exception types that no builtin or protocol catches on its own: a test only sees them if it asks.
+_PLAIN_ERRORS = ("ArithmeticError", "FloatingPointError", "OverflowError", "ZeroDivisionError", "ValueError",
+                 "TypeError", "KeyError", "RuntimeError", "RecursionError", "NotImplementedError")
+_ERROR_TYPES = {name: type(name, (CandidateError, getattr(builtins, name)), {"type_name": name})
+                for name in _PLAIN_ERRORS}
+
+
+def candidate_error(type_name: str, detail: str) -> CandidateError:
+    """The exception a test sees; other types' classes are made per call (a cache keyed by names the program
+    chooses would grow in this long-lived process)."""
+    cls = _ERROR_TYPES.get(type_name) or type(type_name, (CandidateError,), {"type_name": type_name})
+    return cls(detail)
 
 
 def proxy(name: str, call):
@@ -43,26 +66,33 @@ def proxy(name: str, call):
             raise Unsupported(f"argument of {name}() is not plain data: {[type(a).__name__ for a in args]}") from None
         msg = call(name, tree)
         if "exc" in msg:
-            cls = getattr(builtins, msg["exc"], None)
-            ok = isinstance(cls, type) and issubclass(cls, Exception) and msg["exc"] != "AssertionError"
-            exc = cls(msg.get("detail", "")) if ok else CandidateRaised(f"{msg['exc']}: {msg.get('detail')}")
-            exc.sbx_from_candidate = True
-            raise exc
-        return wire.decode(msg["ok"])
+            raise candidate_error(msg["exc"], msg.get("detail", ""))
+        try:
+            with wire.gc_paused():
+                return wire.decode(msg["ok"], guard=True)
+        except ValueError as exc:  # e.g. elements chosen to share one hash value: equal to nothing
+            return wire.Unserialisable(f"refused answer ({exc})")
 
     candidate.__name__ = candidate.__qualname__ = name
     return candidate
 
 
 def run_tests(spec: dict, names: list, call, gone) -> dict:
-    """Run one test spec ({entry_point, setup, code | asserts, total}); gone() -> (category, detail) once the
-    program has ended, else None. Returns the verdict {"tests": [category per test], "detail": str}."""
+    """Run one test spec ({entry_point, setup, code | asserts, total, names}) against the program, whose loaded
+    callables are `names`; gone() -> (category, detail) once the program has ended, else None.
+    Returns the verdict {"tests": [category per test], "detail": str}."""
     ns = {"__name__": "__sbx_test__", "__builtins__": builtins}
     results, detail = [], ""
+    if spec["entry_point"] not in names:
+        return {"tests": ["runtime_error"] * spec["total"],
+                "detail": f"the program does not define {spec['entry_point']!r}"}
     try:
         exec(compile(spec.get("setup") or "", "<setup>", "exec"), ns)
-        for name in names:
-            ns[name] = proxy(name, call)
+        defined = set(names)
+        # Declared by the spec, defined by the program, and not a name the setup gave a meaning.
+        for name in spec.get("names") or [spec["entry_point"]]:
+            if name in defined and (name == spec["entry_point"] or name not in ns):
+                ns[name] = proxy(name, call)
         if spec.get("code") is not None:
             exec(compile(spec["code"], "<test>", "exec"), ns)
             statements = [None]
@@ -77,7 +107,7 @@ def run_tests(spec: dict, names: list, call, gone) -> dict:
             continue
         try:
             if stmt is None:
-                ns["check"](ns[spec["entry_point"]])
+                ns["check"](proxy(spec["entry_point"], call))
             else:
                 exec(compile(stmt, "<assert>", "exec"), ns)
             results.append("passed")
@@ -104,8 +134,8 @@ def _categorise(exc: BaseException) -> tuple[str, str]:
         return exc.args[0], str(exc.args[1])
     if isinstance(exc, Unsupported | HarnessFailure):
         return "sandbox_error", why
-    if getattr(exc, "sbx_from_candidate", False):
-        return "runtime_error", why
+    if isinstance(exc, CandidateError):
+        return ("memory" if exc.type_name == "MemoryError" else "runtime_error"), f"{exc.type_name}: {exc}"
     if isinstance(exc, NameError):
         return "runtime_error", why  # the test uses a name the program did not define
     return "wrong_answer", why

@@ -1,7 +1,9 @@
-"""The zygote: a small trusted process that sets up the shared isolation once and forks one supervisor per job.
+"""The zygote: a small trusted process that sets up the shared isolation once and relays jobs to slots.
 
 Loaded by source under the system Python (see `pool.py`); speaks length-prefixed JSON frames on
-stdin/stdout with the parent. It never runs model code and never receives expected outputs.
+stdin/stdout with the parent. It never runs model code. It relays jobs with their expectations to the slots
+(`_slot.py`), so its heap holds them: it forks nothing after its first job; slots come from a template forked
+before that.
 """
 
 import contextlib
@@ -13,7 +15,7 @@ import socket
 import sys
 import time
 
-from rewards.sandbox import _cgroups, _jail, _supervisor, wire
+from rewards.sandbox import _cgroups, _jail, _slot, wire
 from rewards.sandbox._jail import close_except, write_all
 
 # Imported once here so that neither test code (run by supervisors) nor programs pay for them per job;
@@ -22,20 +24,53 @@ PRELOAD = ("bisect", "collections", "copy", "functools", "hashlib", "heapq", "it
            "re", "string", "typing")
 
 
+def boot() -> None:
+    """Entry point (see `pool._BOOT`): read the configuration and run the zygote. Without root, where the kernel
+    allows it, first enter a user namespace in which the caller is uid 65534, with new PID, mount, network, IPC and
+    UTS namespaces, and run the zygote as PID 1 of that PID namespace: there it can mount, make namespaces and
+    proc, as root can; this process only waits for it."""
+    cfg = wire.FrameReader().feed(os.read(0, 1 << 20))[0]
+    cfg["rootless"], cfg["rootless_error"] = False, "running as root"
+    if os.getuid() != 0 and cfg["want_namespaces"]:
+        try:
+            _jail.enter_user_namespace(cfg["uid"], cfg["gid"], _jail.CLONE_NEWPID | _ROOTLESS_NS)
+            cfg["rootless"] = True
+        except OSError as exc:
+            cfg["rootless_error"] = f"no user namespace: {exc}"
+    if cfg["rootless"] and os.fork():
+        _, status = os.waitpid(-1, 0)
+        code = os.waitstatus_to_exitcode(status)
+        os._exit(code if code >= 0 else 128 - code)
+    if cfg["rootless"]:
+        _jail.prctl(_jail.PR_SET_PDEATHSIG, signal.SIGKILL)
+    main(cfg)
+
+
+_ROOTLESS_NS = _jail.CLONE_NEWNS | _jail.CLONE_NEWNET | _jail.CLONE_NEWIPC | _jail.CLONE_NEWUTS
+
+
 def setup(cfg: dict) -> dict:
     """Activate every layer the kernel allows; returns {layer: None if active else the reason it is not}."""
     layers = {}
     cfg["namespaces"] = False
     layers["namespaces"] = "disabled by the caller"
-    if cfg["want_namespaces"]:
+    if cfg["rootless"]:
+        cfg["namespaces"] = True  # entered by boot()
+        layers["user_namespace"] = None
+    elif cfg["want_namespaces"]:
         try:
-            _jail.unshare(_jail.CLONE_NEWNS | _jail.CLONE_NEWNET | _jail.CLONE_NEWIPC | _jail.CLONE_NEWUTS)
+            _jail.unshare(_ROOTLESS_NS)
             cfg["namespaces"] = True
         except OSError as exc:
-            layers["namespaces"] = str(exc)
-    cgroups = _cgroups.Cgroups(cfg["want_cgroups"])
+            layers["namespaces"] = f"{exc} ({cfg['rootless_error']})"
+    cgroups = _cgroups.Cgroups(cfg["want_cgroups"], cfg["max_concurrency"])
     layers["cgroups"] = cgroups.error
     cfg["cgroup_paths"] = dict(cgroups.paths)
+    # Without cgroups in a user namespace, each program gets a user namespace of its own, in which RLIMIT_NPROC
+    # counts its processes alone (the kernel counts processes per user namespace and uid).
+    cfg["process_userns"] = cfg["rootless"] and not cgroups.dirs
+    if cfg["process_userns"]:
+        layers["process_rlimits"] = None
     if cfg["namespaces"]:
         # Our own PID namespace, opened while /proc is still the host's: forkers return to it after each program
         # (setns) so that the next unshare(CLONE_NEWPID) is allowed.
@@ -43,15 +78,17 @@ def setup(cfg: dict) -> dict:
         try:
             prefix = os.path.realpath(sys.base_prefix)
             extra = () if prefix.startswith(("/usr/", "/bin", "/lib")) or prefix == "/usr" else (prefix,)
-            _jail.build_root("/tmp", extra)  # /tmp of our private mount namespace, as the staging point
+            _jail.build_root("/tmp", extra, proc=cfg["rootless"])  # /tmp of our mount namespace, as the staging point
             layers.update(namespaces=None, readonly_root=None)
         except OSError as exc:
             cfg["namespaces"] = False
             layers.update(namespaces=f"root setup failed: {exc}", readonly_root=str(exc))
     else:
         layers["readonly_root"] = "needs namespaces"
-    cfg["drop_uid"] = os.getuid() == 0 and cfg["want_uid_drop"]
-    layers["uid_drop"] = None if cfg["drop_uid"] else "disabled, or not root: programs run as the calling user"
+    cfg["drop_uid"] = os.getuid() == 0 and cfg["want_uid_drop"] and not cfg["rootless"]
+    cfg["drop_caps"] = cfg["rootless"] and cfg["want_uid_drop"]
+    layers["uid_drop"] = None if cfg["drop_uid"] or cfg["drop_caps"] else \
+        "disabled, or not root: programs run as the calling user"
     cfg["seccomp"] = ""
     layers["seccomp"] = "disabled by the caller"
     if cfg["want_seccomp"]:
@@ -90,52 +127,51 @@ def _probe_seccomp(program_hex: str) -> None:
 
 
 class Zygote:
-    """Keeps `max_concurrency` persistent slots (see `_supervisor.py`) busy with queued jobs; relays their frames."""
+    """Keeps `max_concurrency` persistent slots busy with queued jobs; relays their frames."""
 
     def __init__(self, cfg: dict, cgroups):
         self.cfg, self.cgroups = cfg, cgroups
         self.queue = []
-        self.slots = {}  # fd the slot writes frames to -> slot dict(pid, job_w, fd_sock, reader, job, deadline)
+        self.slots = {}  # fd the slot writes frames to -> slot dict(pidfd, job_w, out_r, reader, job, deadline)
         self.running = {}  # job id -> slot
         self.sel = selectors.DefaultSelector()
         self.out = os.dup(1)
         os.dup2(os.open("/dev/null", os.O_RDWR), 1)
-        # Assert-style jobs come with a channel (a socket to the parent) passed here as SCM_RIGHTS; the
-        # zygote hands it on to the slot that runs the job and never reads from it.
-        self.fd_sock = socket.socket(fileno=cfg["fd_sock"])
-        self.fd_sock.setblocking(False)
-        self.channels = {}  # job id -> channel fd, until the job is launched
         self.next_tick = 0.0
+        self.template = self._fork_template()
+
+    def _fork_template(self) -> socket.socket:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                keep = {2, theirs.fileno(), *self.cgroups.dirs.values()}
+                if self.cfg.get("pidns_fd") is not None:
+                    keep.add(self.cfg["pidns_fd"])
+                close_except(keep)
+                _slot.template_main(self.cfg, self.cgroups, theirs.fileno())
+                code = 0
+            finally:
+                os._exit(code)
+        theirs.close()
+        mine.settimeout(30)
+        return mine
 
     def emit(self, obj: dict) -> None:
         write_all(self.out, wire.frame(obj))
 
-    def _recv_channel(self) -> bool:
-        try:
-            msg, fds, _, _ = socket.recv_fds(self.fd_sock, 64, 4)
-        except BlockingIOError:
-            return True
-        for fd in fds[1:]:
-            os.close(fd)
-        if not msg or not fds:
-            return bool(msg)
-        self.channels[int(msg)] = fds[0]
-        return True
-
     def serve(self) -> None:
         reader = wire.FrameReader()
         self.sel.register(0, selectors.EVENT_READ, None)
-        self.sel.register(self.fd_sock, selectors.EVENT_READ, "fds")
         for _ in range(self.cfg["max_concurrency"]):
             self._spawn_slot()
         alive = True
         while alive or self.running or self.queue:
             self._launch()
             for key, _ in self.sel.select(self._tick()):
-                if key.data == "fds":
-                    if not self._recv_channel():
-                        self.sel.unregister(self.fd_sock)
-                elif key.data is None:
+                if key.data is None:
                     data = os.read(0, 1 << 16)
                     if not data:
                         alive = False
@@ -164,28 +200,13 @@ class Zygote:
 
     # -- slots --------------------------------------------------------------------------------------------
     def _spawn_slot(self) -> None:
-        job_r, job_w = os.pipe()
-        out_r, out_w = os.pipe()
-        fd_a, fd_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
-        if pid == 0:
-            code = 70
-            try:
-                os.setsid()
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                keep = {2, job_r, out_w, fd_b.fileno(), *self.cgroups.dirs.values()}
-                if self.cfg.get("pidns_fd") is not None:
-                    keep.add(self.cfg["pidns_fd"])
-                close_except(keep)
-                _supervisor.slot_main(self.cfg, self.cgroups, job_r, out_w, fd_b.fileno())
-                code = 0
-            finally:
-                os._exit(code)
-        for fd in (job_r, out_w):
-            os.close(fd)
-        fd_b.close()
-        slot = dict(pid=pid, job_w=job_w, out_r=out_r, fd_sock=fd_a, reader=wire.FrameReader(), job=None,
-                    deadline=float("inf"))
+        self.template.send(b"s")
+        _, fds, _, _ = socket.recv_fds(self.template, 16, 3)
+        if len(fds) < 2:
+            raise OSError("the slot template did not answer")
+        job_w, out_r, *pidfd = fds
+        slot = dict(pidfd=pidfd[0] if pidfd else None, job_w=job_w, out_r=out_r, reader=wire.FrameReader(),
+                    job=None, deadline=float("inf"))
         self.slots[out_r] = slot
         self.sel.register(out_r, selectors.EVENT_READ, "slot")
 
@@ -194,51 +215,41 @@ class Zygote:
         while self.queue and idle:
             job = self.queue.pop(0)
             job["cg"], job["oom0"] = None, 0
-            channel = self._channel_of(job["id"]) if job.get("channel") else None
             try:
                 if self.cgroups.dirs:
                     lim = job["limits"]
                     job["cg"], job["oom0"] = self.cgroups.acquire((lim["memory_mb"] + 64) << 20, lim["max_processes"])
             except OSError as exc:
                 self.emit({"t": "end", "id": job["id"], "category": "sandbox_error", "detail": f"cgroup: {exc}"})
-                if channel is not None:
-                    os.close(channel)
                 continue
             slot = idle.pop()
-            slot.update(job=job["id"], cg=job["cg"], deadline=time.monotonic() + job["limits"]["timeout"] + 5.0)
+            # The supervisor kills the program at its deadline; the grace covers judging a full answer budget on a
+            # loaded machine. Past it, the supervisor itself is stuck (our bug): the slot is replaced.
+            slot.update(job=job["id"], cg=job["cg"], deadline=time.monotonic() + job["limits"]["timeout"] + 15.0)
             self.running[job["id"]] = slot
-            try:
-                if channel is not None:
-                    socket.send_fds(slot["fd_sock"], [b"c"], [channel])
+            with contextlib.suppress(OSError):  # if the slot died, its closed output retires it
                 write_all(slot["job_w"], wire.frame(job))
-            except OSError:
-                pass  # the slot died; its closed output retires it
-            finally:
-                if channel is not None:
-                    os.close(channel)
-
-    def _channel_of(self, job_id: int) -> int:
-        """The parent sends a job's channel before the job itself, so waiting for it here cannot block for long."""
-        self.fd_sock.settimeout(10)
-        try:
-            while job_id not in self.channels:
-                if not self._recv_channel():
-                    raise OSError("the parent closed the channel socket")
-        finally:
-            self.fd_sock.setblocking(False)
-        return self.channels.pop(job_id)
 
     def _on_slot(self, slot: dict) -> None:
         data = os.read(slot["out_r"], 1 << 16)
         if not data:
             self._retire(slot, "supervisor exited without a verdict" if slot["job"] is not None else None)
             return
-        for msg in slot["reader"].feed(data):
-            if msg.get("id") != slot["job"]:
+        try:
+            frames = slot["reader"].feed(data)
+        except ValueError as exc:  # a bug of ours: the supervisor is trusted, but one slot must not stop the rest
+            self._retire(slot, f"supervisor wrote a malformed frame ({exc})")
+            return
+        for msg in frames:
+            if type(msg) is not dict or msg.get("id") != slot["job"]:
                 continue
+            recycle = msg.pop("recycle", False)
             self.emit(msg)
             if msg.get("t") == "end":
                 self._job_done(slot)
+                if recycle:  # it grew past its recycling size: a fresh slot from the template takes its place
+                    self._retire(slot, None)
+                    return
 
     def _job_done(self, slot: dict) -> None:
         self.running.pop(slot["job"], None)
@@ -248,13 +259,14 @@ class Zygote:
 
     def _retire(self, slot: dict, error: str | None, respawn: bool = True) -> None:
         """Kill a slot (its forker and program die with it: parent-death signals) and replace it."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(slot["pid"], signal.SIGKILL)
+        if slot["pidfd"] is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(slot["pidfd"], signal.SIGKILL)
+            os.close(slot["pidfd"])
         del self.slots[slot["out_r"]]
         self.sel.unregister(slot["out_r"])
         for fd in (slot["out_r"], slot["job_w"]):
             os.close(fd)
-        slot["fd_sock"].close()
         if slot["job"] is not None:
             self.emit({"t": "end", "id": slot["job"], "category": "sandbox_error", "detail": error or "slot retired"})
             self._job_done(slot)
@@ -288,16 +300,12 @@ class Zygote:
         for job in self.queue:
             self.emit({"t": "end", "id": job["id"], "category": "sandbox_error", "detail": "sandbox shut down"})
         self.queue = []
-        for fd in self.channels.values():
-            os.close(fd)
-        self.channels = {}
         for slot in list(self.slots.values()):
             if slot["job"] is not None:
                 self._retire(slot, "sandbox shut down", respawn=False)
 
 
-def main() -> None:
-    cfg = wire.FrameReader().feed(os.read(0, 1 << 20))[0]
+def main(cfg: dict) -> None:
     layers, cgroups = setup(cfg)
     for name in PRELOAD:
         with contextlib.suppress(ImportError):

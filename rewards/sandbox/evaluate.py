@@ -1,18 +1,22 @@
-"""Programs + test specs -> detailed outcomes. Verdicts are decided here or in the test host, never in the sandbox.
+"""Programs + test specs -> detailed outcomes. Verdicts are decided by the trusted supervisor, never in the sandbox.
 
-- call:   the program answers each `args` with plain data; the parent compares with `expected`.
-- stdio:  one sandboxed run per case; the parent compares captured stdout with the expected stdout.
+- call:   the program answers each `args` with plain data; the supervisor compares each answer with `expected`
+          as it arrives (canonical comparison, `_compare.py`) and keeps only the verdict.
+- stdio:  one sandboxed run per case; the supervisor compares the captured stdout with the expected stdout.
 - assert: the dataset's test code runs in the program's trusted supervisor, outside the program's process,
           namespaces and uid, against proxies that forward each call to the program (`_tester.py`).
-Expected values, test code and reference solutions never enter the sandbox.
+Expected values, test code and reference solutions never enter the sandbox. Identical (program, tests) pairs in
+one batch (common in GRPO groups) run once; the copies carry `extra["duplicate_of"]`.
 """
 
+import dataclasses
 import logging
 
 from rewards import spec as specs
 from rewards.sandbox import wire
-from rewards.sandbox.pool import Job, Limits, Sandbox
-from rewards.sandbox.verdict import Outcome, make_outcome, stdout_matches, values_equal
+from rewards.sandbox.jobs import Job, Limits, Run
+from rewards.sandbox.pool import Sandbox
+from rewards.sandbox.verdict import FAILURES, Outcome, make_outcome
 
 log = logging.getLogger("rewards.sandbox")
 
@@ -30,7 +34,7 @@ class Evaluator:
     def __init__(self, sandbox: Sandbox | None = None, limits: Limits | None = None, **sandbox_kw):
         self.sandbox = sandbox or Sandbox(**sandbox_kw)
         self.limits = limits or Limits()
-        self.stats = {"programs": 0, "sandbox_errors": 0}
+        self.stats = {"programs": 0, "sandbox_errors": 0, "duplicates": 0}
 
     def close(self) -> None:
         self.sandbox.close()
@@ -45,81 +49,68 @@ class Evaluator:
         """programs[i] is run against tests[i] (a spec or the JSON string of one)."""
         parsed = [t if isinstance(t, specs.CallSpec | specs.StdioSpec | specs.AssertSpec) else specs.parse(t)
                   for t in tests]
+        if len(programs) != len(parsed):
+            raise ValueError(f"evaluate: {len(programs)} programs for {len(parsed)} test specs; give one spec each")
+        first = {}  # (program, spec) -> index of its first occurrence
+        keys = [(code, _key(sp)) for code, sp in zip(programs, parsed, strict=True)]
+        unique = [first.setdefault(k, i) == i for i, k in enumerate(keys)]
         jobs, owner = [], []
         for p, (code, sp) in enumerate(zip(programs, parsed, strict=True)):
-            if isinstance(sp, specs.StdioSpec):
-                for case in sp.cases:
-                    jobs.append(Job(code=code, mode="stdio", stdin=case.stdin, limits=self.limits))
-                    owner.append(p)
-            elif isinstance(sp, specs.CallSpec):
-                calls = [(i, wire.encode(list(c.args))) for i, c in enumerate(sp.cases)]
-                jobs.append(Job(code=code, mode="call", entry_point=sp.entry_point, calls=calls, limits=self.limits))
-                owner.append(p)
-            else:
-                tests = {"entry_point": sp.entry_point, "setup": sp.setup, "code": sp.code,
-                         "asserts": list(sp.asserts), "total": sp.num_tests}
-                jobs.append(Job(code=code, mode="assert", entry_point=sp.entry_point, tests=tests, limits=self.limits))
-                owner.append(p)
+            if unique[p]:
+                new = _jobs(code, sp, self.limits)
+                jobs += new
+                owner += [p] * len(new)
         runs = self.sandbox.run(jobs)
-        outcomes = self._assemble(parsed, owner, runs)
+        outcomes = self._assemble(parsed, owner, jobs, runs)
+        for p, key in enumerate(keys):
+            if not unique[p]:
+                src = first[key]
+                outcomes[p] = dataclasses.replace(outcomes[src], tests=list(outcomes[src].tests),
+                                                  extra={**outcomes[src].extra, "duplicate_of": src})
         self.stats["programs"] += len(outcomes)
+        self.stats["duplicates"] += unique.count(False)
         self.stats["sandbox_errors"] += sum(o.sandbox_error for o in outcomes)
         return outcomes
 
-    def _assemble(self, parsed, owner, runs) -> list[Outcome]:
-        per_program = [[] for _ in parsed]
+    def _assemble(self, parsed, owner, jobs, runs) -> list[Outcome | None]:
+        per_program = {}
         for i, p in enumerate(owner):
-            per_program[p].append(i)
-        out = []
-        for p, sp in enumerate(parsed):
-            idx = per_program[p]
+            per_program.setdefault(p, []).append(i)
+        out = [None] * len(parsed)
+        for p, idx in per_program.items():
             first = runs[idx[0]]
-            kw = dict(stdout=first.stdout, stderr=first.stderr, elapsed=sum(runs[i].elapsed for i in idx))
-            if isinstance(sp, specs.StdioSpec):
-                tests = [_stdio_verdict(runs[i], c) for i, c in zip(idx, sp.cases, strict=True)]
-                details = [runs[i].detail for i in idx if runs[i].category != "ok"]
-                out.append(make_outcome(tests, details[0] if details else "", **kw))
-            elif isinstance(sp, specs.CallSpec):
-                out.append(make_outcome(_call_verdicts(first, sp), first.detail, **kw))
-            else:
-                out.append(make_outcome(*_assert_verdicts(first, sp), **kw))
+            tests, details = [], []
+            for i in idx:
+                tests += _tests(jobs[i], runs[i])
+                details.append(runs[i].test_detail or (runs[i].detail if runs[i].category != "ok" else ""))
+            out[p] = make_outcome(tests, next((d for d in details if d), ""), stdout=first.stdout,
+                                  stderr=first.stderr, elapsed=sum(runs[i].elapsed for i in idx))
         return out
 
 
-def _missing(run) -> str:
-    return run.category if run.category != "ok" else "runtime_error"
+def _key(sp):
+    """A hashable stand-in for a spec (call cases hold lists)."""
+    return specs.dumps(sp) if isinstance(sp, specs.CallSpec) else sp
 
 
-def _stdio_verdict(run, case) -> str:
-    if run.category != "ok":
-        return run.category
-    return "passed" if stdout_matches(run.stdout, case.stdout) else "wrong_answer"
+def _jobs(code: str, sp, limits: Limits) -> list[Job]:
+    if isinstance(sp, specs.StdioSpec):
+        return [Job(code=code, mode="stdio", stdin=c.stdin, expected_stdout=c.stdout, limits=limits) for c in sp.cases]
+    if isinstance(sp, specs.CallSpec):
+        return [Job(code=code, mode="call", entry_point=sp.entry_point, limits=limits,
+                    calls=[(i, wire.encode(list(c.args))) for i, c in enumerate(sp.cases)],
+                    expected=[wire.encode(c.expected) for c in sp.cases])]
+    tests = {"entry_point": sp.entry_point, "setup": sp.setup, "code": sp.code, "asserts": list(sp.asserts),
+             "total": sp.num_tests, "names": list(sp.declared_names)}
+    return [Job(code=code, mode="assert", entry_point=sp.entry_point, tests=tests, limits=limits)]
 
 
-def _call_verdicts(run, sp) -> list[str]:
-    tests = []
-    for i, case in enumerate(sp.cases):
-        r = run.results.get(i)
-        if r is None:
-            tests.append(_missing(run))
-        elif "exc" in r:
-            tests.append("memory" if r["exc"] == "MemoryError" else "runtime_error")
-        else:
-            try:
-                got = wire.decode(r["ok"])
-            except (ValueError, TypeError, KeyError):
-                tests.append("wrong_answer")
-                continue
-            tests.append("passed" if values_equal(got, case.expected) else "wrong_answer")
-    return tests
-
-
-def _assert_verdicts(run, sp) -> tuple[list[str], str]:
-    n, verdict = sp.num_tests, run.verdict
-    if run.names is None:
-        return [_missing(run)] * n, run.detail
-    if verdict is None:
-        cat = "sandbox_error" if run.category == "sandbox_error" else "timeout"
-        return [cat] * n, run.detail or "the test code did not finish"
-    tests = list(verdict["tests"])[:n] + ["sandbox_error"] * max(0, n - len(verdict["tests"]))
-    return tests, verdict.get("detail") or run.detail
+def _tests(job: Job, run: Run) -> list[str]:
+    """The job's per-test categories; without the supervisor's (it never judged: runner failure), the run's
+    failure for every test, or sandbox_error if the run claims it ended well."""
+    if run.tests is not None:
+        return list(run.tests)
+    category = run.category if run.category in FAILURES or run.category == "sandbox_error" else "sandbox_error"
+    if category == "sandbox_error" and run.category == "ok":
+        log.error("sandbox: a run ended without per-test verdicts (%s); scored sandbox_error", run.detail)
+    return [category] * job.num_tests

@@ -1,12 +1,10 @@
-"""Parent side of the sandbox: starts the zygote, feeds it jobs, collects plain-data events.
+"""Parent side of the sandbox: starts the zygote, feeds it jobs, collects bounded, validated frames.
 
 The trainer process only ever exchanges JSON frames with the zygote; it never imports or executes
-model code. One `Sandbox` serves many batches; a batch that overruns its deadline, or a zygote that
-dies, restarts the zygote and reports the unfinished jobs as `sandbox_error` (our fault, never the model's).
-
-Assert-style jobs also get a channel: a socket pair whose far end is passed to the zygote (SCM_RIGHTS) and
-on to the job's supervisor. The test spec is written into it here and read by the supervisor only after it
-has forked the program; the verdict comes back on it. The zygote never reads it.
+model code, and never decodes a program's answers when the job carries expectations (the supervisor judges
+them and sends back per-test categories). One `Sandbox` serves many batches; a batch that overruns its
+deadline, or a zygote that dies, restarts the zygote and reports the unfinished jobs as `sandbox_error` (our
+fault, never the model's); a frame the parent cannot take fails its own job, never the batch.
 """
 
 import contextlib
@@ -14,20 +12,22 @@ import logging
 import os
 import queue
 import selectors
-import socket
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from rewards.sandbox import wire
+from rewards.sandbox.jobs import Job, Run, apply_frame
 
 log = logging.getLogger("rewards.sandbox")
 
 STRONG_LAYERS = ("namespaces", "readonly_root", "cgroups", "uid_drop", "seccomp")
-_SOURCES = ("wire", "_jail", "_cgroups", "_program", "_tester", "_supervisor", "_zygote")
+ANSWER_EXPANSION = 100
+"""Worst measured ratio of a supervisor's peak memory to the answer bytes it parsed, checked and decoded (~70)."""
+_SOURCES = ("wire", "_compare", "_jail", "_cgroups", "_program", "_protocol", "_tester", "_supervisor", "_slot",
+            "_zygote")
 _BOOT = """
 import sys, types
 for _n in ("rewards", "rewards.sandbox"):
@@ -36,7 +36,7 @@ for _n, _src in SOURCES:
     _m = types.ModuleType("rewards.sandbox." + _n); sys.modules[_m.__name__] = _m
     setattr(sys.modules["rewards.sandbox"], _n, _m)
     exec(compile(_src, "rewards/sandbox/" + _n + ".py", "exec"), _m.__dict__)
-sys.modules["rewards.sandbox._zygote"].main()
+sys.modules["rewards.sandbox._zygote"].boot()
 """
 
 
@@ -44,69 +44,10 @@ class SandboxUnavailable(RuntimeError):
     """The requested isolation cannot be provided on this machine."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class Limits:
-    """Per-program limits."""
-
-    timeout: float = 5.0
-    """Wall-clock seconds from fork to the program's last answer (CPU time is capped at timeout + 1)."""
-    memory_mb: int = 1024
-    """Address-space rlimit; the memory cgroup of the whole tree gets 64 MiB more."""
-    output_bytes: int = 1 << 20
-    """stdout+stderr beyond this kills the program (category output_limit)."""
-    disk_mb: int = 16
-    """Size of the private /tmp and the file-size rlimit."""
-    max_processes: int = 32
-    """pids cgroup limit for the program's tree (threads count)."""
-
-
-@dataclass(kw_only=True)
-class Job:
-    """One program run. mode: "call" (calls given up front), "assert" (test code run by the supervisor), "stdio"."""
-
-    code: str
-    mode: str
-    entry_point: str = ""
-    calls: list = field(default_factory=list)
-    """[(seq, encoded args list)] for mode "call"."""
-    tests: dict | None = None
-    """For mode "assert": {"entry_point", "setup", "code" | "asserts", "total"} (see `_tester.run_tests`)."""
-    stdin: str = ""
-    limits: Limits = field(default_factory=Limits)
-
-
-@dataclass(kw_only=True)
-class Run:
-    """What came back for one job: how it ended, the plain-data answers, captured output."""
-
-    category: str = "sandbox_error"
-    """ok | syntax_error | runtime_error | timeout | memory | output_limit | sandbox_error."""
-    detail: str = ""
-    names: list | None = None
-    """Callables the program defined (None if it did not load)."""
-    results: dict = field(default_factory=dict)
-    """seq -> {"ok": tree} or {"exc": type name, "detail": str}."""
-    stdout: str = ""
-    stderr: str = ""
-    elapsed: float = 0.0
-    verdict: dict | None = None
-    """Mode "assert": {"tests": [category per test], "detail": str} from the supervisor (None if none came)."""
-
-
-@dataclass
-class _Channel:
-    """Parent end of one assert-style job's channel."""
-
-    sock: socket.socket
-    index: int
-    outbuf: bytes
-    reader: wire.FrameReader = field(default_factory=wire.FrameReader)
-
-
 def _pick_python() -> str:
     for cand in ("/usr/bin/python3", sys.executable):
         try:
-            out = subprocess.run([cand, "-I", "-S", "-c", "import sys; print(sys.version_info >= (3, 8))"],
+            out = subprocess.run([cand, "-I", "-S", "-c", "import sys; print(sys.version_info >= (3, 10))"],
                                  capture_output=True, text=True, timeout=20, env={})
             if out.stdout.strip() == "True":
                 return cand
@@ -127,9 +68,11 @@ class Sandbox:
     """
 
     def __init__(self, *, max_concurrency: int | None = None, allow_weak: bool = False, python: str | None = None,
-                 disable: tuple[str, ...] = ()):
+                 disable: tuple[str, ...] = (), supervisor_memory_mb: int = 1024):
         """max_concurrency: programs running at once (default 2 per core). disable: layers to switch off
-        ("namespaces", "cgroups", "seccomp", "uid_drop"), for debugging and tests; needs allow_weak=True."""
+        ("namespaces", "cgroups", "seccomp", "uid_drop"), for debugging and tests; needs allow_weak=True.
+        supervisor_memory_mb: address-space limit of each trusted supervisor (it holds one job's test code,
+        expectations, output and answers, all bounded by Limits)."""
         unknown = set(disable) - {"namespaces", "cgroups", "seccomp", "uid_drop"}
         if unknown:
             raise ValueError(f"disable={disable!r}: unknown layers {sorted(unknown)}; "
@@ -138,6 +81,7 @@ class Sandbox:
         self.max_concurrency = max_concurrency or max(2, 2 * (os.cpu_count() or 1))
         self.allow_weak = allow_weak
         self.python = python or _pick_python()
+        self.supervisor_memory_mb = supervisor_memory_mb
         self.proc = None
         self.layers = {}
         self.stats = {"sandbox_errors": 0, "restarts": 0, "programs": 0}
@@ -150,19 +94,18 @@ class Sandbox:
             return
         sources = [(n, (Path(__file__).parent / f"{n}.py").read_text()) for n in _SOURCES]
         boot = f"SOURCES = {sources!r}\n{_BOOT}"
-        self._fd_sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        fd_sock = theirs.fileno()
         self.proc = subprocess.Popen([self.python, "-I", "-S", "-B", "-c", boot], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-                                     start_new_session=True, close_fds=True, cwd="/", pass_fds=[fd_sock])
-        theirs.close()
+                                     start_new_session=True, close_fds=True, cwd="/")
         self._outq = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, args=(self.proc, self._outq), daemon=True)
         self._writer.start()
         self._reader = wire.FrameReader()
         layers = ("namespaces", "cgroups", "seccomp", "uid_drop")
         cfg = {f"want_{layer}": layer not in self.disable for layer in layers}
-        cfg.update(uid=65534, gid=65534, max_concurrency=self.max_concurrency, fd_sock=fd_sock)
+        cfg.update(uid=65534, gid=65534, max_concurrency=self.max_concurrency,
+                   supervisor_memory_mb=self.supervisor_memory_mb,
+                   supervisor_recycle_mb=min(128, self.supervisor_memory_mb // 4))
         self._outq.put(wire.frame(cfg))
         ready = self._read_frames(time.monotonic() + 30)
         if not ready or ready[0].get("t") != "ready":
@@ -172,6 +115,8 @@ class Sandbox:
                        "output_cap": None, "deadline": None, **ready[0]["layers"]}
         self.cgroup_paths = ready[0]["cgroup_paths"]
         missing = {k: v for k, v in self.layers.items() if v is not None and k in STRONG_LAYERS}
+        if self.layers.get("process_rlimits", "") is None:  # rootless: rlimits per program stand in for cgroups
+            missing.pop("cgroups", None)
         if missing and not self.allow_weak:
             self._kill_zygote()
             raise SandboxUnavailable(f"isolation layers unavailable: {missing}; pass allow_weak=True to run "
@@ -179,6 +124,14 @@ class Sandbox:
         if missing:
             log.warning("!!! SANDBOX RUNNING WITHOUT STRONG ISOLATION LAYERS %s: hostile programs can damage "
                         "this machine !!!", missing)
+        off = {k: v for k, v in self.layers.items() if v is not None}
+        log.log(logging.WARNING if off else logging.INFO, "sandbox layers active: %s; off: %s",
+                ", ".join(self.active_layers), "; ".join(f"{k} ({v})" for k, v in off.items()) or "none")
+
+    @property
+    def runner_pid(self) -> int | None:
+        """PID of the sandbox's runner (the zygote): every process of the sandbox descends from it."""
+        return self.proc.pid if self.proc is not None else None
 
     @property
     def active_layers(self) -> list[str]:
@@ -211,7 +164,7 @@ class Sandbox:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 9)
         proc.wait()
-        for stream in (proc.stdin, proc.stdout, self._fd_sock):
+        for stream in (proc.stdin, proc.stdout):
             with contextlib.suppress(OSError):
                 stream.close()
         self._remove_cgroups(getattr(self, "cgroup_paths", {}))
@@ -268,6 +221,11 @@ class Sandbox:
     # -- batches -------------------------------------------------------------------------------------------
     def run(self, jobs: list[Job], *, batch_timeout: float | None = None) -> list[Run]:
         """Run a batch; returns one Run per job, in order."""
+        for job in jobs:
+            if job.limits.answer_bytes * ANSWER_EXPANSION > self.supervisor_memory_mb << 20:
+                raise ValueError(f"Limits.answer_bytes={job.limits.answer_bytes}: a supervisor may need "
+                                 f"{ANSWER_EXPANSION}x that to parse and check the answers, more than "
+                                 f"supervisor_memory_mb={self.supervisor_memory_mb}; raise it or lower answer_bytes")
         with self._lock:
             return self._run(jobs, batch_timeout)
 
@@ -278,112 +236,64 @@ class Sandbox:
             slowest = max((j.limits.timeout for j in jobs), default=0)
             batch_timeout = 30 + slowest * (1 + len(jobs) / self.max_concurrency)
         deadline = time.monotonic() + batch_timeout
-        # Jobs go to the zygote a window at a time, which bounds the channels (file descriptors) held open.
+        # Jobs go to the zygote a window at a time, which bounds what it holds queued.
         todo, window = list(range(len(jobs)))[::-1], 4 * self.max_concurrency + 8
-        ids, ended, channels = {}, set(), {}
+        ids, ended = {}, set()
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout.fileno(), selectors.EVENT_READ, None)
         try:
-            while todo or len(ended) < len(ids) or channels:
+            while todo or len(ended) < len(ids):
                 while todo and len(ids) - len(ended) < window:
                     i = todo.pop()
                     self._next_id += 1
                     ids[self._next_id] = i
-                    chan = self._submit(self._next_id, jobs[i], i, sel)
-                    if chan is not None:
-                        channels[chan.sock.fileno()] = chan
+                    self._submit(self._next_id, jobs[i])
                 timeout = deadline - time.monotonic()
                 events = sel.select(timeout) if timeout > 0 else []
                 why = "batch deadline reached" if not events else None
-                for key, mask in events:
-                    if key.data is not None:
-                        self._on_channel(key.data, mask, sel, channels, runs)
-                    elif not self._on_zygote(ids, ended, runs):
-                        why = "sandbox runner died" if self.proc.poll() is not None else "runner closed its output"
-                        break
+                if events and not self._on_zygote(ids, ended, jobs, runs):
+                    why = "sandbox runner died" if self.proc.poll() is not None else "runner closed its output"
                 if why is not None:
                     self._fail(runs, [i for j, i in ids.items() if j not in ended] + todo[::-1], why)
                     break
         finally:
             sel.close()
-            for chan in channels.values():
-                chan.sock.close()
         self.stats["programs"] += len(jobs)
         self.stats["sandbox_errors"] += sum(r.category == "sandbox_error" for r in runs)
         return runs
 
-    def _submit(self, job_id: int, job: Job, index: int, sel) -> "_Channel | None":
+    def _submit(self, job_id: int, job: Job) -> None:
         lim = job.limits
-        chan = None
-        if job.mode == "assert":
-            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                socket.send_fds(self._fd_sock, [str(job_id).encode()], [theirs.fileno()])
-            finally:
-                theirs.close()
-            mine.setblocking(False)
-            chan = _Channel(sock=mine, index=index, outbuf=wire.frame(job.tests))
-            with contextlib.suppress(BlockingIOError):  # usually all of it fits in the socket buffer now
-                chan.outbuf = chan.outbuf[mine.send(chan.outbuf):]
-            sel.register(mine, selectors.EVENT_READ | (selectors.EVENT_WRITE if chan.outbuf else 0), chan)
         self._outq.put(wire.frame({
             "op": "run", "id": job_id, "mode": job.mode, "code": job.code, "entry_point": job.entry_point,
-            "calls": job.calls, "stdin": job.stdin, "channel": chan is not None,
+            "calls": job.calls, "stdin": job.stdin, "check": job.check(),
             "limits": {"timeout": lim.timeout, "memory_mb": lim.memory_mb, "disk_mb": lim.disk_mb,
-                       "output_bytes": lim.output_bytes, "max_processes": lim.max_processes}}))
-        return chan
+                       "output_bytes": lim.output_bytes, "answer_bytes": lim.answer_bytes,
+                       "max_processes": lim.max_processes}}))
 
-    def _on_channel(self, chan: "_Channel", mask: int, sel, channels: dict, runs: list) -> None:
-        if mask & selectors.EVENT_WRITE and chan.outbuf:
-            try:
-                chan.outbuf = chan.outbuf[chan.sock.send(chan.outbuf):]
-            except BlockingIOError:
-                pass
-            except OSError:  # the supervisor is gone; it ends without a verdict
-                chan.outbuf = b""
-            if not chan.outbuf:
-                sel.modify(chan.sock, selectors.EVENT_READ, chan)
-        if not mask & selectors.EVENT_READ:
-            return
-        try:
-            data = chan.sock.recv(1 << 16)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            for msg in chan.reader.feed(data):
-                if type(msg) is dict and msg.get("t") == "verdict":
-                    runs[chan.index].verdict = {"tests": list(msg["tests"]), "detail": str(msg.get("detail", ""))}
-            return
-        sel.unregister(chan.sock)
-        del channels[chan.sock.fileno()]
-        chan.sock.close()
-
-    def _on_zygote(self, ids: dict, ended: set, runs: list) -> bool:
+    def _on_zygote(self, ids: dict, ended: set, jobs: list, runs: list) -> bool:
         data = os.read(self.proc.stdout.fileno(), 1 << 16)
         if not data:
             return False
         for fr in self._reader.feed(data):
-            i = ids.get(fr.get("id"))
+            job_id = fr.get("id") if type(fr) is dict else None
+            i = ids.get(job_id) if type(job_id) is int and job_id not in ended else None
             if i is None:
                 continue
-            t = fr["t"]
-            if t == "result":
-                runs[i].results[fr["seq"]] = {k: fr[k] for k in ("ok", "exc", "detail") if k in fr}
-            elif t == "end" and fr["id"] not in ended:
-                ended.add(fr["id"])
-                r = runs[i]
-                r.category, r.detail, r.names = fr["category"], fr.get("detail", ""), fr.get("names")
-                r.stdout, r.stderr, r.elapsed = fr.get("stdout", ""), fr.get("stderr", ""), fr.get("elapsed", 0)
+            try:
+                done = apply_frame(fr, jobs[i], runs[i])
+            except (ValueError, TypeError, KeyError) as exc:  # a bug of ours: this job only
+                log.error("sandbox: malformed frame from the runner for job %d (%s); scored sandbox_error", i, exc)
+                runs[i] = Run(category="sandbox_error", detail=f"runner sent a malformed frame: {exc}"[:500])
+                done = True
+            if done:
+                ended.add(job_id)
         return True
 
     def _fail(self, runs: list, unfinished: list, why: str) -> None:
         log.error("sandbox: %s; restarting the runner (%d programs unfinished)", why, len(unfinished))
         for i in unfinished:
-            runs[i].category = "sandbox_error"
-            runs[i].detail = why
-            runs[i].verdict = None
+            runs[i] = Run(category="sandbox_error", detail=why)
         self._kill_zygote()
         self.stats["restarts"] += 1
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from rlwork.diffusion.masking import MaskDraw, apply_masks, block_offsets, completion_block_ids
-from rlwork.models import DiffusionLM, position_ids_from_mask
+from rlwork.models.lm import DiffusionLM, position_ids_from_mask
 
 
 @dataclass(frozen=True)
@@ -70,32 +70,51 @@ def doubled_inputs(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The block-diffusion doubled sequence [prompt, clean completion, prompt-tail copy, noisy completion].
 
-    prompt_ids, prompt_mask: [N, P] (left-padded); clean_ids, noisy_ids, completion_mask: [N, L].
-    Blocks are counted from the first real prompt token. Clean-section queries see real clean keys in blocks <= own
-    (ordinary block-causal attention); noisy-section queries see real clean keys in blocks < own and real noisy keys
-    of their own block. The tail copy (B - 1 columns, left-padded) repeats the p % B prompt tokens that share
-    completion block 0, so they can attend to the noisy block 0 as they do in the per-block reference.
-    Returns input_ids [N, T], allowed [N, 1, T, T] bool, position_ids [N, T], T = P + 2L + B - 1; the last L
-    columns are the noisy completion.
+    prompt_ids, prompt_mask: [N, P] (left-padded); clean_ids, noisy_ids, completion_mask: [N, L]. One noisy copy of
+    `block_copies_inputs`: returns input_ids [N, T], allowed [N, 1, T, T] bool, position_ids [N, T],
+    T = P + 2L + B - 1; the last L columns are the noisy completion.
+    """
+    return block_copies_inputs(prompt_ids, prompt_mask, clean_ids, completion_mask, noisy_ids[None], completion_mask,
+                               block_size)
+
+
+def block_copies_inputs(
+    prompt_ids: Tensor, prompt_mask: Tensor, clean_ids: Tensor, clean_mask: Tensor, noisy_ids: Tensor,
+    noisy_mask: Tensor, block_size: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """[prompt, clean completion, then for each copy r: prompt-tail copy, noisy completion r] with its block mask.
+
+    prompt_ids, prompt_mask: [N, P] (left-padded); clean_ids, clean_mask: [N, L]; noisy_ids: [R, N, L] (R copies);
+    noisy_mask: [N, L], the real positions of every copy. Blocks are counted from the first real prompt token.
+    Prompt and clean queries see real prompt/clean keys in blocks <= own (ordinary block-causal attention); queries of
+    copy r see real prompt/clean keys in blocks < own and real keys of copy r in their own block, never another copy.
+    Each tail copy (B - 1 columns, left-padded) repeats the p % B prompt tokens that share completion block 0, so
+    they attend to copy r's block 0 as they do in a per-block forward. Positions of every copy equal the clean ones.
+    Returns input_ids [N, T], allowed [N, 1, T, T] bool, position_ids [N, T], T = P + L + R(L + B - 1); copy r's
+    noisy completion is columns [P + L + r(L + B - 1) + B - 1, P + L + (r + 1)(L + B - 1)).
     """
     n, p = prompt_ids.shape
-    length, dev = clean_ids.shape[1], prompt_ids.device
+    copies, length, dev = noisy_ids.shape[0], clean_ids.shape[1], prompt_ids.device
     prompt_len = prompt_mask.long().sum(-1)  # [N]
     tail = torch.arange(block_size - 1, device=dev)
     tail_real = tail[None] >= (block_size - 1 - block_offsets(prompt_mask, block_size))[:, None]  # [N, B-1]
     source = (p - (block_size - 1) + tail).clamp_min(0)  # prompt columns copied into the tail
     prompt_pos = position_ids_from_mask(prompt_mask)
     completion_pos = prompt_len[:, None] + torch.arange(length, device=dev)[None]  # [N, L]
-    ids = torch.cat([prompt_ids, clean_ids, prompt_ids[:, source], noisy_ids], 1)  # [N, T]
-    real = torch.cat([prompt_mask, completion_mask, tail_real, completion_mask], 1).bool()  # [N, T]
-    pos = torch.cat([prompt_pos, completion_pos, prompt_pos[:, source], completion_pos], 1)  # [N, T]
+    tail_ids, tail_pos = prompt_ids[:, source], prompt_pos[:, source]
+    noisy = [x for r in range(copies) for x in (tail_ids, noisy_ids[r])]
+    ids = torch.cat([prompt_ids, clean_ids, *noisy], 1)  # [N, T]
+    real = torch.cat([prompt_mask, clean_mask, *[tail_real, noisy_mask] * copies], 1).bool()  # [N, T]
+    pos = torch.cat([prompt_pos, completion_pos, *[tail_pos, completion_pos] * copies], 1)  # [N, T]
     t = ids.shape[1]
-    noisy = torch.arange(t, device=dev) >= p + length  # [T]
+    section = torch.cat([torch.zeros(p + length, dtype=torch.long, device=dev),
+                         torch.arange(1, copies + 1, device=dev).repeat_interleave(block_size - 1 + length)])  # [T]
+    query_sec, key_sec = section[None, :, None], section[None, None, :]  # [1, T, 1], [1, 1, T]
     block = pos // block_size
     query_block, key_block = block[:, :, None], block[:, None, :]  # [N, T, 1], [N, 1, T]
-    from_noisy = (~noisy[None, None] & (key_block < query_block)) | (noisy[None, None] & (key_block == query_block))
-    from_clean = ~noisy[None, None] & (key_block <= query_block)
-    allowed = real[:, None, :] & torch.where(noisy[None, :, None], from_noisy, from_clean)  # [N, T, T]
+    from_copy = ((key_sec == 0) & (key_block < query_block)) | ((key_sec == query_sec) & (key_block == query_block))
+    from_clean = (key_sec == 0) & (key_block <= query_block)
+    allowed = real[:, None, :] & torch.where(query_sec > 0, from_copy, from_clean)  # [N, T, T]
     allowed = allowed | (torch.eye(t, dtype=torch.bool, device=dev)[None] & ~real[:, :, None])
     return ids, allowed[:, None], pos
 
@@ -144,16 +163,8 @@ def elbo(
     return _output(torch.cat(pieces), calls)
 
 
-def block_elbo_loop(
-    lm: DiffusionLM,
-    prompt_ids: Tensor,
-    prompt_mask: Tensor,
-    completion_ids: Tensor,
-    completion_mask: Tensor,
-    draw: MaskDraw,
-    *,
-    model: torch.nn.Module | None = None,
-) -> ElboOutput:
+def block_elbo_loop(lm: DiffusionLM, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                    completion_mask: Tensor, draw: MaskDraw, *, model: torch.nn.Module | None = None) -> ElboOutput:
     """Slow reference for block-causal models: per sample and completion block c, one ordinary block-causal
     forward of [prompt, clean blocks < c, noisy block c] (later blocks left out of the key mask).
 

@@ -26,6 +26,13 @@ the same columns (a row whose prompt ends on a block boundary simply has nothing
 block). A completed block whose completion tokens contain EOS ends that row (everything after its first EOS
 becomes padding) and the row leaves the active batch and the cache. The mask token is never proposed.
 
+Behaviour log-probs. Each committed token's log-probability under the distribution it was drawn from (mask token
+removed, logits / temperature, then top-k / top-p) is recorded from the logits the step already computed, with the
+step that committed it and, for the block that ended a row, the tokens committed after its first EOS (later steps
+of that block conditioned on them): `rlwork.diffusion.trace` rebuilds the trajectory from these. Temperature 0
+(greedy) draws from no distribution (a point mass would give log-prob 0 to every token and a ratio no model can
+move): the log-probability recorded then is the model's own, at temperature 1, unfiltered (mask token removed).
+
 The naive reference (batch 1, whole sequence every step) is `rlwork.diffusion.sampler_ref.naive_generate`.
 
 Shape letters: N rows, P prompt columns, W layout columns, L = max_new_tokens, V vocabulary.
@@ -39,7 +46,7 @@ import torch
 from torch import Tensor
 
 from rlwork.config import SamplerConfig
-from rlwork.models import DiffusionLM
+from rlwork.models.lm import DiffusionLM
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,12 @@ class Generation:
         decode_step: [N, L] int64; the row's denoising step (0-based) that committed each real token; -1 on pad.
         row_steps: [N] int64; denoising steps that committed at least one token of the row.
         num_forwards: model forward calls in all (prefill and cache writes included).
+        sampling_per_token_logps: [N, L] float32; log-prob of each real token under the distribution the sampler
+            drew it from (see the module docstring; temperature 0: the model's own at temperature 1); 0 on pad.
+        trace_ids: [N, L] int64; every token the sampler committed: the real ones, and those after the first EOS
+            inside the block that ended the row (the later steps of that block saw them); pad where nothing was.
+        trace_step: [N, L] int64; the step that committed each token of trace_ids (decode_step on real tokens);
+            -1 where nothing was committed.
     """
 
     completion_ids: Tensor
@@ -59,6 +72,9 @@ class Generation:
     decode_step: Tensor
     row_steps: Tensor
     num_forwards: int
+    sampling_per_token_logps: Tensor
+    trace_ids: Tensor
+    trace_step: Tensor
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -101,28 +117,45 @@ def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Ten
     return logits
 
 
+def sampling_logits(
+    logits: Tensor, mask_id: int, temperature: float, top_k: int | None, top_p: float | None
+) -> Tensor:
+    """Logits of the distribution the sampler draws a token from, at every position.
+
+    The mask token removed (never a completion token); temperature > 0: logits / temperature, then the top-k and
+    top-p filters (removed tokens at -inf); temperature 0 (greedy): the logits unscaled and unfiltered, the model's
+    own distribution (greedy draws from none; see the module docstring). logits: [..., V]. Returns [..., V], same
+    dtype; differentiable except through the filters' choice of tokens.
+    """
+    logits = logits.masked_fill(torch.arange(logits.shape[-1], device=logits.device) == mask_id, float("-inf"))
+    if temperature > 0:
+        return filter_logits(logits / temperature, top_k, top_p)
+    return logits
+
+
 def propose(
     logits: Tensor, config: SamplerConfig, mask_id: int, generator: torch.Generator | None
-) -> tuple[Tensor, Tensor]:
-    """Candidate token and its remasking score at every position.
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Candidate token, its remasking score and its log-probability at every position.
 
-    logits: [..., V] (any float dtype). Returns (x0 [...] int64, confidence [...] float64; higher = commit first).
-    Gumbel-max in float64: argmax(l/T + g) with g = -log(-log u), the log form of LLaDA's exp(l)/(-log u)^T.
+    logits: [..., V] (any float dtype). Returns (x0 [...] int64, confidence [...] float64, higher = commit first;
+    logp [...] float64, log-prob of x0 under `sampling_logits`). Gumbel-max in float64: argmax(l/T + g) with
+    g = -log(-log u), the log form of LLaDA's exp(l)/(-log u)^T.
     """
-    logits = logits.to(torch.float64, copy=True)
-    logits[..., mask_id] = float("-inf")  # the mask token is never a completion token
+    logits = logits.to(torch.float64)
+    scaled = sampling_logits(logits, mask_id, config.temperature, config.top_k, config.top_p)
     if config.temperature > 0:
-        scaled = filter_logits(logits / config.temperature, config.top_k, config.top_p)
         u = torch.rand(scaled.shape, dtype=torch.float64, device=scaled.device, generator=generator)
         gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float64).tiny)))
         x0 = (scaled + gumbel).argmax(-1)
-        logits = logits.masked_fill(scaled == float("-inf"), float("-inf"))
     else:
-        x0 = logits.argmax(-1)
+        x0 = scaled.argmax(-1)
+    logp = scaled.gather(-1, x0[..., None]).squeeze(-1) - scaled.logsumexp(-1)
+    logits = logits.masked_fill(scaled == float("-inf"), float("-inf"))  # confidences over what could be drawn
     if config.remasking == "random":
-        return x0, torch.rand(x0.shape, dtype=torch.float64, device=x0.device, generator=generator)
+        return x0, torch.rand(x0.shape, dtype=torch.float64, device=x0.device, generator=generator), logp
     if config.remasking == "left_to_right":  # equal scores: `select` breaks ties leftmost (AR order in the block)
-        return x0, torch.zeros(x0.shape, dtype=torch.float64, device=x0.device)
+        return x0, torch.zeros(x0.shape, dtype=torch.float64, device=x0.device), logp
     probs = logits.softmax(-1)
     if config.remasking == "low_confidence":
         confidence = probs.gather(-1, x0[..., None]).squeeze(-1)
@@ -131,7 +164,7 @@ def propose(
         confidence = top2[..., 0] - top2[..., 1]
     else:  # entropy: confident = low entropy
         confidence = torch.special.xlogy(probs, probs).sum(-1)
-    return x0, confidence
+    return x0, confidence, logp
 
 
 def transfer_schedule(num_masked: Tensor, steps: int, step: int) -> Tensor:
@@ -157,12 +190,21 @@ def select(masked: Tensor, confidence: Tensor, count: Tensor, threshold: float |
     return rank < count[:, None]
 
 
-def finalize(ids: Tensor, steps: Tensor, eos_id: int, pad_id: int, mask_id: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Cut each row after its first EOS. ids, steps: [N, L]. Returns (completion_ids, completion_mask, steps)."""
+def finalize(ids: Tensor, steps: Tensor, logps: Tensor, row_steps: Tensor, num_forwards: int, eos_id: int,
+             pad_id: int, mask_id: int) -> Generation:
+    """Cut each row after its first EOS. ids, steps: [N, L] (the completion columns of the sampler's canvas, steps
+    -1 where nothing was committed), logps: [N, L], row_steps: [N]. The cut tokens stay in trace_ids/trace_step."""
     is_eos = ids == eos_id
     real = (is_eos.long().cumsum(1) - is_eos.long()) == 0  # [N, L]; positions up to and including the first EOS
     assert not (real & (ids == mask_id)).any(), "a real completion position was never committed"
-    return ids.masked_fill(~real, pad_id), real, steps.masked_fill(~real, -1)
+    committed = steps >= 0
+    assert torch.equal(committed, ids != mask_id), "a committed position holds the mask token"
+    return Generation(
+        completion_ids=ids.masked_fill(~real, pad_id), completion_mask=real, decode_step=steps.masked_fill(~real, -1),
+        row_steps=row_steps, num_forwards=num_forwards,
+        sampling_per_token_logps=logps.float().masked_fill(~real, 0.0),
+        trace_ids=ids.masked_fill(~committed, pad_id), trace_step=steps,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -252,6 +294,8 @@ def generate(
     n, width = x.shape
     out_x, out_steps = x.clone(), torch.full_like(x, -1)
     steps = torch.full_like(x, -1)  # [n, W] for the active rows
+    logps = torch.zeros(x.shape, dtype=torch.float64, device=x.device)  # [n, W]
+    out_logps = logps.clone()
     row_steps = torch.zeros(n, dtype=torch.long, device=x.device)
     out_row_steps = row_steps.clone()
     rows = torch.arange(n, device=x.device)
@@ -275,28 +319,29 @@ def generate(
             if cache is not None:
                 _truncate(cache, base)
                 cache_len = base
-            x0, confidence = propose(logits[:, s - q0:t - q0], config, lm.mask_id, generator)  # [n, b]
+            x0, confidence, logp = propose(logits[:, s - q0:t - q0], config, lm.mask_id, generator)  # [n, b]
             k = transfer_schedule(num_masked, sps, step)
             commit = select(x[:, s:t] == lm.mask_id, confidence, k, config.threshold)  # [n, b]
             x[:, s:t] = torch.where(commit, x0, x[:, s:t])
             steps[:, s:t] = torch.where(commit, row_steps[:, None], steps[:, s:t])
+            logps[:, s:t] = torch.where(commit, logp, logps[:, s:t])
             row_steps += commit.any(1).long()
             if config.threshold is not None and not bool((x[:, s:t] == lm.mask_id).any()):
                 break
         done = ((x[:, s:t] == lm.eos_id) & gen[:, s:t]).any(1)  # [n]
         if bool(done.any()):  # the one host sync per block
             out_x[rows[done]], out_steps[rows[done]], out_row_steps[rows[done]] = x[done], steps[done], row_steps[done]
+            out_logps[rows[done]] = logps[done]
             keep = (~done).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
-            x, key_mask, gen, steps = x[keep], key_mask[keep], gen[keep], steps[keep]
+            x, key_mask, gen, steps, logps = x[keep], key_mask[keep], gen[keep], steps[keep], logps[keep]
             rows, row_steps = rows[keep], row_steps[keep]
             active = rows.tolist()
             if cache is not None:
                 cache.batch_select_indices(keep)
     else:
-        out_x[rows], out_steps[rows], out_row_steps[rows] = x, steps, row_steps
+        out_x[rows], out_steps[rows], out_row_steps[rows], out_logps[rows] = x, steps, row_steps, logps
     index = torch.tensor(lay.gen_start, device=x.device)[:, None] + torch.arange(length, device=x.device)  # [N, L]
-    ids, mask, decode_step = finalize(out_x.gather(1, index), out_steps.gather(1, index), lm.eos_id, lm.pad_id,
-                                      lm.mask_id)
-    return Generation(ids, mask, decode_step, out_row_steps, forwards)
+    return finalize(out_x.gather(1, index), out_steps.gather(1, index), out_logps.gather(1, index), out_row_steps,
+                    forwards, lm.eos_id, lm.pad_id, lm.mask_id)

@@ -21,7 +21,7 @@ from rlwork.diffusion.sampler import (
     propose,
     resolve_block_size,
 )
-from rlwork.models import DiffusionLM
+from rlwork.models.lm import DiffusionLM
 
 
 def _blocks(prompt_len: int, length: int, block: int, aligned_to_sequence: bool) -> list[tuple[int, int]]:
@@ -46,12 +46,13 @@ def naive_generate(
     if prompt_mask is None:
         prompt_mask = torch.ones_like(prompt_ids, dtype=torch.bool)
     length, sps = config.max_new_tokens, config.steps_per_block
-    all_ids, all_steps, row_steps, forwards = [], [], [], 0
+    all_ids, all_steps, all_logps, row_steps, forwards = [], [], [], [], 0
     for ids_row, mask_row in zip(prompt_ids, prompt_mask, strict=True):
         prompt = ids_row[mask_row.bool()]
         p = prompt.numel()
         x = torch.cat([prompt, torch.full((length,), lm.mask_id, dtype=torch.long, device=prompt.device)])[None]
         decode_step = torch.full((length,), -1, dtype=torch.long, device=prompt.device)
+        logps = torch.zeros(length, dtype=torch.float64, device=prompt.device)
         step = 0
         for lo, hi in _blocks(p, length, block, lm.block_causal):
             num_masked = hi - lo
@@ -62,8 +63,8 @@ def naive_generate(
                     continue
                 logits, _ = lm.forward(x)  # the whole sequence, every step
                 forwards += 1
-                x0, confidence = propose(logits[:, p + lo:p + hi], config, lm.mask_id, generator)
-                x0, confidence = x0[0], confidence[0]
+                x0, confidence, logp = propose(logits[:, p + lo:p + hi], config, lm.mask_id, generator)
+                x0, confidence, logp = x0[0], confidence[0], logp[0]
                 masked = x[0, p + lo:p + hi] == lm.mask_id
                 confidence = torch.where(masked, confidence, float("-inf"))
                 k = count
@@ -73,11 +74,13 @@ def naive_generate(
                 chosen = confidence.topk(k).indices
                 x[0, p + lo + chosen] = x0[chosen]
                 decode_step[lo + chosen] = step
+                logps[lo + chosen] = logp[chosen]
                 step += 1
             if (x[0, p + lo:p + hi] == lm.eos_id).any():
                 break
         all_ids.append(x[0, p:])
         all_steps.append(decode_step)
+        all_logps.append(logps)
         row_steps.append(step)
-    ids, mask, decode_step = finalize(torch.stack(all_ids), torch.stack(all_steps), lm.eos_id, lm.pad_id, lm.mask_id)
-    return Generation(ids, mask, decode_step, torch.tensor(row_steps, device=ids.device), forwards)
+    return finalize(torch.stack(all_ids), torch.stack(all_steps), torch.stack(all_logps),
+                    torch.tensor(row_steps, device=prompt_ids.device), forwards, lm.eos_id, lm.pad_id, lm.mask_id)

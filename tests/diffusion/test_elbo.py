@@ -7,7 +7,7 @@ import torch
 
 from rlwork.diffusion.elbo import block_elbo_loop, doubled_inputs, elbo
 from rlwork.diffusion.masking import ESTIMATORS, draw_masks
-from rlwork.models import DiffusionLM, load_diffusion_lm
+from rlwork.models.lm import DiffusionLM, load_diffusion_lm
 
 
 @pytest.fixture(scope="module")

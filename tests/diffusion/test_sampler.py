@@ -14,7 +14,7 @@ import torch
 
 from rlwork.diffusion.sampler import SamplerConfig, filter_logits, generate, propose
 from rlwork.diffusion.sampler_ref import naive_generate
-from rlwork.models import DiffusionLM
+from rlwork.models.lm import DiffusionLM
 
 LENGTHS = [5, 8, 11, 14, 3, 6]  # prompt lengths mod 4: 1, 0, 3, 2, 3, 2
 EOS_LENGTHS = [5, 8, 11, 14, 3, 6, 9, 13]
@@ -33,11 +33,15 @@ def ragged(lm: DiffusionLM, lengths: list[int], seed: int = 0) -> tuple[torch.Te
 
 
 def assert_same(a, b) -> None:
-    """Same tokens, masks, decode order and per-row step counts (num_forwards may differ)."""
+    """Same tokens, masks, decode order, per-row step counts and trajectories (num_forwards may differ); the same
+    behaviour log-probs up to float noise (different forwards compute the logits)."""
     torch.testing.assert_close(a.completion_ids, b.completion_ids, rtol=0, atol=0)
     torch.testing.assert_close(a.completion_mask, b.completion_mask, rtol=0, atol=0)
     torch.testing.assert_close(a.decode_step, b.decode_step, rtol=0, atol=0)
     torch.testing.assert_close(a.row_steps, b.row_steps, rtol=0, atol=0)
+    torch.testing.assert_close(a.trace_ids, b.trace_ids, rtol=0, atol=0)
+    torch.testing.assert_close(a.trace_step, b.trace_step, rtol=0, atol=0)
+    torch.testing.assert_close(a.sampling_per_token_logps, b.sampling_per_token_logps, rtol=0, atol=1e-4)
 
 
 def shifted(lm: DiffusionLM) -> DiffusionLM:
@@ -234,14 +238,28 @@ def test_filter_logits_known_answers():
 
 def test_propose_greedy_never_picks_mask_and_gumbel_matches_softmax():
     logits = torch.tensor([[2.0, 0.0, 1.0, 3.0]])  # token 3 plays the mask
-    x0, conf = propose(logits, SamplerConfig(temperature=0.0), mask_id=3, generator=None)
+    x0, conf, logp = propose(logits, SamplerConfig(temperature=0.0), mask_id=3, generator=None)
     assert x0.tolist() == [0]
     torch.testing.assert_close(conf, torch.softmax(logits[:, :3].double(), -1)[:, 0])
+    torch.testing.assert_close(logp, torch.log_softmax(logits[:, :3].double(), -1)[:, 0])  # greedy: the model's own
     draws = logits.expand(40_000, 4)
-    x0, _ = propose(draws, SamplerConfig(temperature=1.0), mask_id=3, generator=torch.Generator().manual_seed(0))
+    x0, _, _ = propose(draws, SamplerConfig(temperature=1.0), mask_id=3, generator=torch.Generator().manual_seed(0))
     freq = torch.bincount(x0, minlength=4).double() / x0.numel()
     torch.testing.assert_close(freq[:3], torch.softmax(logits[0, :3].double(), -1), atol=0.01, rtol=0)
     assert freq[3] == 0
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, None), (0.5, None, None), (1.0, 2, None),
+                                                      (2.0, None, 0.7)])
+def test_recorded_logp_is_the_distribution_drawn_from(temperature, top_k, top_p):
+    """exp(logp) of each drawn token equals its frequency among the draws (the mask token, id 4, never drawn)."""
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.2]).log().expand(40_000, 5)
+    config = SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+    x0, _, logp = propose(logits, config, mask_id=4, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(x0, minlength=5).double() / x0.numel()
+    prob = torch.zeros(5, dtype=torch.float64).index_put_((x0,), logp.exp())  # each token's recorded probability
+    torch.testing.assert_close(freq, prob, atol=0.01, rtol=0)
+    assert freq[4] == 0 and torch.isclose(prob.sum(), torch.tensor(1.0, dtype=torch.float64))
 
 
 def test_invalid_settings_say_how_to_fix(tiny_lm):

@@ -1,4 +1,6 @@
-"""One test per attack: the shared attack file, plus our own variants of each family (defend the family)."""
+"""One test per attack: the shared attack file, our own variants of each family (defend the family), and the
+attack files of the verdict path in tests/rewards/attacks/ (one per class: forged frames, malformed frames,
+neighbours, the test namespace, work done by trusted processes). All probes live in a tmp dir."""
 
 import json
 import subprocess
@@ -7,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from rewards.attacks import run_cases
+from rewards.attacks import Probes, run_cases
 
 # CI has the shared folder beside the clone, as here.
 SHARED_ATTACKS = Path(__file__).resolve().parents[2].parent / "shared" / "sandbox-attacks" / "attacks.json"
+OWN_ATTACKS = sorted((Path(__file__).parent / "attacks").glob("*.json"))
 
 ADD = "def add(a, b):\n    return a + b\n"
 WRONG = "def add(a, b):\n    return 0\n"
@@ -66,12 +69,26 @@ VARIANTS = [
 ]
 
 
+def _own_cases() -> list[tuple[str, str]]:
+    """(file stem, attack id) of every case in tests/rewards/attacks/."""
+    return [(f.stem, c["id"]) for f in OWN_ATTACKS for c in json.loads(f.read_text())]
+
+
 @pytest.fixture(scope="module")
-def reports(evaluator):
+def probes(tmp_path_factory):
+    where = tmp_path_factory.mktemp("probes")
+    p = Probes(where / "sbx_victim", 0, where / "fake_secret.txt")  # a free port: other runs may share the machine
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module")
+def reports(evaluator, probes):
     shared = json.loads(SHARED_ATTACKS.read_text()) if SHARED_ATTACKS.exists() else []
     ours = [{"id": i, "code": c, "expected_outcome": {"0": "reward 0", "1": "reward 1", "any": "reward 0 or 1"}[r]}
             for i, c, r in VARIANTS]
-    return {r.id: r for r in run_cases(shared + ours, evaluator=evaluator)}
+    files = [c for f in OWN_ATTACKS for c in json.loads(f.read_text())]
+    return {r.id: r for r in run_cases(shared + ours + files, evaluator=evaluator, probes=probes)}
 
 
 def _shared_ids() -> list[str]:
@@ -94,11 +111,23 @@ def test_attack_variant(reports, attack_id):
     assert r.correct and not r.damage and not r.harness_failure, r
 
 
-def test_attack_cli_on_shared_file():
+@pytest.mark.parametrize("file,attack_id", _own_cases())
+def test_verdict_path_attack(reports, file, attack_id):
+    r = reports[attack_id]
+    assert r.correct and not r.damage and not r.harness_failure, r
+
+
+def test_every_class_has_several_attacks():
+    per_file = {f.stem: len(json.loads(f.read_text())) for f in OWN_ATTACKS}
+    assert set(per_file) == {"forged_frames", "malformed_frames", "neighbours", "test_namespace", "trusted_work"}
+    assert min(per_file.values()) >= 2, per_file
+
+
+def test_attack_cli_on_shared_file(tmp_path):
     if not SHARED_ATTACKS.exists():
         pytest.skip(f"shared attack file not found at {SHARED_ATTACKS} (it sits beside the clone in CI)")
-    proc = subprocess.run([sys.executable, "-m", "rewards.attacks", str(SHARED_ATTACKS), "--timeout", "1.5"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "rewards.attacks", str(SHARED_ATTACKS), "--timeout", "1.5",
+                           "--probe-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
     lines = proc.stdout.strip().splitlines()
     summary = json.loads(lines[-1])
     assert summary == {"cases": 28, "correct_verdicts": 28, "host_damage": 0, "harness_failures": 0}, proc.stdout
@@ -108,6 +137,6 @@ def test_attack_cli_on_shared_file():
 def test_attack_cli_fails_on_a_wrong_verdict(tmp_path):
     bad = tmp_path / "bad.json"  # a correct solution labelled "reward 0": the runner must say so and exit 1
     bad.write_text(json.dumps([{"id": "mislabelled", "code": ADD, "expected_outcome": "reward 0"}]))
-    proc = subprocess.run([sys.executable, "-m", "rewards.attacks", str(bad), "--timeout", "1"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "rewards.attacks", str(bad), "--timeout", "1",
+                           "--probe-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and json.loads(proc.stdout.splitlines()[-1])["correct_verdicts"] == 0

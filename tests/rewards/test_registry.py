@@ -62,3 +62,40 @@ def test_score_all_none_is_nan_and_all_nan_total():
     assert all(math.isnan(v) for v in s.total)
     with pytest.raises(ValueError, match="one per reward"):
         score_all([never], [1.0, 2.0], ["p"], ["a"], {})
+
+
+def test_weighted_total_nansum_convention():
+    nan = math.nan
+    out = registry.weighted_total([[1, nan, 0.5], [nan, nan, 2]], [2, 0.5])  # columns: rewards; rows: completions
+    assert out[0] == 2 and math.isnan(out[1]) and out[2] == 2
+    assert registry.weighted_total([[1, 3], [2, nan]], [1, 1]) == [3, 3]
+    with pytest.raises(ValueError):
+        registry.weighted_total([[1, 2]], [1, 2, 3])  # one weight per reward
+
+
+def test_detailed_rewards_report_details_and_sandbox_settings_reach_them():
+    from rewards.contract import Detailed
+
+    class Probe:
+        __name__ = "probe"
+
+        def __init__(self, timeout=None):
+            self.timeout = timeout
+
+        def with_sandbox(self, timeout=None, max_concurrency=None, allow_weak=None):
+            return Probe(timeout)
+
+        def __call__(self, prompts, completions, **kw):
+            return self.detailed(prompts, completions, **kw).scores
+
+        def detailed(self, prompts, completions, **kw):
+            return Detailed([1.0] * len(completions), [f"t={self.timeout}"] * len(completions))
+
+    registry.REWARD_FNS["probe"] = Probe()
+    try:
+        fn = get_reward("probe", sandbox={"timeout": 3.0})
+    finally:
+        del registry.REWARD_FNS["probe"]
+    assert fn.timeout == 3.0 and get_reward("format", sandbox={"timeout": 3.0}) is REWARD_FNS["format"]
+    s = score_all([fn, user_reward], None, ["p"], ["ab"], {})
+    assert s.details == {"probe": ["t=3.0"]} and s.total == [3.0]

@@ -121,6 +121,9 @@ EQUAL_CASES = [
     ({"a": 1, "b": 2}, {"a": 1}, False),  # extra key
     (wire.Unserialisable("Weird"), 3, False),  # unserialisable result equals nothing
     ("3", 3, False),  # str is not int
+    (10**400, 0.75, False),  # an int too large for a float differs from a float (no OverflowError)
+    ({0.0}, {-0.0}, True),  # set elements compare as values
+    ({1: "a"}, {1.0: "a"}, False),  # dict keys are type-strict
 ]
 
 
@@ -171,17 +174,16 @@ HOSTILE = [  # one per family, fast ones (the timeout families are covered in te
 
 def test_load_with_hostile_tenth_stays_whole(evaluator):
     """Reduced-size version of `bench/sandbox.py --load`: verdicts stay right batch after batch, nothing leaks."""
-    from rewards.attacks import _busy_cgroups, _sandbox_pids
+    from rewards.attacks import busy_cgroups, leftover_processes
 
     evaluator.sandbox.start()
-    baseline = _sandbox_pids(set())
     tmp_before = {n for n in os.listdir("/tmp") if n.startswith("rlwork")}
     for batch in range(3):
         programs = [HOSTILE[(batch * 2 + i // 10) % len(HOSTILE)] if i % 10 == 9 else OK for i in range(40)]
         outs = evaluator.evaluate(programs, [ADD_ASSERT] * len(programs))
         assert [o.category == "passed" for o in outs] == [p == OK for p in programs], batch
-    assert not _sandbox_pids(baseline)
-    assert not _busy_cgroups(evaluator.sandbox.cgroup_paths)
+    assert not leftover_processes(evaluator.sandbox.runner_pid)
+    assert not busy_cgroups(evaluator.sandbox.cgroup_paths)
     assert {n for n in os.listdir("/tmp") if n.startswith("rlwork")} == tmp_before
 
 

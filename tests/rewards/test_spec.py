@@ -57,3 +57,31 @@ def test_dumps_round_trips(_text, parsed):
 def test_dumps_tags_tuples_and_nonfinite_floats():
     s = spec.dumps(spec.CallSpec("f", (spec.CallCase([(1, 2)], float("inf")),)))
     assert '{"__tuple__": [1, 2]}' in s and '{"__float__": "inf"}' in s
+
+
+# (spec, the names that become proxies of the program)
+DECLARED = [
+    (spec.AssertSpec("add", asserts=("assert add(1, 2) == 3",)), ("add",)),  # the entry point only
+    (spec.AssertSpec("find_zero", code="def check(candidate):\n    import math\n    x = candidate([1, 2])\n"
+                                      "    assert math.fabs(poly([1, 2], x)) < 1e-4\n"), ("find_zero", "poly")),
+    (spec.AssertSpec("f", asserts=("assert abs(f(1) - 2) < 1e-9", "assert all(map(f, [1]))")), ("f",)),  # builtins
+    (spec.AssertSpec("f", setup="def _ref(x):\n    return x\nfrom math import isclose",
+                     asserts=("assert isclose(f(1), _ref(1))",)), ("f",)),  # setup names
+    (spec.AssertSpec("f", code="def check(candidate):\n    def helper(y):\n        return y\n"
+                               "    assert helper(candidate(1)) == [x for x in [1]][0]\n"), ("f",)),  # test's own
+    (spec.AssertSpec("f", code="def check(candidate):\n    assert g(candidate(1))\n", names=("h",)), ("f", "h")),
+]
+
+
+@pytest.mark.parametrize("test_spec,names", DECLARED)
+def test_declared_names(test_spec, names):
+    assert test_spec.declared_names == names
+
+
+def test_names_round_trip_and_validation():
+    s = spec.AssertSpec("f", asserts=("assert f(1) == g(1)",), names=("g",))
+    assert spec.parse(spec.dumps(s)) == s
+    with pytest.raises(ValueError, match="is a builtin"):
+        spec.AssertSpec("f", asserts=("assert f(1)",), names=("abs",))
+    with pytest.raises(ValueError, match="tests.names"):
+        spec.parse('{"kind": "assert", "entry_point": "f", "asserts": ["assert f(1)"], "names": "g"}')

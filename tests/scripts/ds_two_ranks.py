@@ -17,10 +17,10 @@ from unittest import mock
 import torch
 from safetensors.torch import load_file
 
-from rlwork import checkpoint as ckpt
-from rlwork import dist
-from rlwork import engine as eng
-from rlwork.models import load_diffusion_lm
+from rlwork.models.lm import load_diffusion_lm
+from rlwork.runtime import checkpoint as ckpt
+from rlwork.runtime import dist
+from rlwork.runtime import engine as eng
 
 
 def loss_of(lm, module, ids, targets):
@@ -77,7 +77,9 @@ def main(stage: int, out: Path) -> None:
         with ref.context(ds.module) as ref_module:  # the LoRA B matrices start at 0: base == initial policy
             ref_diff = float((lm.forward(ids, model=ref_module)[0] - plain_logits).abs().max())
         policy_moved = float((lm.forward(ids, model=ds.module)[0] - plain_logits).abs().max())
-    others = dist.broadcast_object(weights, src=1)
+    box = [weights]
+    torch.distributed.broadcast_object_list(box, src=1)  # rank 1's weights on every rank
+    others = box[0]
     identical = all(torch.equal(weights[n], others[n]) for n in weights)
     identical = bool(dist.all_reduce_mean(torch.tensor(float(identical))) == 1.0)
     vs_single = max_diff(weights, {n: p.detach() for n, p in single.named_trainable_parameters()})

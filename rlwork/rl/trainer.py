@@ -1,0 +1,209 @@
+"""The RL loop. One step is a flat list of numbered, timed phases; each phase lives in its own module:
+
+    1 rollout      G completions per prompt with the batched block-diffusion sampler   (rl/rollout.py)
+    2 score        rewards in the sandbox pool, per function, NaN = unscorable;        (rl/scoring.py, rewards/)
+                   2b: DAPO refill of groups without signal                           (rl/rollout.py)
+    3 advantages   weighted reward -> group advantages; zero-signal groups filtered    (rl/advantages.py)
+    4 likelihoods  old and reference ELBOs under the step's shared mask draws, or      (rl/likelihoods.py)
+                   trace log-probs of the sampler's trajectories (old: the rollout's)
+    5 update       num_iterations passes of the clipped policy gradient                 (rl/update.py)
+    6 evaluate     every eval.every_steps steps: pass@k of the updated policy on eval.split (evaluation/eval.py)
+    7 log          metrics, rollouts, completions table, checkpoint                     (runtime/tracking.py)
+
+Nothing algorithmic lives here: this module only sequences the phases. Setup (model, adapter, engine, data,
+tracking, resume) is the session every loop shares (runtime/session.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from rewards.sandbox import Evaluator
+from rlwork.config import RunConfig
+from rlwork.data.prompts import PromptStream, load_split
+from rlwork.diffusion.rollout import Rollout
+from rlwork.evaluation.eval import evaluate_sharded, open_sandbox
+from rlwork.rl import rollout as phase1
+from rlwork.rl.advantages import compute_advantages, frac_zero_std, reward_metrics, rows_with_signal
+from rlwork.rl.likelihoods import draw_step_masks, old_and_ref_logps
+from rlwork.rl.scoring import RewardScorer, rollout_rows, sandbox_metrics
+from rlwork.rl.update import no_update_metrics, policy_updates
+from rlwork.runtime import dist
+from rlwork.runtime import engine as eng
+from rlwork.runtime.session import Session, check_divisible, open_session
+from rlwork.runtime.timing import PhaseTimer
+from rlwork.runtime.tracking import reduce_metrics, save_rollouts
+
+
+class UnscorableRunError(RuntimeError):
+    """Too many consecutive steps had no scorable reward: training on zeros would be meaningless."""
+
+
+@dataclass
+class RlSession(Session):
+    """The shared session plus what RL adds: the reference policy, the rewards, the in-training evaluation."""
+
+    ref_policy: eng.RefPolicy | None = None
+    scorer: RewardScorer | None = None
+    eval_problems: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """The first eval.training_problems of eval.split, for phase 6 (empty when eval.every_steps is 0)."""
+    eval_sandbox: Evaluator | None = None
+
+    def close(self) -> None:
+        super().close()
+        if self.scorer is not None:
+            self.scorer.close()
+        if self.eval_sandbox is not None:
+            self.eval_sandbox.close()
+
+
+def setup(cfg: RunConfig, resume: bool = False) -> RlSession:
+    """The shared session (`runtime.session.open_session`) with LoRA per `lora.enabled`, plus the reference policy,
+    the reward functions and, with eval.every_steps, the in-training evaluation problems and sandbox."""
+    dist.init_distributed()
+    check_divisible("train.prompts_per_step", cfg.train.prompts_per_step)
+    rows_per_rank = cfg.train.prompts_per_step // dist.world_size() * cfg.algo.num_generations
+    base = open_session(cfg, cfg.train, kind="rl", problems=load_split(cfg.data, cfg.data.split, cfg.seed),
+                        rows_per_rank=rows_per_rank, lora=cfg.lora.enabled, resume=resume)
+    session = RlSession(**{f.name: getattr(base, f.name) for f in dataclasses.fields(Session)})
+    session.ref_policy = eng.RefPolicy.build(session.engine.model, cfg.algo.beta,
+                                             copy_for_full_ft=cfg.algo.reference_copy)
+    session.scorer = RewardScorer(cfg.rewards)
+    if cfg.eval.every_steps:
+        session.eval_problems = load_split(cfg.data, cfg.eval.split, cfg.seed)[: cfg.eval.training_problems]
+        session.eval_sandbox = open_sandbox(cfg)
+    return session
+
+
+def train(cfg: RunConfig, resume: bool = False) -> dict[str, float]:
+    """Run `cfg.train.steps` RL steps (continuing from the latest checkpoint with `resume`); last step's metrics."""
+    session = setup(cfg, resume)
+    unscorable_streak, metrics = 0, {}
+    try:
+        steps = range(session.start_step, cfg.train.steps)
+        for step in tqdm(steps, desc="rl steps", unit="step", disable=not dist.is_main_process()):
+            metrics = train_step(session, step)
+            unscorable_streak = unscorable_streak + 1 if metrics["reward/frac_unscorable"] == 1.0 else 0
+            if unscorable_streak >= cfg.train.max_unscorable_steps:
+                raise UnscorableRunError(
+                    f"{unscorable_streak} consecutive steps had no scorable reward (sandbox down or every reward "
+                    f"raised: see reward/errors in {session.run_dir / 'metrics.jsonl'}); fix the rewards or raise "
+                    "train.max_unscorable_steps"
+                )
+            if (step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps:
+                session.save(step + 1, cfg.train.keep_checkpoints)
+    finally:
+        session.close()
+    return metrics
+
+
+def train_step(session: RlSession, step: int) -> dict[str, float]:
+    """One RL step: the seven phases, in order (6 only every eval.every_steps steps)."""
+    cfg, lm, engine = session.cfg, session.lm, session.engine
+    algo, G = cfg.algo, cfg.algo.num_generations
+    timer = PhaseTimer()
+    first_row = phase1.first_row(session)
+
+    # 1 rollout: G completions per prompt; ZeRO-3 gathers parameters once for the whole phase.
+    with timer("rollout"), eng.gathered_parameters(engine):
+        rollout = phase1.sample(session, step, "sample")
+
+    # 2 score: every reward function on every completion; a raising reward yields NaN for its rows.
+    with timer("score"):
+        scores = session.scorer.score(rollout.prompts, rollout.completions, rollout.problems)
+    flat_frac = float(frac_zero_std(scores.total, G))
+
+    # 2b DAPO dynamic sampling: replace flat groups by fresh prompts' groups that have signal.
+    rounds = 0
+    if algo.dynamic_sampling == "resample":
+        rollout, scores, rounds = phase1.refill_flat_groups(session, session.scorer, step, rollout, scores, timer)
+    rewards = scores.total  # [N]
+
+    # 3 advantages; groups whose rewards are all equal carry no signal and are left out of the loss (DAPO).
+    with timer("advantages"):
+        advantages = compute_advantages(rewards, G, algo.advantage, algo.scale_rewards)  # [N]
+        signal = torch.ones_like(rewards, dtype=torch.bool)
+        if algo.dynamic_sampling != "keep":
+            signal = torch.zeros_like(signal).index_fill_(0, rows_with_signal(rewards, G), True)
+
+    # 4 old/reference likelihoods under shared mask draws (one draw per iteration if masks are resampled); the trace
+    # draws nothing and reads the old log-probs from the rollout.
+    with timer("likelihoods"):
+        draws = draw_step_masks(algo, lm, rollout, cfg.train.micro_batch_size, cfg.seed, step, first_row)
+        old, ref = old_and_ref_logps(algo, cfg.sampler, lm, engine, session.ref_policy, rollout, draws,
+                                     cfg.train.micro_batch_size, needed=signal)
+
+    # 5 policy updates: num_iterations passes, gradient accumulation over micro-batches. With no signal on any
+    # rank there is nothing to learn, and an optimizer step on zero gradients would still move the weights
+    # (Adam's momentum), so every rank skips the phase together.
+    with timer("update"):
+        if dist.any_rank(bool(signal.any())):
+            update_metrics = policy_updates(algo, cfg.sampler, lm, engine, rollout, advantages, signal, draws, old,
+                                            ref, cfg.train.micro_batch_size, cfg.train.learning_rate)
+        else:
+            update_metrics = no_update_metrics(has_reference=ref is not None, trace=algo.likelihood == "trace")
+        update_metrics["optim/no_signal_step"] = float(not signal.any())
+
+    # 6 evaluate: every eval.every_steps steps (and after the last), pass@k of the updated policy on eval.split.
+    eval_metrics: dict[str, float] = {}
+    if cfg.eval.every_steps and ((step + 1) % cfg.eval.every_steps == 0 or step + 1 == cfg.train.steps):
+        with timer("evaluate"), eng.gathered_parameters(engine):
+            eval_metrics = evaluate_during_training(session)
+
+    # 7 log: metrics reduced across ranks, rollouts saved, completions table every few steps.
+    with timer("log"):
+        metrics = {**reward_metrics(rewards, G, scores.per_func, list(scores.names)), **update_metrics,
+                   **sandbox_metrics(scores), **completion_metrics(rollout, signal, lm.eos_id)}
+        metrics["reward/errors"] = float(len(scores.errors))
+        metrics["reward/frac_zero_std_before_resample"] = flat_frac
+        metrics["reward/resample_rounds"] = float(rounds)
+        metrics.update(eval_metrics)
+        rows = rollout_rows(rollout, scores, rewards, advantages)
+        for row in rows:
+            row["group_id"] += dist.rank() * phase1.prompts_per_rank(session)  # global group ids across ranks
+        rows = dist.gather_lists(rows)  # every rank's rollouts reach the store, not only rank 0's
+        if dist.is_main_process():
+            save_rollouts(session.run_dir, step, rows)
+            if step % cfg.train.table_every == 0:
+                session.tracker.log_table("completions", rows[: 4 * G], step)
+    metrics.update(timer.metrics())
+    metrics["perf/tokens_per_s"] = rollout.num_tokens / max(timer.seconds["rollout"], 1e-9)
+    metrics["perf/sampler_forwards"] = float(rollout.num_forwards)
+    metrics = reduce_metrics(metrics)
+    session.tracker.log(metrics, step)
+    if dist.is_main_process():
+        tqdm.write(step_summary(step, cfg.train.steps, metrics))
+    return metrics
+
+
+def evaluate_during_training(session: RlSession) -> dict[str, float]:
+    """Phase 6: `eval/pass@k` of the current policy on `session.eval_problems`, split over the ranks."""
+    cfg, lm = session.cfg, session.lm
+    render = PromptStream(session.eval_problems, lm.tokenizer, chat=cfg.data.chat, seed=cfg.seed,
+                          style=cfg.data.prompt_style).text
+    return evaluate_sharded(lm, session.eval_problems, render, cfg.eval.num_samples, cfg.eval.ks, cfg.sampler,
+                            cfg.seed, cfg.train.rollout_batch_size, session.eval_sandbox, model=session.engine.module)
+
+
+def completion_metrics(rollout: Rollout, signal: torch.Tensor, eos_id: int) -> dict[str, float]:
+    lengths = rollout.completion_mask.sum(1).float()
+    has_eos = ((rollout.completion_ids == eos_id) & rollout.completion_mask).any(1)
+    return {
+        "completion/len_mean": float(lengths.mean()),
+        "completion/len_max": float(lengths.max()),
+        "completion/eos_frac": float(has_eos.float().mean()),
+        "reward/frac_rows_trained": float(signal.float().mean()),
+    }
+
+
+def step_summary(step: int, total: int, m: dict[str, float]) -> str:
+    return (f"step {step + 1}/{total} | reward {m['reward/mean']:.3f} | zero-std {m['reward/frac_zero_std']:.2f} | "
+            f"kl {m.get('policy/kl', math.nan):.4f} | clip {m.get('policy/clipfrac', math.nan):.3f} | "
+            f"len {m['completion/len_mean']:.1f} | {m['perf/step_s']:.1f}s"
+            + "".join(f" | eval {k[5:]} {v:.3f}" for k, v in m.items() if k.startswith("eval/")))
