@@ -118,6 +118,7 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
     with timer("score"):
         scores = session.scorer.score(rollout.prompts, rollout.completions, rollout.problems)
     flat_frac = float(frac_zero_std(scores.total, G))
+    fresh_reward = float(scores.total.nanmean())  # the first round's prompts, before any refill: an unbiased estimate
 
     # 2b DAPO dynamic sampling: replace flat groups by fresh prompts' groups that have signal.
     rounds = 0
@@ -162,6 +163,7 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
                    **sandbox_metrics(scores), **completion_metrics(rollout, signal, lm.eos_id)}
         metrics["reward/errors"] = float(len(scores.errors))
         metrics["reward/frac_zero_std_before_resample"] = flat_frac
+        metrics["reward/mean_before_resample"] = fresh_reward
         metrics["reward/resample_rounds"] = float(rounds)
         metrics.update(eval_metrics)
         rows = rollout_rows(rollout, scores, rewards, advantages)
