@@ -35,6 +35,8 @@ def base_identity(cfg: RunConfig) -> str:
 def warm_start_key(cfg: RunConfig) -> str:
     data = to_dict(cfg.data)
     del data["rl_split"]  # what RL draws; not the warm start's data
+    if cfg.data.synthetic_examples:
+        del data["synthetic_examples"]  # the default prompts: keys of earlier warm starts stay valid
     if not cfg.data.synthetic_fresh:  # the distinct train split is drawn first, whatever is reserved after it
         del data["synthetic_fresh"], data["synthetic_rl"], data["synthetic_train_mix"]  # so warm starts made
         # before these options existed keep their keys

@@ -103,6 +103,9 @@ class DataConfig:
     synthetic_train_mix: tuple[float, ...] | None = None
     """Synthetic family, synthetic_fresh=true: weights of 1-, 2- and 3-step compositions among the SFT draws; null =
     the generator's own (0.2, 0.45, 0.35). iid/valid/rl keep the generator's."""
+    synthetic_examples: bool = True
+    """Synthetic family: the docstring shows one input/output example after the sentence that says the steps;
+    false = the sentence alone (shorter prompts whose only numbers are the program's constants)."""
     synthetic_rl: int = 1024
     """Synthetic family: size of the `rl` split (RL prompts): programs never in training, drawn like iid/valid."""
     rl_split: str | None = None

@@ -19,7 +19,8 @@ def load_split(cfg: DataConfig, split: str, seed: int) -> list[dict[str, Any]]:
     options: dict[str, Any] = {}
     if cfg.dataset == "synthetic":
         options = dict(n_train=cfg.synthetic_train, n_heldout=cfg.synthetic_heldout, seed=seed,
-                       fresh=cfg.synthetic_fresh, n_rl=cfg.synthetic_rl, train_mix=cfg.synthetic_train_mix)
+                       fresh=cfg.synthetic_fresh, n_rl=cfg.synthetic_rl, train_mix=cfg.synthetic_train_mix,
+                       examples=cfg.synthetic_examples)
     source = list(cfg.data_files) or cfg.hub_name
     name = "mapped" if cfg.columns else cfg.dataset
     loaded = load_problems(name, source, split=split, columns=dict(cfg.columns) or None,

@@ -128,9 +128,18 @@ def synthetic_splits(n_train: int, n_heldout: int, seed: int = 0, fresh: bool = 
 
 
 def synthetic_split(split: str, n_train: int, n_heldout: int, seed: int = 0, fresh: bool = False,
-                    n_rl: int = 0, train_mix: tuple[float, ...] | None = None) -> list[dict]:
-    """One split of `synthetic_splits` (fresh copies of the rows)."""
+                    n_rl: int = 0, train_mix: tuple[float, ...] | None = None, examples: bool = True) -> list[dict]:
+    """One split of `synthetic_splits` (fresh copies of the rows); examples=False drops the docstring's example."""
     if split not in SPLITS:
         raise ValueError(f"synthetic split={split!r}: use one of {', '.join(SPLITS)}")
     splits = synthetic_splits(n_train, n_heldout, seed, fresh, n_rl, train_mix=tuple(train_mix) if train_mix else None)
-    return [dict(r) for r in splits[split]]
+    return [dict(r) if examples else without_example(r) for r in splits[split]]
+
+
+def without_example(row: dict) -> dict:
+    """The task with its docstring cut to the sentence that says the steps (the `>>>` example dropped): a simpler
+    prompt whose only numbers are the constants the program needs. Tests and reference are unchanged."""
+    head, sep, _ = row["prompt"].partition("\n\n    >>> ")
+    if not sep:
+        return dict(row)
+    return {**row, "prompt": f'{head}\n    """\n'}
