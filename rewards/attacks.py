@@ -6,6 +6,9 @@ A file is a list of {"id", "category", "code", "what_it_attacks", "expected_outc
 the problem `add(a, b)` (format of shared/sandbox-attacks/attacks.json). By default every case is scored
 with a call/expected spec and a HumanEval-style assert spec. Optional fields widen a case:
 
+    "language":   the program's language (python by default; cpp, java, javascript, rust, go: `add(a, b)` on 64-bit
+                  integers, in Java a static method of class Problem); such a case is scored with the call spec by
+                  default, its "call" and "stdio" specs being those of its language;
     "specs":      which tests to score it with: names from SPECS ("call", "assert", "asserts", "stdio") or
                   whole specs in the `tests` column format (rewards.spec), e.g. one whose test code the attack targets;
     "neighbours": other programs, each {"code", "when": "before" | "with" | "after", "specs"?,
@@ -22,6 +25,7 @@ and nothing was damaged.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import socket
@@ -32,8 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rewards import spec as specs
+from rewards.harness.types import Signature
 from rewards.sandbox import CATEGORIES, Limits
 from rewards.sandbox.evaluate import Evaluator
+from rewards.sandbox.languages import canonical_language
 
 SECRET = "sk-FAKE-0123456789"
 FILE_SECRET = "sk-FAKE-FILE-9876543210"
@@ -224,14 +230,36 @@ def own_peak_kib() -> int:
     return int(_status(os.getpid()).get("VmHWM", "0 kB").split()[0])
 
 
-def _specs(given: list) -> list[tuple[str, object]]:
+ADD_SIGNATURE = Signature(("int", "int"), "int")
+
+
+def _named_spec(name: str, language: str):
+    if language == "python":
+        return SPECS[name]
+    if name == "call":
+        return dataclasses.replace(CALL_SPEC, language=language, signature=ADD_SIGNATURE)
+    if name == "stdio":
+        return dataclasses.replace(SPECS["stdio"], language=language)
+    raise ValueError(f"attack spec {name!r}: a {language} program takes the 'call' or 'stdio' spec")
+
+
+def case_specs(case: dict) -> list[tuple[str, object]]:
+    """[(label, spec)] a case is scored with: its "specs", or the defaults of its language."""
+    language = canonical_language(case.get("language") or "python")
+    if language is None:
+        raise ValueError(f"attack {case.get('id')!r}: language {case.get('language')!r} is not one the sandbox runs")
+    default = ["call", "assert"] if language == "python" else ["call"]
+    return _specs(case.get("specs", default), language)
+
+
+def _specs(given: list, language: str = "python") -> list[tuple[str, object]]:
     """[(label, spec)] from spec names (SPECS) and whole specs (labelled by position and kind)."""
     out = []
     for i, s in enumerate(given):
         if isinstance(s, str):
             if s not in SPECS:
                 raise ValueError(f"attack spec {s!r}: not one of {sorted(SPECS)}; or give a whole spec (rewards.spec)")
-            out.append((s, SPECS[s]))
+            out.append((s, _named_spec(s, language)))
         else:
             parsed = specs.parse(s)
             out.append((f"spec{i}:{parsed.kind}", parsed))
@@ -276,16 +304,15 @@ def _batch(ev: Evaluator, items: list) -> list:
 def _run_case(ev: Evaluator, probes: Probes, case: dict) -> CaseReport:
     want = expected_reward(case.get("expected_outcome", ""))
     report = CaseReport(id=case["id"], expected=want, verdicts={}, correct=False)
-    if case["id"] == "kill_all_processes" and "namespaces" not in ev.sandbox.active_layers:
+    if case["id"].startswith("kill_all") and "namespaces" not in ev.sandbox.active_layers:
         report.harness_failure = "skipped: no PID namespace, running it would attack this machine"
         return report
     t0, peak0 = time.monotonic(), own_peak_kib()
-    attack = [(label, probes.localise(case["code"]), sp, want)
-              for label, sp in _specs(case.get("specs", ["call", "assert"]))]
+    attack = [(label, probes.localise(case["code"]), sp, want) for label, sp in case_specs(case)]
     batches = {"before": [], "with": [], "after": []}
     for i, n in enumerate(case.get("neighbours", [])):
         n_want = expected_reward(n.get("expected_outcome", "reward 1"))
-        for label, sp in _specs(n.get("specs", ["call"])):
+        for label, sp in case_specs({"specs": ["call"], **n}):
             batches[n.get("when", "with")].append((f"neighbour{i}/{label}", probes.localise(n["code"]), sp, n_want))
     try:
         results = _batch(ev, batches["before"]) + _batch(ev, batches["with"] + attack) + _batch(ev, batches["after"])
@@ -300,7 +327,9 @@ def _run_case(ev: Evaluator, probes: Probes, case: dict) -> CaseReport:
     grown = (own_peak_kib() - peak0) >> 10
     if grown > HARNESS_GROWTH_MB:
         report.damage.append(f"this process's peak memory grew by {grown} MiB")
-    slowest = ev.limits.timeout * 3 + 10 * (1 + len(results) // ev.sandbox.max_concurrency)
+    # Compiled languages add a compile step (with its own time limit) and a runtime's start-up to each program.
+    compiled = any((getattr(sp, "language", None) or "python") != "python" for _, _, sp, _ in attack)
+    slowest = ev.limits.timeout * 3 + 10 * (1 + len(results) // ev.sandbox.max_concurrency) + 60 * compiled
     if report.seconds > slowest:
         report.damage.append(f"the case took {report.seconds}s (more than {slowest:.0f}s): trusted code stalled")
     failures = [_check_outcome(o, label) for label, o, _ in results]

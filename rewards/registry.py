@@ -15,7 +15,8 @@ import math
 from dataclasses import dataclass, field
 
 from rewards.contract import Detailed  # noqa: F401 (re-exported: part of the contract)
-from rewards.shaping import FormatReward, format_reward
+from rewards.editing import edit_size_chars_reward, edit_size_reward
+from rewards.shaping import FormatReward, OverlongPenalty, format_reward
 from rewards.unit_tests import all_pass_reward, unit_test_reward
 
 log = logging.getLogger("rewards.registry")
@@ -25,38 +26,71 @@ REWARD_FNS = {
     "unit_tests_binary": all_pass_reward,
     "format": format_reward,
     "format_think": FormatReward(require_think=True),
+    "edit_size": edit_size_reward,
+    "edit_size_chars": edit_size_chars_reward,
 }
 
+REWARD_CLASSES = {
+    "overlong": OverlongPenalty,
+}
+"""Built-in rewards that take parameters: name -> class, built with the keyword arguments given for the name."""
 
-def get_reward(name: str, sandbox: dict | None = None):
+
+def get_reward(name: str, sandbox: dict | None = None, kwargs: dict | None = None):
     """A built-in reward by name, or a user reward by import path (`pkg.mod:fn` or `pkg.mod.fn`).
 
     `sandbox` (keyword arguments of `with_sandbox`) configures a reward that runs programs; others ignore it.
+    `kwargs` build a parameterised reward: a class from `REWARD_CLASSES` or one named by import path (a class is
+    instantiated with them, never called as the reward); a plain function takes none.
 
     Example:
         >>> get_reward("format").__name__
         'format'
+        >>> get_reward("overlong", kwargs={"max_length": 10, "cache_length": 4})([""], ["a" * 8])
+        [-0.5]
     """
-    fn = _lookup(name)
+    fn = _lookup(name, kwargs)
     if sandbox is not None and callable(getattr(fn, "with_sandbox", None)):
         fn = fn.with_sandbox(**sandbox)
     return fn
 
 
-def _lookup(name: str):
+def _lookup(name: str, kwargs: dict | None):
+    if name in REWARD_CLASSES:
+        return _build(name, REWARD_CLASSES[name], kwargs)
     if name in REWARD_FNS:
-        return REWARD_FNS[name]
-    if ":" in name or "." in name:
+        fn = REWARD_FNS[name]
+    elif ":" in name or "." in name:
         module, _, attr = name.partition(":") if ":" in name else name.rpartition(".")
         try:
             fn = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"reward {name!r}: cannot import {attr!r} from {module!r} ({exc})") from exc
+        if isinstance(fn, type):
+            return _build(name, fn, kwargs)
         if not callable(fn):
             raise ValueError(f"reward {name!r}: {type(fn).__name__} is not callable")
-        return fn
-    raise ValueError(f"unknown reward {name!r}; built-in rewards are {sorted(REWARD_FNS)}, "
-                     "or give an import path like 'my_pkg.my_rewards:my_reward'")
+    else:
+        raise ValueError(f"unknown reward {name!r}; built-in rewards are {sorted([*REWARD_FNS, *REWARD_CLASSES])}, "
+                         "or give an import path like 'my_pkg.my_rewards:my_reward'")
+    if kwargs:
+        raise ValueError(f"reward {name!r} is a function and takes no parameters; got {sorted(kwargs)} "
+                         f"(rewards.kwargs.{name} in an rlwork recipe): remove them")
+    return fn
+
+
+def _build(name: str, cls: type, kwargs: dict | None):
+    """A parameterised reward: `cls(**kwargs)`, with an error that names what to pass when they do not fit."""
+    import inspect
+
+    try:
+        return cls(**(kwargs or {}))
+    except TypeError as exc:
+        params = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+        raise ValueError(f"reward {name!r} is built from {cls.__name__}({', '.join(params)}) and its parameters do "
+                         f"not fit ({exc}): give them as keyword arguments (rewards.kwargs.{name} in an rlwork "
+                         f"recipe, e.g. rewards.kwargs={{{name}: {{{', '.join(f'{p}: ...' for p in params)}}}}})"
+                         ) from None
 
 
 def reward_name(fn) -> str:
@@ -78,6 +112,8 @@ class Scores:
 
 ERRORS: dict[str, int] = {}
 """reward name -> number of calls that raised, over the life of the process."""
+_WARNED_ALL_NONE: set[str] = set()
+"""Reward names that already returned None for a whole batch in this process (said once)."""
 
 
 def score_all(reward_fns: list, weights: list[float] | None, prompts: list, completions: list,
@@ -111,11 +147,18 @@ def score_all(reward_fns: list, weights: list[float] | None, prompts: list, comp
             if len(values) != n:
                 raise ValueError(f"returned {len(values)} values for {n} completions")
             per[name] = [math.nan if v is None else float(v) for v in values]
+            if n and all(v is None for v in values) and name not in _WARNED_ALL_NONE:
+                _WARNED_ALL_NONE.add(name)
+                given = sorted(k for k, v in columns.items() if isinstance(v, list | tuple))
+                log.warning("reward %r returned None for all %d rows of a batch: it applies to none of them, so it "
+                            "adds nothing to the reward. The batch has columns %s; check that the reward finds the "
+                            "columns it reads (said once per reward and process).", name, n, given)
         except Exception as exc:  # a broken reward must not stop the run: isolate it and say so
             errors[name] = f"{type(exc).__name__}: {exc}"
             ERRORS[name] = ERRORS.get(name, 0) + 1
+            first = ERRORS[name] == 1  # the traceback once per reward and process; later errors one line each
             log.error("reward %r raised %s; its %d rows are NaN (%d errors so far)", name, errors[name], n,
-                      ERRORS[name])
+                      ERRORS[name], exc_info=first)
             per[name] = [math.nan] * n
     total = weighted_total([per[reward_name(fn)] for fn in reward_fns], weights)
     return Scores(per, total, errors, details)

@@ -2,12 +2,14 @@
 
 import math
 
-from rewards.extract import completion_text, has_code_block
+from rewards.extract import completion_text, fence_language, has_code_block
+from rewards.sandbox.languages import canonical_language
 
 
 class FormatReward:
-    """1.0 if the completion holds a fenced Python code block (and, with `require_think`, a closed
-    <think>...</think> section before it), else 0.0.
+    """1.0 if the completion holds a fenced code block in the row's language (the `language` column: Python without
+    one, any language the sandbox runs for "any") (and, with `require_think`, a closed <think>...</think> section
+    before it), else 0.0.
 
     Example:
         >>> FormatReward()(["p", "p"], ["```python\\nx = 1\\n```", "x = 1"])
@@ -20,14 +22,23 @@ class FormatReward:
 
     def __call__(self, prompts, completions, **columns) -> list[float | None]:
         out = []
-        for completion in completions:
+        languages = columns.get("language")
+        for i, completion in enumerate(completions):
+            lang = languages[i] if languages is not None and languages[i] else "python"
             text = completion_text(completion)
-            ok = has_code_block(text)
+            ok = _has_block(text, lang)
             if self.require_think:
                 head, sep, _ = text.partition("</think>")
-                ok = ok and bool(sep) and "<think>" in head and has_code_block(text.partition("</think>")[2])
+                ok = ok and bool(sep) and "<think>" in head and _has_block(text.partition("</think>")[2], lang)
             out.append(float(ok))
         return out
+
+
+def _has_block(text: str, language: str) -> bool:
+    """A fenced block in `language` ("any": in any language the sandbox runs)."""
+    if language == "any":
+        return fence_language(text) is not None
+    return has_code_block(text, canonical_language(language) or "python")
 
 
 class OverlongPenalty:

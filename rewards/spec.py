@@ -3,7 +3,10 @@
 A row's `tests` is a JSON string of one of these shapes:
 
     {"kind": "call",   "entry_point": "add", "cases": [{"args": [1, 2], "expected": 3}, ...]}
+    {"kind": "call",   "entry_point": "add", "language": "rust",
+     "signature": {"params": ["int", "int"], "returns": "int"}, "cases": [...]}
     {"kind": "stdio",  "cases": [{"stdin": "1 2\\n", "stdout": "3\\n"}, ...]}
+    {"kind": "stdio",  "language": "cpp", "match": "tokens", "cases": [...]}
     {"kind": "assert", "entry_point": "add", "code": "def check(candidate):\\n    assert candidate(1, 2) == 3\\n"}
     {"kind": "assert", "entry_point": "add", "asserts": ["assert add(1, 2) == 3"], "setup": "import math"}
     {"kind": "assert", "entry_point": "find_zero", "code": "...", "names": ["poly"]}
@@ -18,7 +21,13 @@ types are strict (`True` is not `1`, a tuple is not a list, a str subclass is no
 int result matches a float expected value numerically; floats (also inside containers) match within
 `rel_tol=1e-6`, `abs_tol=1e-9`, and NaN matches NaN; set elements and dict keys match exactly.
 `stdio` output matches when equal after removing trailing whitespace from every line and trailing
-empty lines. `assert` tests pass when the dataset's test code runs to the end without an exception.
+empty lines (`"match": "lines"`, the default); `"match"` may also be "exact", "tokens" (whitespace-separated
+tokens) or "float" (tokens, numbers within 1e-6 absolute or relative). A `stdio` spec may name its `"language"`
+(python, cpp, java, javascript, rust, go; `rewards.sandbox.languages`); without one, the reward takes the row's
+`language` column, else the language of the answer's fenced code block, else Python. A `call` spec may name its
+`"language"` too; C++, Java, Rust and Go need its `"signature"` (Python annotations, as MultiPL-E translates them;
+`rewards.harness`), and its values are checked against it when the spec is read. `assert` tests pass when
+the dataset's test code runs to the end without an exception.
 
 In `assert` tests, the names that refer to the program are the entry point and `names`: by default the names the
 test code uses without defining them (a helper from the prompt, like HumanEval's `poly`); Python's builtins and
@@ -31,7 +40,11 @@ import functools
 import json
 from dataclasses import dataclass, field
 
+from rewards import harness
+from rewards.harness.types import Signature
 from rewards.sandbox import wire
+from rewards.sandbox._compare import MATCHES
+from rewards.sandbox.languages import LANGUAGES, canonical_language
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,11 @@ class CallSpec:
     entry_point: str
     cases: tuple[CallCase, ...]
     kind: str = "call"
+    language: str | None = None
+    """The program's language; None: the row's, or the answer's fence tag (when `signature` lets it run there),
+    or Python."""
+    signature: Signature | None = None
+    """Parameter and return types as Python annotations; needed to call C++, Java, Rust and Go functions."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +76,10 @@ class StdioCase:
 class StdioSpec:
     cases: tuple[StdioCase, ...]
     kind: str = "stdio"
+    language: str | None = None
+    """The program's language (`rewards.sandbox.languages`); None: the row's, or the answer's fence tag, or Python."""
+    match: str = "lines"
+    """How output is compared: lines, exact, tokens or float (`rewards.sandbox.verdict.MATCHES`)."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +164,10 @@ def parse(tests: str | dict) -> TestSpec:
             _need_str(c, "stdin", f"cases[{i}]")
             _need_str(c, "stdout", f"cases[{i}]")
             out.append(StdioCase(c["stdin"], c["stdout"]))
-        return StdioSpec(tuple(out))
+        match = tests.get("match", "lines")
+        if match not in MATCHES:
+            raise ValueError(f"tests.match: {match!r} is not one of {MATCHES}")
+        return StdioSpec(tuple(out), language=_language(tests), match=match)
     if kind == "assert":
         ep = _entry_point(tests)
         setup = tests.get("setup", "")
@@ -167,7 +192,15 @@ def parse(tests: str | dict) -> TestSpec:
 
 
 def _parse_call(tests: dict) -> CallSpec:
-    ep = _entry_point(tests)
+    language = _language(tests)
+    ep = tests.get("entry_point")
+    if language == "java" and isinstance(ep, str) and "." in ep:  # Class.method
+        cls, _, method = ep.rpartition(".")
+        if not (cls.isidentifier() and method.isidentifier()):
+            raise ValueError(f"tests.entry_point: {ep!r} is not a Java method or Class.method")
+    else:
+        ep = _entry_point(tests)
+    signature = Signature.from_dict(tests["signature"]) if tests.get("signature") is not None else None
     out = []
     for i, c in enumerate(_list(tests, "cases")):
         if not isinstance(c, dict) or "args" not in c or "expected" not in c:
@@ -180,7 +213,20 @@ def _parse_call(tests: dict) -> CallSpec:
         except (ValueError, TypeError) as exc:
             msg = f"tests.cases[{i}]: malformed tagged value ({exc}); write it with rewards.spec.dumps"
             raise ValueError(msg) from exc
-    return CallSpec(ep, tuple(out))
+    if language not in (None, "python"):
+        harness.validate(language, ep, signature, out)
+    return CallSpec(ep, tuple(out), language=language, signature=signature)
+
+
+def _language(tests: dict) -> str | None:
+    name = tests.get("language")
+    if name is None:
+        return None
+    canon = canonical_language(name)
+    if canon is None:
+        raise ValueError(f"tests.language: {name!r} is not a language the sandbox runs; use one of "
+                         f"python, {', '.join(LANGUAGES)}")
+    return canon
 
 
 def _entry_point(tests: dict) -> str:
@@ -205,9 +251,19 @@ def _need_str(d, key: str, where: str) -> None:
 def to_dict(spec: TestSpec) -> dict:
     if isinstance(spec, CallSpec):
         cases = [{"args": wire.encode(list(c.args)), "expected": wire.encode(c.expected)} for c in spec.cases]
-        return {"kind": "call", "entry_point": spec.entry_point, "cases": cases}
+        d = {"kind": "call", "entry_point": spec.entry_point, "cases": cases}
+        if spec.language is not None:
+            d["language"] = spec.language
+        if spec.signature is not None:
+            d["signature"] = spec.signature.to_dict()
+        return d
     if isinstance(spec, StdioSpec):
-        return {"kind": "stdio", "cases": [{"stdin": c.stdin, "stdout": c.stdout} for c in spec.cases]}
+        d = {"kind": "stdio", "cases": [{"stdin": c.stdin, "stdout": c.stdout} for c in spec.cases]}
+        if spec.language is not None:
+            d["language"] = spec.language
+        if spec.match != "lines":
+            d["match"] = spec.match
+        return d
     d = {"kind": "assert", "entry_point": spec.entry_point}
     d.update({"code": spec.code} if spec.code is not None else {"asserts": list(spec.asserts)})
     if spec.setup:

@@ -1,5 +1,12 @@
 """Unit-test rewards: run each completion's code against its row's `tests` column in the sandbox.
 
+A row without a `tests` value is scored from its dataset's own test columns when it has them (HumanEval's `test`
+and `entry_point`, MBPP's `test_list`, AceCode's `test_cases`: rewards.native), so a dataset passed to TRL as it
+comes is scored. A batch in which no row has tests of either kind is said once in the log, naming the columns.
+
+The program's language is the spec's, else the row's `language` column, else the answer's fence tag, else Python
+(`rewards.multilingual`).
+
 `detailed(...)` returns the scores with each row's sandbox `Outcome` (per-test verdicts), the declared interface
 of `rewards.registry` that trainers read. Under TRL, which calls the reward itself, the last batch's outcomes stay
 on the object (`last_outcomes`) and flat metrics go through TRL's `log_metric` when the trainer passes it
@@ -9,13 +16,16 @@ on the object (`last_outcomes`) and flat metrics go through TRL's `log_metric` w
 import logging
 import math
 
+from rewards import native
 from rewards import spec as specs
 from rewards.contract import Detailed
-from rewards.extract import program_for
+from rewards.multilingual import prepare_row, row_language
 from rewards.sandbox import Evaluator, Limits, Outcome
 from rewards.sandbox.verdict import CATEGORIES
 
 log = logging.getLogger("rewards.unit_tests")
+_WARNED_NO_TESTS: set[str] = set()
+"""Reward names that already said, in this process, that a batch had no tests."""
 
 
 class UnitTestReward:
@@ -75,22 +85,35 @@ class UnitTestReward:
 
     def detailed(self, prompts, completions, **columns) -> Detailed:
         """The rewards, and each row's sandbox `Outcome` (None for rows without a usable spec)."""
+        n = len(completions)
         column = columns.get(self.tests_column)
-        if column is None:
-            return Detailed([None] * len(completions), [None] * len(completions))
-        rows, programs, parsed = [], [], []
-        for i, (prompt, completion, tests) in enumerate(zip(prompts, completions, column, strict=True)):
-            if not tests:
-                continue
+        if column is not None and len(column) != n:
+            raise ValueError(f"{self.__name__}: {len(column)} values in column {self.tests_column!r} for {n} "
+                             "completions")
+        rows, programs, parsed, bad = [], [], [], 0
+        native_rows = None
+        for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+            tests = column[i] if column is not None else None
             try:
-                sp = specs.parse(tests)
-            except ValueError as exc:
+                if tests:
+                    sp = specs.parse(tests)
+                else:
+                    native_rows = native.rows_of(columns, n) if native_rows is None else native_rows
+                    found = native.spec_from_row(native_rows[i])
+                    if found is None:
+                        continue
+                    sp = specs.parse(found)
+                sp, program = prepare_row(prompt, completion, sp, row_language(columns.get("language"), i))
+            except (ValueError, SyntaxError) as exc:
+                bad += 1
                 self.stats["bad_specs"] += 1
                 log.error("%s: row %d has a malformed tests spec (%s); scored None", self.__name__, i, exc)
                 continue
             rows.append(i)
-            programs.append(program_for(prompt, completion, getattr(sp, "entry_point", None)))
+            programs.append(program)
             parsed.append(sp)
+        if n and not rows and not bad:
+            self._say_no_tests(columns)
         outcomes = self.evaluator.evaluate(programs, parsed) if programs else []
         per_row: list[Outcome | None] = [None] * len(completions)
         rewards: list[float | None] = [None] * len(completions)
@@ -110,6 +133,17 @@ class UnitTestReward:
         return Detailed(rewards, per_row)
 
 
+    def _say_no_tests(self, columns: dict) -> None:
+        if self.__name__ in _WARNED_NO_TESTS:
+            return
+        _WARNED_NO_TESTS.add(self.__name__)
+        given = sorted(k for k, v in columns.items() if isinstance(v, list | tuple))
+        log.warning("%s: no row of this batch has tests, so every row scores None (the reward does not apply). It "
+                    "reads the %r column (a rewards.spec JSON string) or a dataset's own test columns (%s); the "
+                    "batch has columns %s. Rename or add the test column (said once per process).", self.__name__,
+                    self.tests_column, native.describe(), given)
+
+
 def summarise(outcomes: list[Outcome]) -> dict[str, float]:
     """Flat `sandbox/<category>_frac` metrics over programs (by overall category) plus mean test fraction."""
     n = len(outcomes)
@@ -122,19 +156,19 @@ def summarise(outcomes: list[Outcome]) -> dict[str, float]:
 
 
 def evaluate(completions: list, tests: list, evaluator: Evaluator | None = None,
-             prompts: list | None = None) -> list[Outcome]:
+             prompts: list | None = None, languages: list | None = None) -> list[Outcome]:
     """Detailed outcomes (per-test categories) for completions against their `tests` specs.
 
     With `prompts`, a completion that continues a code-stub prompt is run as prompt + completion (`program_for`).
+    `languages`: the rows' `language` column, if the dataset has one (`rewards.multilingual`).
     """
     own = evaluator is None
     ev = evaluator or Evaluator()
     try:
-        parsed = [specs.parse(t) for t in tests]
         prompts = [None] * len(completions) if prompts is None else prompts
-        programs = [program_for(p, c, getattr(sp, "entry_point", None))
-                    for p, c, sp in zip(prompts, completions, parsed, strict=True)]
-        return ev.evaluate(programs, parsed)
+        rows = [prepare_row(p, c, specs.parse(t), row_language(languages, i))
+                for i, (p, c, t) in enumerate(zip(prompts, completions, tests, strict=True))]
+        return ev.evaluate([program for _, program in rows], [sp for sp, _ in rows])
     finally:
         if own:
             ev.close()

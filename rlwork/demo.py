@@ -10,6 +10,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -93,6 +94,25 @@ def warm_start(cfg: RunConfig, progress: bool = True) -> Path:
     return target
 
 
+def with_warm_start(cfg: RunConfig, progress: bool = True) -> RunConfig:
+    """`cfg` unchanged, or with `model.warm_start` resolved: model.path the cached warm start (`warm_start`, built
+    first when absent, which takes a while: its progress bar shows how long). The `rlwork` commands call this."""
+    if not cfg.model.warm_start:
+        return cfg
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, warm_start=False))
+    cached = cache_root() / "sft" / warm_start_key(cfg)
+    if not (cached / "config.json").is_file():
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1:
+            raise ValueError(f"model.warm_start=true: the warm start is not built yet ({cached}) and this is one of "
+                             f"{world} processes: build it once in a single process (`rlwork eval` with this config "
+                             "does), or set model.path")
+        print(f"model.warm_start=true: training this recipe's diffusion SFT warm start ({cfg.sft.steps} steps of "
+              f"sft:, once; cached in {cached})", flush=True)
+    folder = warm_start(cfg, progress=progress)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(folder), trust_remote_code=True))
+
+
 def plot_curves(run_dir: Path, before: float, after: float, subset_before: float | None = None) -> Path:
     """PNG of the training reward and pass rate per step, held-out pass@1 before/after RL (the whole split), and the
     in-training held-out pass@1 (`eval/pass@1`, a subset of the split) where the run logged it.
@@ -136,17 +156,21 @@ def subset_pass_at_1(report: dict[str, Any], policy: str, num_problems: int | No
     return sum(scored) / len(scored) if scored else None
 
 
-def run_demo(cfg: RunConfig) -> dict[str, Any]:
-    """Warm start, evaluate, train, evaluate; returns the summary printed as the demo's last line."""
+def run_demo(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Warm start, evaluate, train, evaluate; returns the summary printed as the demo's last line. A used
+    output_dir is refused unless `overwrite` (`runtime.session.claim_run_dir`)."""
     from rlwork.evaluation.eval import run_eval
     from rlwork.rl.trainer import train
+    from rlwork.runtime.session import claim_run_dir
 
     start = time.time()
     run_dir = Path(cfg.output_dir)
     splits = list(dict.fromkeys(cfg.eval.report_splits))
+    claim_run_dir(run_dir, resume=False, overwrite=overwrite)
     print(f"[1/4] diffusion SFT warm start (cached under {cache_root() / 'sft'})", flush=True)
-    sft = warm_start(cfg)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(sft), trust_remote_code=True))
+    sft = warm_start(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, warm_start=False)))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(sft), trust_remote_code=True,
+                                                             warm_start=False))
     print(f"[2/4] pass@k of the warm start on {', '.join(splits)}", flush=True)
     before = {s: run_eval(_on(cfg, s), [None], ["warm start"], out_path=run_dir / _report_file("before", s, splits))
               for s in splits}
@@ -189,13 +213,14 @@ def _report_file(when: str, split: str, splits: list[str]) -> str:
     return f"eval_{when}.json" if split == splits[0] else f"eval_{when}_{split}.json"
 
 
-def run_demo_seeds(cfg: RunConfig, seeds: list[int]) -> dict[str, Any]:
+def run_demo_seeds(cfg: RunConfig, seeds: list[int], overwrite: bool = False) -> dict[str, Any]:
     """The demo once per seed (own warm start, split draw, RL and eval), each in `output_dir/seed<N>`; prints each
     seed's summary and returns the means and the rise of held-out pass@1 in points."""
     start = time.time()
     runs = []
     for seed in seeds:
-        summary = run_demo(dataclasses.replace(cfg, seed=seed, output_dir=str(Path(cfg.output_dir) / f"seed{seed}")))
+        summary = run_demo(dataclasses.replace(cfg, seed=seed, output_dir=str(Path(cfg.output_dir) / f"seed{seed}")),
+                           overwrite=overwrite)
         print(json.dumps(summary), flush=True)
         runs.append(summary)
     keys = [k for k in runs[0] if k.endswith(("_before", "_after"))]

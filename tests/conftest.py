@@ -1,15 +1,24 @@
-"""Shared fixtures: tiny in-memory models, offline hubs, a shared build cache."""
+"""Shared fixtures: tiny in-memory models, offline hubs, shared build caches.
+
+Tests write only under the temporary directory: run folders under pytest's `tmp_path`, and the caches that outlive
+one test (the tiny coders, DeepSpeed's compiled ops, the remote code transformers imports) where the environment
+says (`make test` points them at the checkout's `.cache/`, the user's cache) or else in one folder per user under
+the system's temporary directory.
+"""
 
 import os
+import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RLWORK_CACHE", str(ROOT / ".cache" / "rlwork"))
+CACHE = Path(tempfile.gettempdir()) / f"rlwork-tests-{os.getuid()}"
+os.environ.setdefault("RLWORK_CACHE", str(CACHE / "rlwork"))
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(CACHE / "torch_extensions"))  # subprocesses inherit it
+os.environ.setdefault("HF_MODULES_CACHE", str(CACHE / "hf_modules"))  # where transformers copies remote code
 
 import pytest  # noqa: E402
 

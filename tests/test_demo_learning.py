@@ -30,7 +30,7 @@ COLUMNS = ("data.columns={prompt: prompt, tests: tests, entry_point: entry_point
 @pytest.mark.slow
 def test_rl_raises_the_pass_rate_of_the_tasks_it_trains_on(tmp_path):
     ws = warm_start(load_config(TINY), progress=False)  # the demo's own (cached) warm start
-    cfg = load_config(TINY, [f"model.path={ws}", "data.synthetic_heldout=0"])
+    cfg = load_config(TINY, [f"model.path={ws}", "model.warm_start=false", "data.synthetic_heldout=0"])
 
     # the first 96 training tasks, 8 samples each; keep 12 that the warm start solves sometimes
     problems = load_split(cfg.data, "train", cfg.seed)[:96]
@@ -44,7 +44,8 @@ def test_rl_raises_the_pass_rate_of_the_tasks_it_trains_on(tmp_path):
 
     run = tmp_path / "run"
     rl = load_config(TINY, [
-        f"model.path={cfg.model.path}", f"output_dir={run}", "tracking.wandb=false", "data.dataset=mapped",
+        f"model.path={cfg.model.path}", "model.warm_start=false", f"output_dir={run}", "tracking.wandb=false",
+        "data.dataset=mapped",
         f"data.data_files=[{tmp_path / 'tasks.jsonl'}]", COLUMNS, "eval.split=train", "eval.num_samples=16",
         "train.steps=20", "train.prompts_per_step=4", "train.save_every=20",
     ])

@@ -1,4 +1,9 @@
-"""Sandbox for untrusted (model-written) Python programs, and verdicts the programs cannot forge.
+"""Sandbox for untrusted (model-written) programs, and verdicts the programs cannot forge.
+
+Python programs run in the runner's own interpreter; C++, Java, JavaScript, Rust and Go programs
+(`languages.py`) are compiled by their toolchain and executed, both inside the same layers as a Python program. The
+compile step is a job of its own (its own time, memory and process budget, outside the program's time; failures are
+compile_error), and its output is cached by a hash of everything that went in (`compile_cache.py`).
 
 How it runs a program (each layer is detected at start-up and named in one log line; `Sandbox.layers` has them):
     - never in the caller's process: a zygote (system Python, `-I -S -B`, scrubbed environment, its own session)
@@ -28,8 +33,12 @@ channel is the program's word: it may return plain answers (JSON with tagged tup
 `wire.py`) to the call that is open, once, and the callable names it defined; it may report a load failure only as
 syntax_error, runtime_error or memory, and a setup error only before the model's code started. Anything else (a
 forged or malformed frame, an answer to a call never made) kills it with `protocol_violation` (`_protocol.py`).
-Answers are validated (types, finite numbers, depth/size caps) and compared by the supervisor without hashing or
-calling anything the program sent (`_compare.py`); assert-style test code runs in the supervisor (outside the
+A compiled program and its harness share one process, so the program can do anything the harness can (exit early
+with 0, print a marker, read the harness's input): a function-call test's harness holds the inputs alone
+(`rewards.harness`) and writes one record per call, which counts as that call's answer and nothing more; stdio
+output is compared by the supervisor; the exit status can only fail a program. Answers are validated (types, finite
+numbers, depth/size caps) and compared by the supervisor without hashing or calling anything the program sent
+(`_compare.py`); assert-style test code runs in the supervisor (outside the
 program's namespaces, uid and memory) with Python's builtins and its own names, and only the names the spec
 declares are proxies of the program (`_tester.py`). Expected outputs, test code and reference solutions never
 enter the sandbox; exit codes and printed text are never verdicts. Failures are categorised (CATEGORIES);
@@ -43,21 +52,25 @@ fields, deep nesting, huge or non-finite numbers, categories outside CATEGORIES)
 (SysV shared memory and message queues, files, the memory of earlier jobs in reused processes), programs replacing
 builtins or the test's own names, and exceptions that steer the test's control flow (StopIteration in map(),
 AttributeError in getattr()), resource exhaustion of the program (loops, sleeps, fork and memory bombs, output
-floods, disk filling) and of the trusted processes (answer floods, hash-collision sets, a request pipe the program
-stops reading; all bounded by per-job budgets, non-blocking writes and a memory limit on supervisors), crashes,
+floods, disk filling), of its compiler (template explosions, includes of endless files: the compile job's own
+time, memory and output budget) and of the trusted processes (answer floods, hash-collision sets, a request pipe the
+program stops reading; all bounded by per-job budgets, non-blocking writes and a memory limit on supervisors), crashes,
 writes/deletes outside its tmpfs, reading the caller's environment or home directory, network access, signalling
 or killing the harness and other processes.
 
 What it does not protect against: kernel vulnerabilities (it shares the host kernel; seccomp only narrows the
-surface), side channels and timing, reading world-readable system files (/etc, /usr), CPU contention between
-concurrent programs beyond the per-program CPU quota (a program that spins slows the others; one near its time
-limit can then time out), and wrong tests (a test that catches `Exception` around the candidate, or one whose
-helper from the prompt the program redefines, as HumanEval/32 calls the program's `poly`). In rootless mode
-without cgroups, memory is limited per process (address space), not per program tree, and the trusted processes
-share the caller's uid (separated from programs by namespaces, capabilities and seccomp, not by uid). Programs run
-on the interpreter's standard library only (no site-packages), and so does assert-style test code. Assert-style
-tests can pass only plain data to `candidate` (no callables or objects; such tests are reported as sandbox_error)
-and cannot observe in-place mutation of arguments.
+surface; compilers and language runtimes run on untrusted source inside the same layers, and a compiler bug is one
+more way in to those layers, not out of them), side channels and timing, reading world-readable system files (/etc,
+/usr), CPU contention between concurrent programs beyond the per-program CPU quota (a program that spins slows the
+others; one near its time limit can then time out), and wrong tests (a test that catches `Exception` around the
+candidate, or one whose helper from the prompt the program redefines, as HumanEval/32 calls the program's `poly`). In
+rootless mode without cgroups, memory is limited per process (address space), not per program tree, and the trusted
+processes share the caller's uid (separated from programs by namespaces, capabilities and seccomp, not by uid).
+Programs run on the interpreter's standard library only (no site-packages), and so does assert-style test code;
+compiled programs see their language's standard library only (no packages, crates or modules beyond it). A JVM gets
+one syscall Python programs do not (`socketpair`, for its file channels; an anonymous pair that reaches nothing).
+Assert-style tests can pass only plain data to `candidate` (no callables or objects; such tests are reported as
+sandbox_error) and cannot observe in-place mutation of arguments.
 """
 
 from rewards.sandbox.evaluate import Evaluator

@@ -85,7 +85,10 @@ class Cgroups:
             for fd in self.dirs.values():
                 os.mkdir(name, dir_fd=fd)
         if self.applied.get(name) != (memory, pids):
-            files = {"memory": {"memory.limit_in_bytes": memory, "memory.memsw.limit_in_bytes": memory},
+            v1_memory = {"memory.limit_in_bytes": memory, "memory.memsw.limit_in_bytes": memory}
+            if memory > self.applied.get(name, (memory, 0))[0]:  # v1 refuses a memory limit above memory+swap
+                v1_memory = dict(reversed(v1_memory.items()))
+            files = {"memory": v1_memory,
                      "pids": {"pids.max": pids}, "cpu": {"cpu.cfs_period_us": 100000, "cpu.cfs_quota_us": 100000},
                      "unified": {"memory.max": memory, "memory.swap.max": 0, "pids.max": pids}}
             for c, fd in self.dirs.items():

@@ -54,6 +54,13 @@ def _first(pair):
     return pair[0]
 
 
+MATCHES = ("lines", "exact", "tokens", "float")
+"""How a stdio test compares output: lines (the default: trailing whitespace of each line and trailing empty lines
+ignored), exact (byte for byte, as text), tokens (the whitespace-separated tokens), float (tokens; two tokens that
+both read as finite numbers match within FLOAT_TOL, absolute or relative, as contest checkers accept)."""
+FLOAT_TOL = 1e-6
+
+
 def normalise_stdout(text: str) -> str:
     """Trailing whitespace of each line and trailing empty lines are ignored; everything else counts."""
     lines = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
@@ -62,5 +69,26 @@ def normalise_stdout(text: str) -> str:
     return "\n".join(lines)
 
 
-def stdout_matches(got: str, expected: str) -> bool:
-    return normalise_stdout(got) == normalise_stdout(expected)
+def stdout_matches(got: str, expected: str, match: str = "lines") -> bool:
+    if match == "exact":
+        return got == expected
+    if match == "lines":
+        return normalise_stdout(got) == normalise_stdout(expected)
+    got_tokens, want_tokens = got.split(), expected.split()
+    if len(got_tokens) != len(want_tokens):
+        return False
+    if match == "tokens":
+        return got_tokens == want_tokens
+    return all(g == w or _numbers_close(g, w) for g, w in zip(got_tokens, want_tokens, strict=True))
+
+
+def _numbers_close(got: str, want: str) -> bool:
+    if len(got) > 400 or len(want) > 400:  # float() of a long token is slow, and no checker reads such numbers
+        return False
+    try:
+        g, w = float(got), float(want)
+    except ValueError:
+        return False
+    if not (math.isfinite(g) and math.isfinite(w)):
+        return False
+    return abs(g - w) <= FLOAT_TOL or abs(g - w) <= FLOAT_TOL * abs(w)

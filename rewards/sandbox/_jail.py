@@ -186,14 +186,22 @@ _ARCH = {"x86_64": (0xC000003E, 56, 435), "aarch64": (0xC00000B7, 220, 435)}  # 
 _RET_ALLOW, _RET_KILL, _EPERM, _ENOSYS = 0x7FFF0000, 0x80000000, 1, 38
 
 
-def seccomp_program(machine: str | None = None) -> bytes:
+ALLOWABLE = ("socketpair",)
+"""Denied syscalls a job may ask to have allowed: a JVM's file channels need an anonymous socket pair (it cannot
+address or reach anything; the network, SysV IPC and the rest stay denied)."""
+
+
+def seccomp_program(machine: str | None = None, allow: tuple[str, ...] = ()) -> bytes:
     """Classic-BPF seccomp filter: wrong arch -> kill; denied syscalls and namespace-creating clone -> EPERM;
-    clone3 -> ENOSYS (libc falls back to clone, whose flags we can inspect); everything else allowed."""
+    clone3 -> ENOSYS (libc falls back to clone, whose flags we can inspect); everything else allowed.
+    allow: names from ALLOWABLE taken off the denied list."""
     machine = machine or _MACHINE
     if machine not in _DENY:
         raise OSError(f"no seccomp syscall table for {machine}")
+    if set(allow) - set(ALLOWABLE):
+        raise ValueError(f"seccomp allow={allow}: only {ALLOWABLE} may be allowed")
     arch, nr_clone, nr_clone3 = _ARCH[machine]
-    deny = sorted(_DENY[machine].values())
+    deny = sorted(nr for name, nr in _DENY[machine].items() if name not in allow)
     # (code, jt, jf, k) with jt/jf as symbolic labels resolved below.
     prog = [(0x20, 0, 0, 4), (0x15, 0, "kill", arch), (0x20, 0, 0, 0)]
     if machine == "x86_64":

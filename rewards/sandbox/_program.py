@@ -1,7 +1,8 @@
 """The sandboxed program process: harden, load the model's code, answer call requests with plain data.
 
 Runs in the child a slot's forker forks (see `_supervisor.py`); loaded into the runner by source. It
-never sees expected outputs or test code: those reach the supervisor only after this fork.
+never sees expected outputs or test code: those reach the supervisor only after this fork. A program in another
+language is compiled or executed from here once hardened (`_native.py`).
 """
 
 import builtins
@@ -13,7 +14,7 @@ import socket
 import struct
 import sys
 
-from rewards.sandbox import _jail, wire
+from rewards.sandbox import _jail, _native, wire
 from rewards.sandbox._jail import write_all
 
 # Set once in the forker, inherited by every program (see `_supervisor._forker`).
@@ -39,11 +40,15 @@ def run_program(cfg: dict, job_r: int, ctl, cgroups) -> None:
     for fd in (out_r, err_r, req_w, resp_r, pidfd):
         os.close(fd)
     send = lambda obj: write_all(resp, wire.frame(obj))
+    if job.get("language", "python") != "python" and job["mode"] == "call" and cfg["drop_uid"]:
+        os.fchown(resp, cfg["uid"], cfg["gid"])  # a JVM harness opens its result pipe by path after the uid drop
     try:
         _harden(job, cfg, {"out_w": out_w, "err_w": err_w, "req_r": req_r, "resp_w": resp}, cgroups)
     except BaseException as exc:  # our fault: report it as such, never run the code half-isolated
         send({"t": "setup_error", "detail": f"{type(exc).__name__}: {exc}"})
         os._exit(70)
+    if job.get("language", "python") != "python":
+        _native.start(job, ENVIRONMENT, {"req_r": req_r, "resp_w": resp}, cfg["namespaces"])  # never returns
     # The last frame the supervisor trusts: from here on the model's code shares this process, and everything
     # on the channel is the program's word (a setup error is no longer accepted, nor any category but failures).
     send({"t": "armed"})
@@ -82,7 +87,7 @@ def run_program(cfg: dict, job_r: int, ctl, cgroups) -> None:
 
 
 def _read_job(job_r: int) -> dict:
-    reader = wire.FrameReader()
+    reader = wire.TrustedReader()  # the slot's supervisor writes here (files as raw blobs)
     while True:
         data = os.read(job_r, 1 << 16)
         if not data:  # the slot is gone
@@ -132,10 +137,10 @@ def _harden(job: dict, cfg: dict, fds: dict, cgroups) -> None:
     os.dup2(fds["out_w"], 1)
     os.dup2(fds["err_w"], 2)
     _jail.close_except({0, 1, 2, fds["req_r"], fds["resp_w"]})
-    mem = lim["memory_mb"] << 20
+    mem = (lim.get("address_space_mb") or lim["memory_mb"]) << 20
     _jail.set_rlimits({"RLIMIT_AS": mem, "RLIMIT_DATA": mem, "RLIMIT_CPU": int(lim["timeout"]) + 1,
-                       "RLIMIT_FSIZE": lim["disk_mb"] << 20, "RLIMIT_NOFILE": 64, "RLIMIT_CORE": 0,
-                       "RLIMIT_MEMLOCK": 0, "RLIMIT_MSGQUEUE": 0})
+                       "RLIMIT_FSIZE": lim["disk_mb"] << 20, "RLIMIT_NOFILE": lim.get("open_files", 64),
+                       "RLIMIT_CORE": 0, "RLIMIT_MEMLOCK": 0, "RLIMIT_MSGQUEUE": 0})
     if cfg["drop_uid"]:
         _jail.drop_privileges(cfg["uid"], cfg["gid"])
         if not cgroups.dirs:
@@ -148,7 +153,8 @@ def _harden(job: dict, cfg: dict, fds: dict, cgroups) -> None:
     _jail.prctl(_jail.PR_SET_DUMPABLE, 0)
     os.chdir("/tmp" if cfg["namespaces"] else job["workdir"])
     if cfg["seccomp"]:
-        cfg["seccomp_filter"].install()
+        allow = job.get("seccomp_allow") or ""
+        (cfg["seccomp_variants"][allow] if allow else cfg["seccomp_filter"]).install()
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8", errors="replace")
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace")
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace",

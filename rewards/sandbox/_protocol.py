@@ -113,3 +113,135 @@ class ProgramChannel:
             answer = {"exc": exc, "detail": clean(detail, 300)}
         self.open_seq = None
         return ("answer", seq, answer)
+
+
+MAX_RECORD = 1 << 20
+"""Longest line the supervisor keeps waiting for the end of (a record's budget is also the job's answer budget)."""
+_HEADER_BYTES = 4
+
+
+class NativeChannel:
+    """The result channel of a program in another language (`_native.py`), checked by the supervisor.
+
+        before "armed"   (our code only)     "setup_error" or "armed", as length-prefixed frames
+        after "armed"    compile mode: one "compiled" frame, from our code in the compiling process (the compiler
+                         runs as its child, without the channel); it can only make the program run, never pass;
+                         call mode: the program's process (harness and model code alike) writes one line of JSON
+                         per call, {"seq": n, "ok": tree} or {"seq": n, "exc": name, "detail": text}, for calls
+                         0, 1, ... in order, each once;
+                         stdio mode: nothing (the channel is closed before the program starts).
+
+    `feed(data)` returns the events the bytes complete, as `ProgramChannel.accept` does ("armed", "setup_error",
+    "answer", "compiled"), or raises Violation (or wire.Malformed for a frame that is not JSON)."""
+
+    def __init__(self, mode: str, calls: int):
+        self.mode, self.calls = mode, calls
+        self.armed = False
+        self.names = None  # no "loaded": the harness is ours, the entry point is in it
+        self.load = None
+        self.done = True  # a stdio program is judged on its exit status and output alone
+        self.open_seq = 0
+        self.compiled = None
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> list:
+        self.buf += data
+        events = []
+        while self.buf:
+            if not self.armed or (self.mode == "compile" and self.compiled is None):
+                msg = self._frame()
+                if msg is None:
+                    break
+                events.append(self._frame_event(msg))
+            elif self.mode == "call":
+                end = self.buf.find(b"\n")
+                if end < 0:
+                    if len(self.buf) > MAX_RECORD:
+                        raise Violation("a record line longer than the budget")
+                    break
+                line = bytes(self.buf[:end])
+                del self.buf[:end + 1]
+                events.append(self._record(line))
+            else:
+                raise Violation(f"bytes after its {'compile result' if self.mode == 'compile' else 'start'}")
+        return events
+
+    def _frame(self):
+        if len(self.buf) < _HEADER_BYTES:
+            return None
+        n = int.from_bytes(self.buf[:_HEADER_BYTES], "big")
+        if n > wire.MAX_FRAME:
+            raise Violation(f"a frame of {n} bytes")
+        if len(self.buf) < _HEADER_BYTES + n:
+            return None
+        body = bytes(self.buf[_HEADER_BYTES:_HEADER_BYTES + n])
+        del self.buf[:_HEADER_BYTES + n]
+        try:
+            return wire.loads(body)
+        except (ValueError, RecursionError):
+            raise Violation("a frame that is not JSON") from None
+
+    def _frame_event(self, msg) -> tuple:
+        t = msg.get("t") if type(msg) is dict else None
+        if not self.armed:
+            if t == "armed":
+                self.armed = True
+                return ("armed",)
+            if t == "setup_error":
+                return ("setup_error", clean(msg.get("detail"), 500))
+            raise Violation(f"a {clean(t, 20)!r} frame before its setup finished")
+        status, files = msg.get("status"), msg.get("files")
+        if t != "compiled" or type(status) is not list or not all(type(s) is int for s in status) \
+                or type(files) is not dict or not all(type(k) is str and type(v) is str for k, v in files.items()):
+            raise Violation("a compile result that is not one")
+        self.compiled = {"status": status, "files": files}
+        return ("compiled", self.compiled)
+
+    def _record(self, line: bytes) -> tuple:
+        try:
+            msg = wire.loads(line.decode("utf-8", "replace"))  # a string with invalid UTF-8 equals no expected one
+        except (ValueError, RecursionError):
+            raise Violation("a record that is not JSON") from None
+        if type(msg) is not dict:
+            raise Violation("a record that is not a JSON object")
+        seq = msg.get("seq")
+        if type(seq) is not int or seq != self.open_seq or seq >= self.calls:
+            raise Violation(f"a record for call {clean(repr(seq), 20)} (expected call {self.open_seq})")
+        if "ok" in msg:
+            if len(msg) != 2:
+                raise Violation("a record with extra fields")
+            try:
+                wire.check_tree(msg["ok"], MAX_NODES)
+            except wire.Malformed as exc:
+                raise Violation(f"a malformed answer ({exc})") from None
+            answer = {"ok": msg["ok"]}
+        else:
+            exc, detail = msg.get("exc"), msg.get("detail", "")
+            if not set(msg) <= {"seq", "exc", "detail"} or type(exc) is not str or not exc.isidentifier() \
+                    or len(exc) > MAX_NAME or type(detail) is not str:
+                raise Violation("a record with neither a plain value nor an exception name")
+            answer = {"exc": exc, "detail": clean(detail, 300)}
+        self.open_seq = seq + 1
+        return ("answer", seq, answer)
+
+    def compile_outcome(self, category: str, detail: str, lim: dict, collects: bool) -> tuple[str, str, dict | None]:
+        """A compile job's end, from how its process ended (`category`, `detail`, as the supervisor classified it)
+        and the "compiled" frame: ("ok", "", files), or compile_error saying why (sandbox_error stays)."""
+        if category == "sandbox_error":
+            return category, detail, None
+        compiled = self.compiled
+        if category != "ok" or compiled is None:
+            why = {"timeout": f"compiler timeout: it ran past its {lim['timeout']}s limit",
+                   "memory": f"the compiler ran out of its {lim['memory_mb']} MiB",
+                   "output_limit": f"the compiler wrote more than {lim['output_bytes']} bytes"}.get(category)
+            return "compile_error", why or f"the compiler did not finish ({category}: {detail})", None
+        for step, status in enumerate(compiled["status"]):
+            if status:
+                how = (f"exit status {status >> 8}" if status & 0x7F == 0 else f"signal {status & 0x7F}")
+                return "compile_error", f"compile step {step + 1} failed ({how})", None
+        files = compiled["files"]
+        if "__too_large__" in files:
+            return "compile_error", "the compiled program is larger than the artifact budget", None
+        if not files and collects:
+            return "compile_error", "the compiler produced none of the expected outputs", None
+        return "ok", "", files

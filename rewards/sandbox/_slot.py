@@ -48,7 +48,7 @@ class _Slot:
 
     def fork_program(self, job: dict) -> list:
         """Hand the job to the program the forker keeps ready; returns its [out_r, err_r, req_w, resp_r, pidfd]."""
-        write_all(self.job_w, wire.frame(job))  # read by our own code in the program, before it hardens
+        write_all(self.job_w, wire.reframe(job))  # read by our own code in the program, before it hardens
         self.ctl.settimeout(30)
         msg, fds, _, _ = socket.recv_fds(self.ctl, 256, 5)
         if len(fds) != 5:
@@ -85,7 +85,7 @@ def slot_main(cfg: dict, cgroups, z_in: int, z_out: int) -> None:
     # per-job budgets, and this bounds whatever they did not foresee.
     mem = cfg["supervisor_memory_mb"] << 20
     _jail.set_rlimits({"RLIMIT_AS": mem, "RLIMIT_DATA": mem})
-    reader = wire.FrameReader()
+    reader = wire.TrustedReader()
     while not slot.zygote_gone:
         data = os.read(z_in, 1 << 16)
         if not data:

@@ -14,7 +14,9 @@ stay here), and then:
       comparisons) and reports per-test categories to the zygote in one bounded frame.
 
 Expectations and test code reach the supervisor with the job; the program is forked from a forker made before
-the slot saw any job, so neither ever exists in a program's memory.
+the slot saw any job, so neither ever exists in a program's memory. Programs in other languages (`_native.py`)
+answer through their generated harness, one record per call (`_protocol.NativeChannel`), or print their output
+(stdio); their compile jobs end "ok" with the compiled files or with compile_error.
 """
 
 import contextlib
@@ -49,7 +51,9 @@ class Supervisor:
         self.check = job.pop("check", None)  # expectations / test code: never part of what the program reads
         self.job, self.cfg, self.slot, self.cgroups = job, cfg, slot, slot.cgroups
         self.lim = job["limits"]
-        self.channel = _protocol.ProgramChannel(job["mode"])
+        self.native = job.get("language", "python") != "python"
+        self.channel = (_protocol.NativeChannel(job["mode"], len(job.get("calls") or [])) if self.native
+                        else _protocol.ProgramChannel(job["mode"]))
         self.out, self.err = bytearray(), bytearray()
         self.out_total, self.resp_total = 0, 0
         self.resp_cap = self.lim["answer_bytes"] + _SLACK
@@ -72,6 +76,8 @@ class Supervisor:
         self.deadline = self.t0 + self.lim["timeout"]
         out_r, err_r, self.req_w, resp_r, self.pidfd = self.slot.fork_program(job)
         os.set_blocking(self.req_w, False)
+        if self.native:  # its calls are in its harness: nothing to send
+            self._close_req()
         self.poll, self.watched = select.poll(), {}  # fd -> name
         for fd, name in ((out_r, "out"), (err_r, "err"), (resp_r, "resp")):
             self._watch(fd, name)
@@ -194,6 +200,13 @@ class Supervisor:
         try:
             if self.resp_total > self.resp_cap:
                 raise wire.FrameTooLarge(f"{self.resp_total} bytes")
+            if self.native:
+                with wire.gc_paused():  # parses and checks the records' trees
+                    events = self.channel.feed(data)
+                for event in events:
+                    if self.ending is None:
+                        self._on_event(event)
+                return
             with wire.gc_paused():
                 msgs = self.reader.feed(data)
             for msg in msgs:
@@ -214,6 +227,8 @@ class Supervisor:
             self._signal_kill()  # nothing more to hear from it; its category is the load failure
         elif kind == "loaded":
             self._next_call()
+        elif kind == "compiled":  # kept on the channel; judged when the job ends
+            pass
         elif kind == "answer" and self.job["mode"] == "assert":
             self.answer = event[2]
         elif kind == "answer":
@@ -341,7 +356,8 @@ class Supervisor:
         if mode == "stdio":
             if category != "ok":
                 return [category], ""
-            same = _compare.stdout_matches(self.out.decode("utf-8", "replace"), self.check["stdout"])
+            same = _compare.stdout_matches(self.out.decode("utf-8", "replace"), self.check["stdout"],
+                                           self.check.get("match", "lines"))
             return ["passed" if same else "wrong_answer"], "" if same else "stdout differs from the expected output"
         if mode == "call":
             return [self.tests.get(seq, missing) for seq, _ in self.job["calls"]], ""
@@ -351,6 +367,10 @@ class Supervisor:
 
     def _finish(self) -> None:
         category, detail = self._classify()
+        artifact = None
+        if self.job["mode"] == "compile":
+            category, detail, artifact = self.channel.compile_outcome(category, detail, self.lim,
+                                                                      bool(self.job.get("collect")))
         tests, test_detail = self._tests(category)
         elapsed = time.monotonic() - self.t0
         if "workdir" in self.job:
@@ -360,11 +380,14 @@ class Supervisor:
         # A supervisor that grew for this job (a large answer budget) is replaced by a fresh one from the template:
         # Python keeps freed memory, and a program must not leave trusted processes big.
         big = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > self.cfg["supervisor_recycle_mb"] << 10
-        self._emit({"t": "end", "recycle": big, "category": category, "detail": _protocol.clean(str(detail), 500),
-                    "elapsed": round(elapsed, 4), "names": self.channel.names, "tests": tests,
-                    "test_detail": _protocol.clean(test_detail, 500),
-                    "stdout": self.out[:excerpt].decode("utf-8", "replace"),
-                    "stderr": self.err.decode("utf-8", "replace")})
+        end = {"t": "end", "recycle": big, "category": category, "detail": _protocol.clean(str(detail), 500),
+               "elapsed": round(elapsed, 4), "names": self.channel.names, "tests": tests,
+               "test_detail": _protocol.clean(test_detail, 500),
+               "stdout": self.out[:excerpt].decode("utf-8", "replace"),
+               "stderr": self.err.decode("utf-8", "replace")}
+        if artifact is not None:
+            end["artifact"] = artifact
+        self._emit(end)
 
 
 def _make_workdir() -> str:

@@ -20,8 +20,8 @@ from rewards.sandbox._jail import close_except, write_all
 
 # Imported once here so that neither test code (run by supervisors) nor programs pay for them per job;
 # every process forked from the zygote starts with them loaded (random reseeds itself after a fork).
-PRELOAD = ("bisect", "collections", "copy", "functools", "hashlib", "heapq", "itertools", "math", "operator", "random",
-           "re", "string", "typing")
+PRELOAD = ("base64", "bisect", "collections", "copy", "functools", "hashlib", "heapq", "itertools", "math", "operator",
+           "random", "re", "string", "typing")
 
 
 def boot() -> None:
@@ -101,6 +101,9 @@ def _seccomp(cfg: dict, layers: dict) -> None:
         cfg["seccomp"] = _jail.seccomp_program().hex()
         _probe_seccomp(cfg["seccomp"])
         cfg["seccomp_filter"] = _jail.SeccompFilter(bytes.fromhex(cfg["seccomp"]))
+        # The variants jobs may ask for (`Job.seccomp_allow`), built once here.
+        cfg["seccomp_variants"] = {name: _jail.SeccompFilter(_jail.seccomp_program(allow=(name,)))
+                                   for name in _jail.ALLOWABLE}
         layers["seccomp"] = None
     except OSError as exc:
         cfg["seccomp"] = ""
@@ -163,7 +166,7 @@ class Zygote:
         write_all(self.out, wire.frame(obj))
 
     def serve(self) -> None:
-        reader = wire.FrameReader()
+        reader = wire.TrustedReader()
         self.sel.register(0, selectors.EVENT_READ, None)
         for _ in range(self.cfg["max_concurrency"]):
             self._spawn_slot()
@@ -228,7 +231,7 @@ class Zygote:
             slot.update(job=job["id"], cg=job["cg"], deadline=time.monotonic() + job["limits"]["timeout"] + 15.0)
             self.running[job["id"]] = slot
             with contextlib.suppress(OSError):  # if the slot died, its closed output retires it
-                write_all(slot["job_w"], wire.frame(job))
+                write_all(slot["job_w"], wire.reframe(job))
 
     def _on_slot(self, slot: dict) -> None:
         data = os.read(slot["out_r"], 1 << 16)

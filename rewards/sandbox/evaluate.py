@@ -3,6 +3,8 @@
 - call:   the program answers each `args` with plain data; the supervisor compares each answer with `expected`
           as it arrives (canonical comparison, `_compare.py`) and keeps only the verdict.
 - stdio:  one sandboxed run per case; the supervisor compares the captured stdout with the expected stdout.
+Programs in other languages (a spec's `language`) are compiled first, once per distinct build and cached
+(`native.py`), and their compile failures are compile_error.
 - assert: the dataset's test code runs in the program's trusted supervisor, outside the program's process,
           namespaces and uid, against proxies that forward each call to the program (`_tester.py`).
 Expected values, test code and reference solutions never enter the sandbox. Identical (program, tests) pairs in
@@ -13,7 +15,8 @@ import dataclasses
 import logging
 
 from rewards import spec as specs
-from rewards.sandbox import wire
+from rewards.sandbox import native, wire
+from rewards.sandbox.compile_cache import CompileCache, Compiled
 from rewards.sandbox.jobs import Job, Limits, Run
 from rewards.sandbox.pool import Sandbox
 from rewards.sandbox.verdict import FAILURES, Outcome, make_outcome
@@ -31,9 +34,12 @@ class Evaluator:
         'passed'
     """
 
-    def __init__(self, sandbox: Sandbox | None = None, limits: Limits | None = None, **sandbox_kw):
+    def __init__(self, sandbox: Sandbox | None = None, limits: Limits | None = None,
+                 compile_cache: CompileCache | None = None, **sandbox_kw):
+        """compile_cache: compiled programs of other languages (default: an in-memory cache of this evaluator)."""
         self.sandbox = sandbox or Sandbox(**sandbox_kw)
         self.limits = limits or Limits()
+        self.compile_cache = compile_cache if compile_cache is not None else CompileCache()
         self.stats = {"programs": 0, "sandbox_errors": 0, "duplicates": 0}
 
     def close(self) -> None:
@@ -54,14 +60,37 @@ class Evaluator:
         first = {}  # (program, spec) -> index of its first occurrence
         keys = [(code, _key(sp)) for code, sp in zip(programs, parsed, strict=True)]
         unique = [first.setdefault(k, i) == i for i, k in enumerate(keys)]
-        jobs, owner = [], []
+        jobs, owner, plans, decided = [], [], {}, {}
         for p, (code, sp) in enumerate(zip(programs, parsed, strict=True)):
-            if unique[p]:
-                new = _jobs(code, sp, self.limits)
-                jobs += new
-                owner += [p] * len(new)
-        runs = self.sandbox.run(jobs)
+            if not unique[p]:
+                continue
+            if (getattr(sp, "language", None) or "python") != "python":
+                planned = native.plan(code, sp, self.limits)
+                if isinstance(planned, Outcome):
+                    decided[p] = planned
+                else:
+                    plans[p] = planned
+                continue
+            new = _jobs(code, sp, self.limits)
+            jobs += new
+            owner += [p] * len(new)
+        if plans:  # compile first (cached), as jobs of their own; then the runs join the batch
+            compiled = native.compile_all(self.sandbox, list(plans.values()), self.compile_cache)
+            for p, plan in plans.items():
+                result = compiled[plan.key]
+                if isinstance(result, Compiled) and result.ok:
+                    new = plan.make_jobs(result.files)
+                    jobs += new
+                    owner += [p] * len(new)
+                else:
+                    decided[p] = native.failed(plan, result)
+        runs = self.sandbox.run(jobs) if jobs else []
         outcomes = self._assemble(parsed, owner, jobs, runs)
+        for p, outcome in decided.items():
+            outcomes[p] = outcome
+        for p, sp in enumerate(parsed):
+            if unique[p]:
+                outcomes[p].extra.setdefault("language", getattr(sp, "language", None) or "python")
         for p, key in enumerate(keys):
             if not unique[p]:
                 src = first[key]
@@ -95,7 +124,8 @@ def _key(sp):
 
 def _jobs(code: str, sp, limits: Limits) -> list[Job]:
     if isinstance(sp, specs.StdioSpec):
-        return [Job(code=code, mode="stdio", stdin=c.stdin, expected_stdout=c.stdout, limits=limits) for c in sp.cases]
+        return [Job(code=code, mode="stdio", stdin=c.stdin, expected_stdout=c.stdout, stdout_match=sp.match,
+                    limits=limits) for c in sp.cases]
     if isinstance(sp, specs.CallSpec):
         return [Job(code=code, mode="call", entry_point=sp.entry_point, limits=limits,
                     calls=[(i, wire.encode(list(c.args))) for i, c in enumerate(sp.cases)],

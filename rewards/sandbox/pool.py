@@ -19,15 +19,15 @@ import time
 from pathlib import Path
 
 from rewards.sandbox import wire
-from rewards.sandbox.jobs import Job, Run, apply_frame
+from rewards.sandbox.jobs import ARTIFACT_BYTES, Job, Run, apply_frame
 
 log = logging.getLogger("rewards.sandbox")
 
 STRONG_LAYERS = ("namespaces", "readonly_root", "cgroups", "uid_drop", "seccomp")
 ANSWER_EXPANSION = 100
 """Worst measured ratio of a supervisor's peak memory to the answer bytes it parsed, checked and decoded (~70)."""
-_SOURCES = ("wire", "_compare", "_jail", "_cgroups", "_program", "_protocol", "_tester", "_supervisor", "_slot",
-            "_zygote")
+_SOURCES = ("wire", "_compare", "_jail", "_cgroups", "_native", "_program", "_protocol", "_tester", "_supervisor",
+            "_slot", "_zygote")
 _BOOT = """
 import sys, types
 for _n in ("rewards", "rewards.sandbox"):
@@ -222,7 +222,8 @@ class Sandbox:
     def run(self, jobs: list[Job], *, batch_timeout: float | None = None) -> list[Run]:
         """Run a batch; returns one Run per job, in order."""
         for job in jobs:
-            if job.limits.answer_bytes * ANSWER_EXPANSION > self.supervisor_memory_mb << 20:
+            # A compile job's one "answer" is its compiled files, a single string: no tree to expand.
+            if job.mode != "compile" and job.limits.answer_bytes * ANSWER_EXPANSION > self.supervisor_memory_mb << 20:
                 raise ValueError(f"Limits.answer_bytes={job.limits.answer_bytes}: a supervisor may need "
                                  f"{ANSWER_EXPANSION}x that to parse and check the answers, more than "
                                  f"supervisor_memory_mb={self.supervisor_memory_mb}; raise it or lower answer_bytes")
@@ -264,12 +265,19 @@ class Sandbox:
 
     def _submit(self, job_id: int, job: Job) -> None:
         lim = job.limits
-        self._outq.put(wire.frame({
+        frame = {
             "op": "run", "id": job_id, "mode": job.mode, "code": job.code, "entry_point": job.entry_point,
             "calls": job.calls, "stdin": job.stdin, "check": job.check(),
             "limits": {"timeout": lim.timeout, "memory_mb": lim.memory_mb, "disk_mb": lim.disk_mb,
                        "output_bytes": lim.output_bytes, "answer_bytes": lim.answer_bytes,
-                       "max_processes": lim.max_processes}}))
+                       "max_processes": lim.max_processes, "address_space_mb": lim.address_space_mb,
+                       "open_files": lim.open_files, "artifact_bytes": ARTIFACT_BYTES}}
+        blobs = []
+        if job.language != "python":  # the files travel as raw blobs after the frame, not inside the JSON
+            frame.update(language=job.language, files=list(job.files), argv=job.argv, steps=job.steps,
+                         collect=job.collect, env=job.env, seccomp_allow=job.seccomp_allow)
+            blobs = list(job.files.values())
+        self._outq.put(wire.frame_blobs(frame, blobs))
 
     def _on_zygote(self, ids: dict, ended: set, jobs: list, runs: list) -> bool:
         data = os.read(self.proc.stdout.fileno(), 1 << 16)

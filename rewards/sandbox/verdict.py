@@ -3,15 +3,16 @@
 from dataclasses import dataclass, field
 
 from rewards.sandbox import wire
-from rewards.sandbox._compare import ABS_TOL, REL_TOL, answer_equal, normalise_stdout, stdout_matches
+from rewards.sandbox._compare import ABS_TOL, MATCHES, REL_TOL, answer_equal, normalise_stdout, stdout_matches
 
-CATEGORIES = ("passed", "wrong_answer", "runtime_error", "syntax_error", "timeout", "memory", "output_limit",
-              "protocol_violation", "sandbox_error")
-"""Every category a test, program or run can get. protocol_violation: the program wrote on the sandbox's result
-channel itself (forged or malformed frames, answers to calls never made); a failure like the others.
-sandbox_error: our fault, not the program's; scored None, never 0."""
+CATEGORIES = ("passed", "wrong_answer", "runtime_error", "syntax_error", "compile_error", "timeout", "memory",
+              "output_limit", "protocol_violation", "sandbox_error")
+"""Every category a test, program or run can get. compile_error: a compiled language's compiler refused the program
+(or ran out of its time, memory or output budget on it). protocol_violation: the program wrote on the sandbox's
+result channel itself (forged or malformed frames or records, answers to calls never made); a failure like the
+others. sandbox_error: our fault, not the program's; scored None, never 0."""
 FAILURES = tuple(c for c in CATEGORIES if c not in ("passed", "sandbox_error"))
-__all__ = ["ABS_TOL", "CATEGORIES", "FAILURES", "REL_TOL", "Outcome", "make_outcome", "normalise_stdout",
+__all__ = ["ABS_TOL", "CATEGORIES", "FAILURES", "MATCHES", "REL_TOL", "Outcome", "make_outcome", "normalise_stdout",
            "stdout_matches", "values_equal"]
 
 

@@ -11,6 +11,9 @@ from typing import Literal
 
 from rlwork.config.typed import ConfigError
 
+DATA_LANGUAGES = ("python", "cpp", "java", "javascript", "rust", "go", "any")
+"""`data.language` values: the sandbox's languages (rewards.sandbox.languages; tests/config checks that they agree)
+and `any`."""
 BIDIRECTIONAL_FAMILIES = ("llada", "dream", "diffucoder", "masked-diffusion", "masked-diffusion-shifted")
 """The `model.family` presets with bidirectional attention (the rest are block-causal); the config layer cannot read
 rlwork.models.FAMILIES, so tests/models/test_lm.py checks that the two agree."""
@@ -37,6 +40,11 @@ class ModelConfig:
     """Attention kernel. FlashAttention-2 cannot take the 4-D block-causal mask, so it is not offered."""
     block_size: int | None = None
     """Override the family's block size (block-causal families only); None = the preset's."""
+    warm_start: bool = False
+    """Start RL and `rlwork eval` not from model.path itself but from this recipe's diffusion SFT warm start (its
+    `sft:` section trained on its training data: the demo's first stage), built on first use with a progress bar and
+    cached under $RLWORK_CACHE/sft (`rlwork.demo.with_warm_start`). `rlwork sft` ignores it: it trains from
+    model.path."""
     flush_denormal: bool = True
     """CPU: flush subnormal floats (below 1.2e-38) to zero in this process (`torch.set_flush_denormal`). A model in
     training grows subnormal activations and gradients, and CPU arithmetic on them is many times slower: with them
@@ -58,23 +66,26 @@ class LoraConfig:
     """LoRA scaling numerator (scale = alpha / r)."""
     dropout: float = 0.0
     """Dropout on the adapter input."""
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    """Module names that get adapters (Llama naming)."""
+    target_modules: tuple[str, ...] | None = None
+    """Names of the linear layers that get adapters, in every transformer layer (the LM head never does); null = the
+    model.family preset's (Llama/Qwen: q/k/v/o_proj, gate/up/down_proj; LLaDA: q/k/v_proj, attn_out, ff_proj,
+    up_proj, ff_out). A name missing from some layers is an error, not a partial adapter."""
 
     def __post_init__(self) -> None:
         if self.r < 1 or self.alpha <= 0:
             raise ConfigError(f"lora.r={self.r}, lora.alpha={self.alpha}: both must be positive")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"lora.dropout={self.dropout}: use a probability in [0, 1)")
-        if self.enabled and not self.target_modules:
-            raise ConfigError("lora.target_modules is empty: name at least one module, e.g. [q_proj, v_proj]")
+        if self.target_modules is not None and not self.target_modules:
+            raise ConfigError("lora.target_modules is empty: name at least one module, e.g. [q_proj, v_proj], or "
+                              "null for the family's")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
     dataset: str = "synthetic"
-    """Adapter: synthetic, humaneval, mbpp, mbpp_plus, apps, codecontests, acecode, kodcode
-    (rlwork.data.adapters)."""
+    """Adapter: synthetic, humaneval, mbpp, mbpp_plus, apps, codecontests, acecode, kodcode, multipl_e, mbxp,
+    canitedit (rlwork.data.adapters)."""
     # With `columns` set, rows are mapped by that column mapping instead (rlwork.data.loading "mapped").
     data_files: tuple[str, ...] = ()
     """Local JSONL/parquet files (or a hub name in `hub_name`) for file-based adapters."""
@@ -91,6 +102,18 @@ class DataConfig:
     bare: the problem's own text alone (a model fine-tuned on exactly that format, like the tiny demo coder)."""
     skip_malformed: bool = False
     """Skip (and count) malformed rows instead of failing on the first one."""
+    language: str = "python"
+    """apps / codecontests: the language of the stdin/stdout programs (python, cpp, java, javascript, rust, go), or
+    `any` (the answer's fenced block decides). multipl_e / mbxp rows name their own."""
+    edit_instruction: Literal["descriptive", "lazy"] = "descriptive"
+    """canitedit: which of CanItEdit's two instructions the prompt gives."""
+
+    def __post_init__(self) -> None:
+        if self.language not in DATA_LANGUAGES:
+            raise ConfigError(f"data.language={self.language!r}: use one of {', '.join(DATA_LANGUAGES)}")
+        if self.language != "python" and self.dataset not in ("apps", "codecontests"):
+            raise ConfigError(f"data.language={self.language!r} applies to apps and codecontests; {self.dataset!r} "
+                              "rows name their own language (or have none): leave data.language at python")
     synthetic_train: int = 256
     """Synthetic family: number of training tasks."""
     synthetic_heldout: int = 64
@@ -170,6 +193,9 @@ class RewardsConfig:
     """Reward names from rewards.registry, or dotted import paths (`pkg.mod:fn`)."""
     weights: tuple[float, ...] = (1.0, 0.1)
     """One weight per function; the scalar reward is their weighted sum."""
+    kwargs: dict[str, dict] = dataclasses.field(default_factory=dict)
+    """Parameters of the rewards that take them, by the name in `functions`, e.g. {overlong: {max_length: 256,
+    cache_length: 64}} for DAPO's soft over-length penalty (lengths in completion tokens)."""
     timeout_s: float = 5.0
     """Wall-clock limit per program in the sandbox."""
     workers: int | None = None
@@ -186,3 +212,11 @@ class RewardsConfig:
             )
         if self.timeout_s <= 0:
             raise ConfigError(f"rewards.timeout_s={self.timeout_s}: use a positive number of seconds")
+        stray = sorted(set(self.kwargs) - set(self.functions))
+        if stray:
+            raise ConfigError(f"rewards.kwargs names {stray}, which rewards.functions={list(self.functions)} does not "
+                              "list: parameters go under the name of a reward in use")
+        bad = [name for name, value in self.kwargs.items() if not isinstance(value, dict)]
+        if bad:
+            raise ConfigError(f"rewards.kwargs.{bad[0]}: expected a mapping of keyword arguments, e.g. "
+                              "{max_length: 256, cache_length: 64}")

@@ -137,10 +137,13 @@ class TrainConfig(LoopConfig):
     """Log a completions table every N steps."""
     rollout_batch_size: int = 32
     """Rows sampled together in one batched generation call."""
+    log_every: int = 10
+    """Every N steps also log elbo/estimator_std: the spread of one completion's per-token ELBO estimate across
+    independent mask draws (rl/elbo_spread.py; 4 extra forwards of one micro-batch)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("prompts_per_step", "rollout_batch_size"):
+        for name in ("prompts_per_step", "rollout_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)}: must be >= 1")
 
@@ -161,8 +164,15 @@ class EvalConfig:
     """Completions per problem for pass@k."""
     ks: tuple[int, ...] = (1, 8)
     """pass@k values to report."""
+    dataset: str | None = None
+    """Adapter of the evaluation problems (the names of data.dataset); null = data.dataset."""
+    path: str | None = None
+    """The evaluation problems: a local .jsonl/.json/.parquet file (evaluated whole), a local folder of split files
+    (`<split>.jsonl`, `<split>.parquet`, ...) or a hub dataset name; null = the training source (data.data_files,
+    data.hub_name; for humaneval the installed package). Training problems are evaluated only when `split` names
+    the training split: a file source has one split, `train` (as `datasets` names it)."""
     split: str = "heldout"
-    """Which split to evaluate (synthetic: train or heldout)."""
+    """Split of that source: synthetic: heldout or train; a folder or hub dataset: one of its splits (test, ...)."""
     every_steps: int = 0
     """During `rlwork train`: pass@k of the policy on `split` after every N-th RL step and after the last one,
     logged as eval/pass@k (W&B, metrics.jsonl); 0 = off. Same samples, ks and sampler as `rlwork eval`."""

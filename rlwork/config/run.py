@@ -103,10 +103,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), cls: type[T] = RunConfig
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), cls: type[T] = RunConfig,
+    *, base: dict[str, Any] | None = None,
 ) -> T:
-    """Defaults <- YAML file <- dotted overrides, validated into `cls`."""
-    data = merge(read_yaml(path), parse_overrides(overrides))
+    """Defaults <- `base` (e.g. a run's saved config) <- YAML file <- dotted overrides, validated into `cls`."""
+    data = merge(merge(base or {}, read_yaml(path)), parse_overrides(overrides))
     algo = data.get("algo")
     if isinstance(algo, dict) and algo.get("preset") is not None:
         if algo["preset"] not in PRESETS:

@@ -10,6 +10,10 @@ Adapter decisions worth knowing:
   those names itself) and each `test_*` function becomes one `asserts` entry `test_name()`, a statement
   that raises AssertionError on failure. Test functions taking fixtures or with decorators (parametrize)
   cannot run that way: such rows are malformed.
+- apps, codecontests take `language`: stdio tasks in cpp, java, javascript, rust or go (the tests say so and the
+  problem gets a `language` column; CodeContests' C++ and Java solutions become the reference), or "any" (the
+  answer's fenced block decides). multipl_e / mbxp (multilingual function tasks) and canitedit (code editing) are in
+  `rlwork.data.multilingual`.
 """
 
 from __future__ import annotations
@@ -18,43 +22,45 @@ import ast
 import json
 from collections.abc import Callable, Iterable
 
+from rewards import native
+from rlwork.data.multilingual import canitedit_row, language_of, multipl_e_row
 from rlwork.data.schema import MalformedRow, code_defining, parse_code
 
 
-def _called_names(asserts: Iterable[str]) -> list[str]:
-    names: list[str] = []
-    for statement in asserts:
-        for node in ast.walk(parse_code(statement, "tests")):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id not in names:
-                names.append(node.func.id)
-    return names
+def require(row: dict, *fields: str) -> None:
+    """Raise MalformedRow naming the first of `fields` that the row lacks (absent, None or empty text)."""
+    for name in fields:
+        value = row.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise MalformedRow(name, "missing or empty")
 
 
 def entry_point_from_asserts(asserts: list[str], reference: str | None) -> str:
-    """The first function the asserts call that the reference defines (any called name without one)."""
-    called = _called_names(asserts)
-    defined = code_defining([reference])
-    candidates = [n for n in called if defined and n in defined[0]] or [n for n in called if not defined]
-    if not candidates:
-        raise MalformedRow("entry_point", "cannot tell which function the asserts test")
-    return candidates[0]
+    """The first function the asserts call that the reference defines (any called name without one);
+    `rewards.native` decides, so the reward reading a raw row picks the same one."""
+    try:
+        return native.entry_point_from_asserts(asserts, reference)
+    except SyntaxError as err:
+        raise MalformedRow("tests", f"does not parse as Python ({err.msg}, line {err.lineno})") from None
+    except ValueError as err:
+        raise MalformedRow("entry_point", str(err)) from None
 
 
 def assert_tests(entry_point: str, asserts: list[str], setup: str = "") -> str:
-    spec = {"kind": "assert", "entry_point": entry_point, "asserts": list(asserts)}
-    if setup.strip():
-        spec["setup"] = setup
-    return json.dumps(spec)
+    return json.dumps(native.assert_spec(entry_point, asserts, setup))
 
 
 def _humaneval_row(row: dict) -> dict:
+    require(row, "task_id", "prompt", "entry_point", "test")
     entry_point = row["entry_point"]
-    return {"prompt": row["prompt"], "entry_point": entry_point, "task_id": row["task_id"],
-            "tests": json.dumps({"kind": "assert", "entry_point": entry_point, "code": row["test"]}),
-            "reference": row["prompt"] + row["canonical_solution"]}
+    solution = row.get("canonical_solution")
+    return {"prompt": row["prompt"], "entry_point": entry_point, "task_id": str(row["task_id"]),
+            "tests": json.dumps(native.humaneval_spec(row["test"], entry_point)),
+            "reference": row["prompt"] + solution if isinstance(solution, str) else None}
 
 
 def _mbpp_row(row: dict) -> dict:
+    require(row, "task_id")
     asserts = [a for a in row.get("test_list") or [] if a.strip()]
     if not asserts:
         raise MalformedRow("tests", "test_list is empty")
@@ -71,6 +77,7 @@ def _json_list(value) -> list:
 
 
 def _mbpp_plus_row(row: dict) -> dict:
+    require(row, "task_id")
     reference = row.get("canonical_solution") or row.get("code")
     prompt = (row.get("prompt") or "").strip().strip('"').strip()
     asserts = row.get("test_list") or ([row["assertion"]] if row.get("assertion") else [])
@@ -101,7 +108,8 @@ def as_text(value) -> str:
     return value
 
 
-def _apps_row(row: dict) -> dict:
+def _apps_row(row: dict, language: str = "python") -> dict:
+    require(row, "question")
     task_id = str(row.get("problem_id", row.get("task_id", "")))
     try:
         io = json.loads(row.get("input_output") or "")
@@ -113,7 +121,11 @@ def _apps_row(row: dict) -> dict:
     solutions = json.loads(row["solutions"]) if row.get("solutions") else []
     reference = solutions[0] if solutions else None
     prompt = row["question"] + (f"\n\n{row['starter_code']}" if row.get("starter_code") else "")
+    language = language_of(language, allow_any=True)
     if io.get("fn_name"):
+        if language not in ("python", "any"):
+            raise MalformedRow("tests", f"call-based rows have no types to call a {language} function with")
+        language = "python"  # "any" too: without types only Python (and JavaScript) could be called
         entry_point = io["fn_name"]
         unwrap = [y[0] if isinstance(y, list) and len(y) == 1 else y for y in outputs]
         tests = {"kind": "call", "entry_point": entry_point,
@@ -125,14 +137,31 @@ def _apps_row(row: dict) -> dict:
         entry_point = ""
         tests = {"kind": "stdio", "cases": [{"stdin": as_text(x), "stdout": as_text(y)}
                                             for x, y in zip(inputs, outputs, strict=True)]}
-    return {"prompt": prompt, "entry_point": entry_point, "tests": json.dumps(tests), "task_id": task_id,
-            "reference": reference}
+        _stdio_language(tests, language)
+    problem = {"prompt": prompt, "entry_point": entry_point, "tests": json.dumps(tests), "task_id": task_id,
+               "reference": reference if language in ("python", "any") else None}
+    return _with_language(problem, language)
+
+
+def _stdio_language(tests: dict, language: str) -> None:
+    """A stdio spec in `language` ("any": none, the answer's fence decides; python: as before, none)."""
+    if language not in ("python", "any"):
+        tests["language"] = language
+
+
+def _with_language(problem: dict, language: str) -> dict:
+    if language != "python":
+        problem["language"] = language
+    return problem
 
 
 PYTHON3 = 3  # CodeContests' language enum: 1 Python 2, 2 C++, 3 Python 3, 4 Java
+CODECONTESTS_LANGUAGES = {"python": PYTHON3, "any": PYTHON3, "cpp": 2, "java": 4}
 
 
-def _codecontests_row(row: dict, test_sets: Iterable[str] = ("public", "private", "generated")) -> dict:
+def _codecontests_row(row: dict, test_sets: Iterable[str] = ("public", "private", "generated"),
+                      language: str = "python") -> dict:
+    require(row, "name", "description")
     cases = []
     for name in test_sets:
         tests = row.get(f"{name}_tests") or {}
@@ -142,14 +171,19 @@ def _codecontests_row(row: dict, test_sets: Iterable[str] = ("public", "private"
         cases += [{"stdin": as_text(x), "stdout": as_text(y)} for x, y in zip(inputs, outputs, strict=True)]
     if not cases:
         raise MalformedRow("tests", f"no tests in {list(test_sets)}")
+    language = language_of(language, allow_any=True)
     solutions = row.get("solutions") or {}
-    python3 = [s for lang, s in zip(solutions.get("language") or [], solutions.get("solution") or [], strict=False)
-               if lang == PYTHON3]
-    return {"prompt": row["description"], "entry_point": "", "task_id": str(row["name"]),
-            "tests": json.dumps({"kind": "stdio", "cases": cases}), "reference": python3[0] if python3 else None}
+    wanted = CODECONTESTS_LANGUAGES.get(language)
+    ours = [s for lang, s in zip(solutions.get("language") or [], solutions.get("solution") or [], strict=False)
+            if lang == wanted]
+    tests = {"kind": "stdio", "cases": cases}
+    _stdio_language(tests, language)
+    return _with_language({"prompt": row["description"], "entry_point": "", "task_id": str(row["name"]),
+                           "tests": json.dumps(tests), "reference": ours[0] if ours else None}, language)
 
 
 def _acecode_row(row: dict) -> dict:
+    require(row, "id", "question")
     asserts = [a for a in row.get("test_cases") or [] if a.strip()]
     if not asserts:
         raise MalformedRow("tests", "test_cases is empty")
@@ -159,6 +193,7 @@ def _acecode_row(row: dict) -> dict:
 
 
 def _kodcode_row(row: dict) -> dict:
+    require(row, "question_id", "question", "test")
     tree = parse_code(row.get("test") or "", "tests")
     setup, test_calls, imported = [], [], []
     for node in tree.body:
@@ -195,4 +230,7 @@ ADAPTERS: dict[str, Callable[..., dict]] = {
     "acecode": _acecode_row,
     "kodcode": _kodcode_row,
     "synthetic": _synthetic_row,
+    "multipl_e": multipl_e_row,
+    "mbxp": multipl_e_row,
+    "canitedit": canitedit_row,
 }

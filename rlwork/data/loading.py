@@ -2,8 +2,9 @@
 
 Sources load through `datasets`: a local .jsonl/.json/.parquet file, or a hub name (same call; needs
 network). Rows are mapped by a named adapter (rlwork.data.adapters `ADAPTERS`) or a user `ColumnMapping`. A
-malformed row raises a ValueError naming its index, task_id and field, unless skip_malformed=True: then it
-is dropped, logged, and listed in `LoadedProblems.skipped`.
+malformed row (a required field missing or of the wrong type, tests that do not parse) raises a ValueError
+naming its index, task_id and field, unless skip_malformed=True (`data.skip_malformed=true`): then it is dropped,
+logged, and listed in `LoadedProblems.skipped`.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 from datasets import Dataset, load_dataset
 
-from rewards.extract import is_code_stub
+from rewards.extract import is_code_stub, is_stub
+from rewards.sandbox.languages import LANGUAGES
 from rlwork.data.adapters import ADAPTERS, as_text, assert_tests, entry_point_from_asserts
-from rlwork.data.schema import MalformedRow, validate_problem
+from rlwork.data.schema import DataError, MalformedRow, validate_problem
 from rlwork.data.splits import synthetic_split
 
 logger = logging.getLogger(__name__)
@@ -36,23 +39,46 @@ class LoadedProblems(NamedTuple):
 # ---------------------------------------------------------------- loading
 
 
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
+
+
+def split_files(folder: str | os.PathLike, split: str) -> list[str]:
+    """The file(s) of `split` in a local dataset folder: `<split>.jsonl`, `<split>.parquet`, ... or, as `datasets`
+    names shards, `<split>-00000-of-00002.parquet`. ValueError listing the splits the folder has when none match."""
+    folder = Path(folder)
+    found = sorted(str(f) for f in folder.iterdir() if f.is_file() and f.name.endswith(DATA_SUFFIXES)
+                   and (f.name.split(".")[0] == split or f.name.startswith(f"{split}-")))
+    if not found:
+        present = sorted({f.name.split(".")[0].split("-")[0] for f in folder.iterdir()
+                          if f.is_file() and f.name.endswith(DATA_SUFFIXES)})
+        raise ValueError(f"{folder} has no {split!r} split (files named {split}.jsonl, {split}.parquet, ...); "
+                         f"its splits: {present or 'none'}")
+    return found
+
+
 def load_source(source: str | Sequence[str], split: str = "train", config: str | None = None) -> Dataset:
-    """Local .jsonl/.json(.gz)/.parquet file(s), or a hub dataset name (needs network) with split/config."""
+    """Local .jsonl/.json(.gz)/.parquet file(s), a local folder of split files (`split_files`), or a hub dataset name
+    (needs network) with split/config. Files are one split, whatever `split` says; a folder and a hub dataset have
+    one per name."""
     files = [source] if isinstance(source, str) else list(source)
     if not files:
-        raise ValueError("no data source given: pass a file path, a list of files, or a hub name")
+        raise DataError("no data source given: pass a file path, a list of files, or a hub name")
+    if any(os.path.isdir(f) for f in files):
+        if len(files) > 1:
+            raise DataError(f"{files}: give one dataset folder, or files")
+        files = split_files(files[0], split)
     local = [os.path.exists(f) or f.removesuffix(".gz").endswith((".jsonl", ".json", ".parquet")) for f in files]
     if any(local):
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
-            raise ValueError(f"data files {missing} do not exist")
+            raise DataError(f"data files {missing} do not exist")
         builders = {"parquet" if f.endswith(".parquet") else "json" for f in files}
         if len(builders) > 1:
-            raise ValueError(f"{files}: mixes parquet and JSON files; convert them to one format")
+            raise DataError(f"{files}: mixes parquet and JSON files; convert them to one format")
         builder = builders.pop()
         return load_dataset(builder, data_files=files, split="train")
     if len(files) > 1:
-        raise ValueError(f"{files}: give one hub dataset name, or local .jsonl/.parquet files")
+        raise DataError(f"{files}: give one hub dataset name, or local .jsonl/.parquet files")
     return load_dataset(files[0], config, split=split)
 
 
@@ -67,9 +93,9 @@ def load_problems(
     (default ("public", "private", "generated")).
     """
     if name not in ADAPTERS and name != "mapped":
-        raise ValueError(f"unknown dataset adapter {name!r}; valid: {sorted([*ADAPTERS, 'mapped'])}")
+        raise DataError(f"unknown dataset adapter {name!r}; valid: {sorted([*ADAPTERS, 'mapped'])}")
     if (name == "mapped") != bool(columns):
-        raise ValueError(f"dataset={name!r}, columns={columns}: a column mapping goes with dataset='mapped' only")
+        raise DataError(f"dataset={name!r}, columns={columns}: a column mapping goes with dataset='mapped' only")
     if name == "synthetic":
         rows = synthetic_split(split, options.get("n_train", 512), options.get("n_heldout", 128),
                                options.get("seed", 0), fresh=options.get("fresh", False), n_rl=options.get("n_rl", 0),
@@ -80,7 +106,7 @@ def load_problems(
 
         rows: Iterable[dict] = list(read_problems().values())
     elif source is None:
-        raise ValueError(f"adapter {name!r} needs source=: local .jsonl/.parquet file(s) or a hub dataset name")
+        raise DataError(f"adapter {name!r} needs source=: local .jsonl/.parquet file(s) or a hub dataset name")
     else:
         rows = load_source(source, split=split, config=config)
     if name == "mapped":
@@ -103,21 +129,34 @@ def convert_rows(
     for index, row in enumerate(rows):
         task_id = str(next((row[k] for k in ID_COLUMNS if row.get(k) is not None), "?"))  # for error messages
         try:
-            problem = row_fn(row)
+            problem = _read_row(row_fn, row, name)
             task_id = problem.get("task_id") or task_id
             validate_problem(problem)
         except MalformedRow as err:
             if not skip_malformed:
-                raise ValueError(f"{name or 'dataset'} row {index} (task_id={task_id!r}): malformed {err}; "
-                                 "fix the row or pass skip_malformed=True") from None
+                raise DataError(f"{name or 'dataset'} row {index} (task_id={task_id!r}): malformed {err}; "
+                                 "fix the row or set data.skip_malformed=true to skip such rows") from None
             skipped.append((index, task_id, str(err)))
             continue
         problems.append(problem)
     if skipped:
         logger.warning("%s: skipped %d malformed rows, e.g. row %d (%s): %s", name, len(skipped), *skipped[0])
     if not problems:
-        raise ValueError(f"{name or 'dataset'}: no usable rows ({len(skipped)} malformed)")
+        raise DataError(f"{name or 'dataset'}: no usable rows ({len(skipped)} malformed)")
     return LoadedProblems(Dataset.from_list(problems), skipped)
+
+
+def _read_row(row_fn: Callable[[dict], dict], row: dict, name: str) -> dict:
+    """row_fn(row), with a row the adapter cannot read (a field of the wrong type, say) reported as malformed."""
+    try:
+        return row_fn(row)
+    except MalformedRow:
+        raise
+    except KeyError as err:
+        raise MalformedRow(str(err.args[0]), "missing") from None
+    except (TypeError, AttributeError) as err:
+        raise MalformedRow("row", f"the {name or 'dataset'} adapter cannot read it ({type(err).__name__}: {err})") \
+            from None
 
 
 # ---------------------------------------------------------------- user column mapping
@@ -149,7 +188,7 @@ class ColumnMapping:
 
     def __post_init__(self):
         if self.tests_format not in TESTS_FORMATS:
-            raise ValueError(f"tests_format={self.tests_format!r}; valid: {list(TESTS_FORMATS)}")
+            raise ValueError(f"data.columns.tests_format={self.tests_format!r}; valid: {list(TESTS_FORMATS)}")
 
 
 def map_columns(
@@ -174,7 +213,7 @@ def _mapped_row(row: dict, m: ColumnMapping, index: int) -> dict:
     missing = [c for c in [m.prompt, m.tests, m.entry_point, m.task_id, m.reference, m.setup, *m.extra.values()]
                if c is not None and c not in row]
     if missing:
-        raise ValueError(f"ColumnMapping names columns {missing} that the dataset lacks; it has {sorted(row)}")
+        raise DataError(f"data.columns names columns {missing} that the dataset lacks; it has {sorted(row)}")
     raw, entry_point = row[m.tests], row[m.entry_point] if m.entry_point else None
     if raw is None:
         raise MalformedRow("tests", f"column {m.tests!r} is empty")
@@ -205,11 +244,26 @@ def _mapped_row(row: dict, m: ColumnMapping, index: int) -> dict:
 # ---------------------------------------------------------------- prompts
 
 
+ANY_LANGUAGE = ("Write it in Python, C++, Java, JavaScript, Rust or Go, and answer with the complete code in a single "
+                "fenced code block tagged with its language (```python, ```cpp, ```java, ```javascript, ```rust or "
+                "```go).")
+
+
+def answer_format(language: str) -> str:
+    return ANSWER_FORMAT.replace("```python", f"```{language}")
+
+
 def format_instruction(problem: dict) -> str:
-    """The instruction text for a code model: the stub to complete, or the statement plus what to write."""
+    """The instruction text for a code model: the stub to complete, or the statement plus what to write (in the
+    problem's `language`; an editing problem's prompt already holds the instruction and the code to revise)."""
     prompt, entry_point = problem["prompt"], problem["entry_point"]
     if not isinstance(prompt, str):
         raise ValueError(f"task {problem.get('task_id')!r}: prompt is already conversational; use it as is")
+    language = problem.get("language") or "python"
+    if problem.get("original") is not None:
+        return f"{prompt.strip()}\n\n{answer_format(language).replace('complete code', 'complete revised code')}"
+    if language != "python":
+        return _other_language_instruction(prompt, entry_point, language)
     if not entry_point:
         return (f"{prompt.strip()}\n\nWrite a Python program that reads the input from standard input and "
                 f"prints the answer to standard output. {ANSWER_FORMAT}")
@@ -220,6 +274,20 @@ def format_instruction(problem: dict) -> str:
     if example:
         text += f" It should pass tests such as:\n{example}"
     return f"{text}\n\n{ANSWER_FORMAT}"
+
+
+def _other_language_instruction(prompt: str, entry_point: str, language: str) -> str:
+    if language == "any":
+        return (f"{prompt.strip()}\n\nWrite a program that reads the input from standard input and prints the "
+                f"answer to standard output. {ANY_LANGUAGE}")
+    display = LANGUAGES[language].display
+    if not entry_point:
+        return (f"{prompt.strip()}\n\nWrite a {display} program that reads the input from standard input and prints "
+                f"the answer to standard output. {answer_format(language)}")
+    if is_stub(prompt, entry_point, language):
+        return (f"Complete the following {display} function.\n\n```{language}\n{prompt.rstrip()}\n```\n\n"
+                f"{answer_format(language)}")
+    return f"{prompt.strip()}\n\nWrite a {display} function `{entry_point}`.\n\n{answer_format(language)}"
 
 
 PROMPT_STYLES = ("instruct", "bare")
@@ -246,7 +314,7 @@ def render_prompt(tokenizer, prompt: str | list[dict], chat: bool) -> str:
     if not chat:
         return prompt if isinstance(prompt, str) else "\n\n".join(m["content"] for m in prompt)
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"chat=True but tokenizer {type(tokenizer).__name__} has no chat_template; "
-                         "set one (tokenizer.chat_template = ...) or use chat=False for a base model")
+        raise DataError(f"data.chat=true but tokenizer {type(tokenizer).__name__} has no chat_template: set "
+                         "data.chat=false for a base model (or give the tokenizer a chat_template)")
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

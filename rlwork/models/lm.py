@@ -7,7 +7,9 @@ A masked/block diffusion LM is an ordinary HF transformer called with a *differe
   sequence start) or **bidirectional** (LLaDA, Dream, DiffuCoder);
 - logit alignment: **unshifted** (Stable-DiffCoder, SDAR, LLaDA: logits at i predict token i) or **shifted**
   (Dream, DiffuCoder: logits at i-1 predict token i). `DiffusionLM.forward` always returns aligned logits;
-- special ids (mask, eos, pad), read from the checkpoint's config/tokenizer and checked against the preset.
+- special ids (mask, eos, pad), read from the checkpoint's config/tokenizer and checked against the preset;
+- how `forward` is called (mask keyword and format, positions, cache keyword, logits_to_keep), the auto class and
+  the LoRA target names: each family's published modelling code differs (`rlwork.models.families`).
 
 A plain `model(ids)` call on a Llama is *causal*, which is wrong for every one of these models: every
 forward pass in rlwork goes through `DiffusionLM.forward`, which builds the family's 4-D mask, so the
@@ -18,118 +20,21 @@ Shape letters: N rows, T query length, K key length (cached + current), V vocabu
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
-AttentionKind = Literal["block_causal", "bidirectional"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class FamilySpec:
-    """The facts rlwork needs about a diffusion LM family. Ids are None where the preset does not fix them."""
-
-    name: str
-    attention: AttentionKind
-    block_size: int | None
-    """Tokens per block for block-causal attention; None for bidirectional families."""
-    shift_logits: bool
-    mask_token_id: int | None = None
-    eos_token_id: int | None = None
-    pad_token_id: int | None = None
-    mask_token: str | None = None
-    """The mask token's text, used to find its id in a tokenizer that does not declare `mask_token`."""
-
-
-# Ids are fixed only where they were checked against the released checkpoints (FIELD-NOTES.md); elsewhere they
-# are read from the checkpoint, and a checkpoint that names none is an error, not a guess.
-FAMILIES: dict[str, FamilySpec] = {
-    "stable-diffcoder": FamilySpec(
-        name="stable-diffcoder", attention="block_causal", block_size=4, shift_logits=False,
-        mask_token_id=5, eos_token_id=2, pad_token_id=1,
-    ),
-    "sdar": FamilySpec(name="sdar", attention="block_causal", block_size=4, shift_logits=False, mask_token="<|MASK|>"),
-    "llada": FamilySpec(name="llada", attention="bidirectional", block_size=None, shift_logits=False,
-                        mask_token_id=126336, mask_token="<|mdm_mask|>"),
-    "dream": FamilySpec(name="dream", attention="bidirectional", block_size=None, shift_logits=True,
-                        mask_token_id=151666, mask_token="<|mask|>"),
-    "diffucoder": FamilySpec(name="diffucoder", attention="bidirectional", block_size=None, shift_logits=True,
-                             mask_token_id=151666, mask_token="<|mask|>"),
-    # Generic layouts for other checkpoints (and the tiny coders): every id comes from the checkpoint.
-    "block-diffusion": FamilySpec(name="block-diffusion", attention="block_causal", block_size=4, shift_logits=False),
-    "masked-diffusion": FamilySpec(name="masked-diffusion", attention="bidirectional", block_size=None,
-                                   shift_logits=False),
-    "masked-diffusion-shifted": FamilySpec(name="masked-diffusion-shifted", attention="bidirectional",
-                                           block_size=None, shift_logits=True),
-}
-
-
-def get_family(name: str) -> FamilySpec:
-    if name not in FAMILIES:
-        raise ValueError(f"unknown model family '{name}': choose one of {', '.join(FAMILIES)}")
-    return FAMILIES[name]
-
-
-def resolve_family(spec: FamilySpec, config: Any, tokenizer: Any, block_size: int | None = None) -> FamilySpec:
-    """Fill the preset's ids from the checkpoint (config first, then tokenizer) and check them.
-
-    A value present in two places that disagree, or that contradicts the preset, raises ValueError.
-    """
-    resolved: dict[str, int] = {}
-    for field in ("mask_token_id", "eos_token_id", "pad_token_id"):
-        sources: dict[str, int] = {}
-        from_config = _single_id(getattr(config, field, None))
-        if from_config is not None:
-            sources["config.json"] = from_config
-        from_tok = getattr(tokenizer, field, None)
-        if from_tok is None and field == "mask_token_id" and spec.mask_token is not None:
-            token_id = tokenizer.convert_tokens_to_ids(spec.mask_token)
-            from_tok = token_id if token_id != getattr(tokenizer, "unk_token_id", None) else None
-        if from_tok is not None:
-            sources["tokenizer"] = int(from_tok)
-        if getattr(spec, field) is not None:
-            sources[f"the '{spec.name}' preset"] = getattr(spec, field)
-        values = set(sources.values())
-        if len(values) > 1:
-            found = ", ".join(f"{where}: {value}" for where, value in sources.items())
-            raise ValueError(
-                f"{field} disagrees ({found}): this checkpoint does not match the '{spec.name}' family; "
-                f"pick the right model.family or fix the checkpoint's config/tokenizer"
-            )
-        if not values:
-            if field == "pad_token_id" and "eos_token_id" in resolved:
-                resolved[field] = resolved["eos_token_id"]  # common convention: pad = eos when none is declared
-                continue
-            raise ValueError(
-                f"{field} is declared neither in the checkpoint's config nor its tokenizer, and the '{spec.name}' "
-                f"preset does not fix it: add it to config.json (e.g. \"{field}\": ...)"
-            )
-        resolved[field] = values.pop()
-    if spec.attention == "block_causal":
-        from_config = getattr(config, "block_size", None) or getattr(config, "block_length", None)
-        chosen = block_size or from_config or spec.block_size
-        if from_config is not None and block_size is not None and block_size != from_config:
-            raise ValueError(
-                f"model.block_size={block_size} but the checkpoint was trained with block size {from_config}: "
-                "drop the override"
-            )
-        block = int(chosen)
-    else:
-        if block_size is not None:
-            raise ValueError(f"model.block_size applies to block-causal families, not '{spec.name}': remove it")
-        block = None
-    return dataclasses.replace(spec, block_size=block, **resolved)
-
-
-def _single_id(value: Any) -> int | None:
-    if isinstance(value, (list, tuple)):
-        return int(value[0]) if value else None
-    return None if value is None else int(value)
-
+from rlwork.models.families import (  # noqa: F401 (re-exported: the family facts live in families.py)
+    FAMILIES,
+    AttentionKind,
+    FamilySpec,
+    ForwardConvention,
+    get_family,
+    lora_target_paths,
+    resolve_family,
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Attention masks (pure functions)
@@ -266,31 +171,55 @@ class DiffusionLM:
         """
         n, t = input_ids.shape
         keep = 0 if logits_to_keep >= t else logits_to_keep
-        shift = self.family.shift_logits
+        shift, conv = self.family.shift_logits, self.family.forward
         if allowed is None:
             if key_mask is None:
                 past = 0 if cache is None else cache.get_seq_length()
                 key_mask = torch.ones(n, past + t, dtype=torch.bool, device=input_ids.device)
             allowed = allowed_attention(key_mask, t, self.family.attention, self.family.block_size)
-            if position_ids is None:
+            if position_ids is None and conv.position_ids:
                 position_ids = position_ids_from_mask(key_mask)[:, -t:]
         elif position_ids is None:
             raise ValueError("a custom `allowed` mask needs explicit position_ids")
-        out = (model or self.model)(
-            input_ids=input_ids,
-            attention_mask=attention_bias(allowed, self.dtype),
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=use_cache,
-            **({"logits_to_keep": keep + shift} if keep else {}),  # a shifted family needs one position more
-        )
-        logits = align_logits(out.logits, shift)
-        return (logits[:, 1:] if keep and shift else logits), (out.cache if use_cache else None)
+        elif not conv.position_ids:  # positions then count from the first column (RoPE: only differences matter)
+            raise ValueError(f"the '{self.family.name}' family's forward takes no position_ids: a custom mask with "
+                             "its own positions (the block-causal doubled sequence) cannot be expressed for it")
+        mask = attention_bias(allowed, self.dtype) if conv.mask_format == "additive" else allowed
+        kwargs: dict[str, Any] = {conv.mask_arg: mask, "use_cache": use_cache}
+        if conv.position_ids:
+            kwargs["position_ids"] = position_ids
+        if cache is not None or use_cache:
+            if conv.cache_arg is None:
+                raise ValueError(f"the '{self.family.name}' family's forward returns no KV cache rlwork can use: "
+                                 "set sampler.use_cache=false")
+            kwargs[conv.cache_arg] = cache
+            kwargs.update(dict(conv.cache_write) if use_cache else {})
+        if keep and conv.logits_to_keep_arg is not None:
+            kwargs[conv.logits_to_keep_arg] = keep + shift  # a shifted family needs one position more
+        out = (model or self.model)(input_ids=input_ids, **kwargs)
+        logits = out.logits if not keep or conv.logits_to_keep_arg else out.logits[:, -(keep + shift):]
+        logits = align_logits(logits, shift)
+        return (logits[:, 1:] if keep and shift else logits), (getattr(out, conv.cache_out) if use_cache else None)
+
+    def train_mode(self, module: torch.nn.Module) -> None:
+        """`module.train()` (the policy wrapper: peft model or DeepSpeed engine), except that a family whose
+        checkpoint runs its own training path in train mode (SDAR) keeps every module in eval mode but dropout
+        (the adapter's): gradients flow the same in eval mode."""
+        module.train()
+        if not self.family.forward.train_mode_forward:
+            for sub in module.modules():
+                if not isinstance(sub, torch.nn.Dropout):
+                    sub.training = False
 
     __call__ = forward
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def attention_kwargs(spec: FamilySpec, attn_implementation: str) -> dict[str, str]:
+    """`from_pretrained`'s attention keyword for the family: none where the class picks its own (LLaDA)."""
+    return {"attn_implementation": attn_implementation} if spec.attn_implementation else {}
 
 
 def load_diffusion_lm(
@@ -303,12 +232,14 @@ def load_diffusion_lm(
     attn_implementation: str = "sdpa",
     block_size: int | None = None,
 ) -> DiffusionLM:
-    """Load a checkpoint the way a real one is loaded (`AutoModelForCausalLM.from_pretrained`) and wrap it.
+    """Load a checkpoint the way a real one is loaded (the family's auto class, e.g. `AutoModelForCausalLM`) and wrap
+    it.
 
     `path="tiny"` (Stable-DiffCoder layout) or `"tiny-bidirectional"` builds once, caches and loads an embedded
     tiny coder through the same path.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import transformers
+    from transformers import AutoTokenizer
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype '{dtype}': choose one of {', '.join(DTYPES)}")
@@ -317,17 +248,18 @@ def load_diffusion_lm(
     if path in TINY_VARIANTS:
         path = str(ensure_tiny_coder(path))
         trust_remote_code = True  # our own modelling file, shipped inside the checkpoint like the real one
+    preset = get_family(family)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, trust_remote_code=trust_remote_code, dtype=DTYPES[dtype], attn_implementation=attn_implementation
-        )
+        auto = getattr(transformers, preset.auto_class)  # Dream, DiffuCoder and LLaDA map AutoModel
+        model = auto.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=DTYPES[dtype],
+                                     **attention_kwargs(preset, attn_implementation))
     except OSError as err:
         raise ValueError(
             f"could not load model.path='{path}' ({err}); pass a local HF checkpoint folder, an rlwork run or "
             "checkpoint folder, or 'tiny' for the embedded tiny coder (no hub downloads are possible offline)"
         ) from None
-    spec = resolve_family(get_family(family), model.config, tokenizer, block_size=block_size)
+    spec = resolve_family(preset, model.config, tokenizer, block_size=block_size)
     if spec.attention == "bidirectional" and getattr(model.config, "is_causal", True):
         model.config.is_causal = False  # plain calls become bidirectional too; our masks are explicit anyway
     return DiffusionLM(model.to(device), tokenizer, spec)

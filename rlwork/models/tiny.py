@@ -8,7 +8,8 @@
   block 4, no shift), and a bidirectional variant (`config.is_causal = False`).
 
 Both are saved in ordinary HF format and loaded through `AutoModelForCausalLM.from_pretrained`, exactly like a
-real checkpoint. Builds are deterministic and cached under `$RLWORK_CACHE` (default `~/.cache/rlwork`).
+real checkpoint. Builds are deterministic and cached under `cache_root()` (`$RLWORK_CACHE`, else the XDG cache
+directory: `~/.cache/rlwork`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,19 @@ class StableDiffcoderForCausalLM(LlamaForCausalLM):
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("RLWORK_CACHE", Path.home() / ".cache" / "rlwork"))
+    """Where rlwork caches what it builds (tiny coders, the demo's warm starts): `RLWORK_CACHE`, else
+    `$XDG_CACHE_HOME/rlwork`, else `~/.cache/rlwork`. `make` and the `rlwork` command use the same default."""
+    if os.environ.get("RLWORK_CACHE"):
+        return Path(os.environ["RLWORK_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rlwork"
+
+
+def cache_source() -> str:
+    """Which rule chose `cache_root()`, for the line the commands print at start."""
+    if os.environ.get("RLWORK_CACHE"):
+        return "from RLWORK_CACHE"
+    return "from XDG_CACHE_HOME; set RLWORK_CACHE to move it" if os.environ.get("XDG_CACHE_HOME") else \
+        "the default; set RLWORK_CACHE to move it"
 
 
 TOKENIZER_TASKS = 2048
@@ -134,13 +147,30 @@ def build_tiny_model(config, seed: int = 0):
         return LlamaForCausalLM(config)
 
 
+def save_on_any_rank(model, directory: str | Path) -> None:
+    """`model` in HF format (config.json + model.safetensors), written by this process whatever its rank.
+
+    Under torch.distributed, `save_pretrained` writes only on global rank 0; every rank of a launch that finds the
+    cache empty builds its own copy (then one rename wins), so each must write its files itself.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")  # as save_pretrained records it
+    model.config.architectures = [type(model).__name__]  # so does this: loaders and exports read the class from it
+    model.config.save_pretrained(directory)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, directory / "model.safetensors",
+              metadata={"format": "pt"})
+
+
 def save_tiny_coder(directory: str | Path, variant: str = "tiny", seed: int = 0) -> Path:
     """Build and save one tiny coder (tokenizer + weights + remote code) in HF format."""
     directory = Path(directory)
     tokenizer = build_tiny_tokenizer()
     config = tiny_config(variant, vocab_size=len(tokenizer))
     model = build_tiny_model(config, seed=seed)
-    model.save_pretrained(directory)
+    save_on_any_rank(model, directory)
     tokenizer.save_pretrained(directory)
     if variant == "tiny":
         (directory / "modeling_stable_diffcoder.py").write_text(MODELING_FILE)

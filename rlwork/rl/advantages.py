@@ -70,13 +70,31 @@ def batch_std(rewards: Tensor) -> Tensor:
     return scorable.std()
 
 
-def _finish(centred: Tensor, rewards: Tensor, num_generations: int, scale: str, eps: float) -> Tensor:
+def batch_moments(rewards: Tensor) -> Tensor:
+    """[count, sum, sum of squares] of the scorable rewards, float64 [3]. Summed over ranks (or batches), the sums
+    give `std_from_moments` of all the rewards together."""
+    scorable = rewards[~torch.isnan(rewards)].double()
+    return torch.stack([torch.tensor(float(scorable.numel()), dtype=torch.float64), scorable.sum(),
+                        (scorable**2).sum()])
+
+
+def std_from_moments(moments: Tensor) -> Tensor:
+    """Bessel-corrected std from `batch_moments` (possibly summed over ranks); 0 with fewer than two rewards."""
+    count, total, squares = moments.double().unbind()
+    if count < 2:
+        return torch.zeros((), dtype=torch.float64)
+    return ((squares - total**2 / count) / (count - 1)).clamp_min(0).sqrt()
+
+
+def _finish(centred: Tensor, rewards: Tensor, num_generations: int, scale: str, eps: float,
+            batch_scale: Tensor | None = None) -> Tensor:
     """Apply std scaling to centred [N] advantages and zero the rows that carry no signal."""
     if scale == "group":
         _, std, _ = group_stats(rewards, num_generations)
         centred = centred / (std.repeat_interleave(num_generations) + eps)  # [N]
     elif scale == "batch":
-        centred = centred / (batch_std(rewards) + eps)
+        std = batch_std(rewards) if batch_scale is None else batch_scale.to(centred.dtype)
+        centred = centred / (std + eps)
     elif scale != "none":
         raise ValueError(f"scale={scale!r}: choose one of {SCALES}")
     _, _, count = group_stats(rewards, num_generations)
@@ -84,16 +102,19 @@ def _finish(centred: Tensor, rewards: Tensor, num_generations: int, scale: str, 
     return centred.masked_fill(no_signal, 0.0)
 
 
-def grpo_advantages(rewards: Tensor, num_generations: int, scale: Scale = "group", eps: float = 1e-4) -> Tensor:
+def grpo_advantages(rewards: Tensor, num_generations: int, scale: Scale = "group", eps: float = 1e-4,
+                    batch_scale: Tensor | None = None) -> Tensor:
     """GRPO outcome advantages, ``(r_i - mean(r_group)) / (std(r_group) + eps)`` (arXiv 2402.03300, Sec. 4.1.2).
 
     rewards: [N] grouped contiguously; NaN = unscorable. Returns [N]; unscorable rows and rows of groups with
     fewer than two scorable rows get 0. ``scale="batch"`` divides by the batch std instead (TRL's
     ``scale_rewards="batch"``); ``scale="none"`` is Dr.GRPO. ``eps`` is added to the std (TRL uses 1e-4).
+    ``batch_scale``: the batch std to use with ``scale="batch"`` (None = this batch's own; under data parallelism
+    the std over all ranks' rows, from `batch_moments` summed over ranks).
     """
     mean, _, _ = group_stats(rewards, num_generations)
     centred = rewards - mean.repeat_interleave(num_generations)  # [N]
-    return _finish(centred, rewards, num_generations, scale, eps)
+    return _finish(centred, rewards, num_generations, scale, eps, batch_scale)
 
 
 def dr_grpo_advantages(rewards: Tensor, num_generations: int) -> Tensor:
@@ -105,7 +126,8 @@ def dr_grpo_advantages(rewards: Tensor, num_generations: int) -> Tensor:
     return grpo_advantages(rewards, num_generations, scale="none")
 
 
-def rloo_advantages(rewards: Tensor, num_generations: int, scale: Scale = "none", eps: float = 1e-4) -> Tensor:
+def rloo_advantages(rewards: Tensor, num_generations: int, scale: Scale = "none", eps: float = 1e-4,
+                    batch_scale: Tensor | None = None) -> Tensor:
     """REINFORCE leave-one-out: ``r_i - mean_{j != i} r_j`` within the group (arXiv 2402.14740, Sec. 3).
 
     Used by DiffuCoder and ESPO. Over the k scorable rows of a group this equals ``k/(k-1) * (r_i - mean)``.
@@ -119,7 +141,7 @@ def rloo_advantages(rewards: Tensor, num_generations: int, scale: Scale = "none"
     total = torch.where(scorable, grouped, torch.zeros_like(grouped)).sum(dim=1, keepdim=True)  # [B, 1]
     baseline = (total - grouped) / (count - 1).clamp(min=1)  # [B, G]
     centred = (grouped - baseline).reshape(-1)  # [N]
-    return _finish(centred, rewards, num_generations, scale, eps)
+    return _finish(centred, rewards, num_generations, scale, eps, batch_scale)
 
 
 def compute_advantages(
@@ -128,8 +150,9 @@ def compute_advantages(
     estimator: Estimator = "grpo",
     scale: Scale | None = None,
     eps: float = 1e-4,
+    batch_scale: Tensor | None = None,
 ) -> Tensor:
-    """One entry point for the estimators above.
+    """One entry point for the estimators above (``batch_scale``: see `grpo_advantages`).
 
     rewards: [N] (the weighted total of the reward functions); NaN = unscorable. Returns [N].
     estimator: ``"grpo"`` (group mean baseline), ``"dr_grpo"`` (group mean, never scaled), ``"rloo"``
@@ -149,8 +172,8 @@ def compute_advantages(
             )
         return dr_grpo_advantages(rewards, num_generations)
     if estimator == "rloo":
-        return rloo_advantages(rewards, num_generations, scale=scale, eps=eps)
-    return grpo_advantages(rewards, num_generations, scale=scale, eps=eps)
+        return rloo_advantages(rewards, num_generations, scale=scale, eps=eps, batch_scale=batch_scale)
+    return grpo_advantages(rewards, num_generations, scale=scale, eps=eps, batch_scale=batch_scale)
 
 
 def zero_std_groups(rewards: Tensor, num_generations: int, atol: float = 0.0) -> Tensor:
@@ -206,7 +229,9 @@ def reward_metrics(
 
     rewards: [N] combined reward (NaN = unscorable); rewards_per_func: [N, R] with ``reward_names`` (R names).
     Keys: ``reward/mean`` and ``reward/std`` over scorable rows (NaN if none), ``reward/frac_unscorable``,
-    ``reward/frac_zero_std``, and ``reward/<name>/mean`` over the rows that function scored (NaN if none).
+    ``reward/frac_zero_std``, and ``reward/<name>/mean`` and ``reward/<name>/std`` (Bessel-corrected, 0 below two
+    values) over the rows that function scored (mean NaN if none). TRL logs the same as ``reward``, ``reward_std``,
+    ``rewards/<name>/mean|std`` (runtime/trl_names.py).
     """
     scorable = ~torch.isnan(rewards)
     metrics = {
@@ -220,4 +245,5 @@ def reward_metrics(
             raise ValueError(f"reward_names={reward_names}: give one name per column of rewards_per_func")
         for name, column in zip(reward_names, rewards_per_func.unbind(dim=1), strict=True):
             metrics[f"reward/{name}/mean"] = torch.nanmean(column)
+            metrics[f"reward/{name}/std"] = batch_std(column)
     return metrics

@@ -82,6 +82,23 @@ def likelihood_of_rows(algo: AlgoConfig, sampler: SamplerConfig, lm: DiffusionLM
 
 
 @torch.no_grad()
+def terms_of_rows(algo: AlgoConfig, sampler: SamplerConfig, lm: DiffusionLM, rollout: Rollout,
+                  draw: list[MaskDraw | None], micro_batch_size: int, model: torch.nn.Module,
+                  needed: Tensor | None = None) -> Tensor:
+    """[N, L] per-token likelihood terms of the `needed` rows ([N] bool, None = all) under one draw per micro-batch
+    (`draw[c]`), computed micro-batch by micro-batch without a graph; the other rows stay 0."""
+    n, length = rollout.completion_ids.shape
+    needed = torch.ones(n, dtype=torch.bool) if needed is None else needed
+    out = torch.zeros(n, length, device=rollout.completion_ids.device)
+    for c, s in enumerate(row_chunks(n, micro_batch_size)):
+        rows = torch.arange(s.start, s.stop)[needed[s].cpu()]
+        if rows.numel():
+            out[rows.to(out.device)] = likelihood_of_rows(algo, sampler, lm, rollout, rows, draw[c], s.start,
+                                                          model).per_token
+    return out
+
+
+@torch.no_grad()
 def old_and_ref_logps(algo: AlgoConfig, sampler: SamplerConfig, lm: DiffusionLM, engine, ref_policy,
                       rollout: Rollout, draws: Draws, micro_batch_size: int,
                       needed: Tensor | None = None) -> tuple[list | None, list | None]:
@@ -96,17 +113,8 @@ def old_and_ref_logps(algo: AlgoConfig, sampler: SamplerConfig, lm: DiffusionLM,
     nothing), so these are the old policy's trace terms without a forward, and the ratio is that of the current
     policy to the distribution the tokens were actually drawn from.
     """
-    n, length = rollout.completion_ids.shape
-    needed = torch.ones(n, dtype=torch.bool) if needed is None else needed
-
     def terms(model, d: list[MaskDraw | None]) -> Tensor:
-        out = torch.zeros(n, length, device=rollout.completion_ids.device)
-        for c, s in enumerate(row_chunks(n, micro_batch_size)):
-            rows = torch.arange(s.start, s.stop)[needed[s].cpu()]
-            if rows.numel():
-                out[rows.to(out.device)] = likelihood_of_rows(algo, sampler, lm, rollout, rows, d[c], s.start,
-                                                              model).per_token
-        return out
+        return terms_of_rows(algo, sampler, lm, rollout, d, micro_batch_size, model, needed)
 
     old = ref = None
     if algo.likelihood == "trace":

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlwork.config import RewardsConfig
+from rlwork.config import ConfigError, RewardsConfig
 from rlwork.rl.advantages import DEFAULT_SCALE, compute_advantages, zero_std_groups
 from rlwork.rl.scoring import RewardScorer
 from rlwork.runtime.tracking import load_rollouts
@@ -62,8 +62,8 @@ def _group_size(rows: Sequence[Mapping[str, Any]], num_generations: int | None) 
         raise ValueError(f"groups have different sizes {sorted(found)}: the rollouts must hold whole groups of G rows")
     size = found.pop()
     if num_generations is not None and num_generations != size:
-        raise ValueError(f"num_generations={num_generations} but the saved groups hold {size} rows each: pass {size} "
-                         "or leave it out")
+        raise ConfigError(f"algo.num_generations={num_generations} but the saved groups hold {size} rows each: set "
+                         f"algo.num_generations={size} (`rlwork rescore` reads it from the run's saved config)")
     return size
 
 
@@ -111,6 +111,7 @@ def rescore(
     scale_rewards: str | None = None,
     problems: Sequence[Mapping[str, Any]] | None = None,
     steps: Sequence[int] | None = None,
+    reward_kwargs: dict[str, dict] | None = None,
     timeout_s: float = 5.0,
     workers: int | None = None,
     allow_weak_isolation: bool = False,
@@ -125,13 +126,16 @@ def rescore(
     scale_rewards: as `algo.advantage` / `algo.scale_rewards` (None = the estimator's default), applied per step to
     the old and the new rewards alike. problems: dataset rows joined on `task_id` for rewards that read columns
     (unit tests); e.g. `load_split(cfg.data, cfg.data.split, cfg.seed)`. steps: only these steps (None = all).
-    Rewards differ when |old - new| > atol or exactly one is NaN.
+    Rewards differ when |old - new| > atol or exactly one is NaN. reward_kwargs: parameters of parameterised
+    rewards by name (`rewards.kwargs`). The store keeps completion text, not token ids, so a length reward
+    measures characters here where training measured tokens.
     """
     from tqdm.auto import tqdm
 
     weights = tuple(weights) if weights is not None else (1.0,) * len(reward_names)
     rewards_cfg = RewardsConfig(functions=tuple(reward_names), weights=tuple(float(w) for w in weights),
-                                timeout_s=timeout_s, workers=workers, allow_weak_isolation=allow_weak_isolation)
+                                kwargs=dict(reward_kwargs or {}), timeout_s=timeout_s, workers=workers,
+                                allow_weak_isolation=allow_weak_isolation)
     rows = _ordered_rows(run_dir, steps)
     G = _group_size(rows, num_generations)
     columns, missing = _reward_columns(rows, problems)
@@ -152,6 +156,7 @@ def rescore(
     stored_adv = torch.tensor([r["advantage"] for r in rows], dtype=torch.float64)  # [N]
     advantages = _advantage_changes(rows, old, new, stored_adv, G, advantage_estimator, scale_rewards)
     differ = _disagreement(old, new, atol)
+    languages = [_row_language(r, c) for r, c in zip(rows, columns, strict=True)]
     return {
         "run_dir": str(run_dir), "steps": sorted({r["step"] for r in rows}), "num_rows": len(rows),
         "num_groups": len(rows) // G, "num_generations": G, "reward_names": list(scorer.names),
@@ -164,7 +169,24 @@ def rescore(
             "examples": _examples(rows, old, new, differ, max_examples),
         },
         "advantages": advantages,
+        "by_language": _language_split(languages, old, new, differ) if set(languages) != {"python"} else {},
     }
+
+
+def _row_language(row: Mapping[str, Any], columns: Mapping[str, Any]) -> str:
+    """The language a saved row ran in (stored by runs since issue 21), else its problem's, else Python."""
+    lang = row.get("language") or columns.get("language")
+    return lang if lang and lang != "any" else "python"
+
+
+def _language_split(languages: Sequence[str], old: Tensor, new: Tensor, differ: Tensor) -> dict[str, Any]:
+    """Per language: rows, old and new mean total reward, fraction of rows whose reward changed."""
+    out = {}
+    for lang in sorted(set(languages)):
+        mask = torch.tensor([x == lang for x in languages])  # [N]
+        out[lang] = {"rows": int(mask.sum()), "old_mean": _nanmean(old[mask]), "new_mean": _nanmean(new[mask]),
+                     "disagreement_frac": _num(differ[mask].double().mean())}
+    return out
 
 
 def _reward_means(per_func: Tensor, names: Sequence[str], total: Tensor) -> dict[str, Any]:
@@ -246,6 +268,9 @@ def format_rescore_report(result: Mapping[str, Any]) -> str:
     lines.append(f"disagreement: {dis['rows']}/{r['num_rows']} rows ({_fmt(dis['frac'], '.1%')}) differ by more "
                  f"than {dis['atol']:g}" + "".join(f"; {n}: {_fmt(f, '.1%')} vs the run's"
                                                     for n, f in dis["per_reward"].items()))
+    for lang, m in r.get("by_language", {}).items():
+        lines.append(f"  {lang}: {m['rows']} rows, total reward {_fmt(m['old_mean'])} -> {_fmt(m['new_mean'])}, "
+                     f"{_fmt(m['disagreement_frac'], '.1%')} differ")
     for ex in dis["examples"]:
         text = ex["completion"].replace("\n", "\\n")
         lines.append(f"  step {ex['step']} {ex['task_id']} old {_fmt(ex['old'])} new {_fmt(ex['new'])}  {text[:80]!s}")

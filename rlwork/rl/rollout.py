@@ -11,7 +11,7 @@ import torch
 
 from rlwork.diffusion.rollout import Rollout, concat_rollouts, generate_rollouts
 from rlwork.rl.advantages import refill_rows, zero_std_groups
-from rlwork.rl.scoring import RewardScorer, StepScores
+from rlwork.rl.scoring import RewardScorer, StepScores, completion_token_ids
 from rlwork.runtime import dist
 from rlwork.runtime import engine as eng
 from rlwork.runtime.rng import row_generator
@@ -60,7 +60,7 @@ def refill_flat_groups(session: Session, scorer: RewardScorer, step: int, rollou
         with timer("rollout"), eng.gathered_parameters(session.engine):
             extra = sample(session, step, f"sample{rounds}")
         with timer("score"):
-            extra_scores = scorer.score(extra.prompts, extra.completions, extra.problems)
+            extra_scores = scorer.score(extra.prompts, extra.completions, extra.problems, completion_token_ids(extra))
             rows = refill_rows(scores.total, extra_scores.total, G)
             rollout = concat_rollouts(rollout, extra, session.lm.pad_id).select(rows)
             rollout = dataclasses.replace(rollout,

@@ -5,9 +5,10 @@
                    2b: DAPO refill of groups without signal                           (rl/rollout.py)
     3 advantages   weighted reward -> group advantages; zero-signal groups filtered    (rl/advantages.py)
     4 likelihoods  old and reference ELBOs under the step's shared mask draws, or      (rl/likelihoods.py)
-                   trace log-probs of the sampler's trajectories (old: the rollout's)
+                   trace log-probs of the sampler's trajectories (old: the rollout's);
+                   every train.log_every steps, the ELBO estimator's spread over draws (rl/elbo_spread.py)
     5 update       num_iterations passes of the clipped policy gradient                 (rl/update.py)
-    6 evaluate     every eval.every_steps steps: pass@k of the updated policy on eval.split (evaluation/eval.py)
+    6 evaluate     every eval.every_steps steps: pass@k of the updated policy on the eval source (evaluation/eval.py)
     7 log          metrics, rollouts, completions table, checkpoint                     (runtime/tracking.py)
 
 Nothing algorithmic lives here: this module only sequences the phases. Setup (model, adapter, engine, data,
@@ -26,16 +27,34 @@ from tqdm.auto import tqdm
 
 from rewards.sandbox import Evaluator
 from rlwork.config import RunConfig
-from rlwork.data.prompts import PromptStream, load_split
+from rlwork.data.prompts import PromptStream, load_eval_split, load_split
 from rlwork.diffusion.rollout import Rollout
 from rlwork.evaluation.eval import evaluate_sharded, open_sandbox
 from rlwork.rl import rollout as phase1
-from rlwork.rl.advantages import compute_advantages, frac_zero_std, reward_metrics, rows_with_signal
+from rlwork.rl.advantages import (
+    DEFAULT_SCALE,
+    batch_moments,
+    compute_advantages,
+    frac_zero_std,
+    reward_metrics,
+    rows_with_signal,
+    std_from_moments,
+)
+from rlwork.rl.elbo_spread import estimator_std
 from rlwork.rl.likelihoods import draw_step_masks, old_and_ref_logps
-from rlwork.rl.scoring import RewardScorer, rollout_rows, sandbox_metrics
-from rlwork.rl.update import no_update_metrics, policy_updates
+from rlwork.rl.scoring import (
+    RewardScorer,
+    completion_token_ids,
+    language_means,
+    language_totals,
+    rollout_rows,
+    sandbox_metrics,
+    step_languages,
+)
+from rlwork.rl.update import kl_without_update, no_update_metrics, policy_updates
 from rlwork.runtime import dist
 from rlwork.runtime import engine as eng
+from rlwork.runtime.plots import plot_run
 from rlwork.runtime.session import Session, check_divisible, open_session
 from rlwork.runtime.timing import PhaseTimer
 from rlwork.runtime.tracking import reduce_metrics, save_rollouts
@@ -52,8 +71,10 @@ class RlSession(Session):
     ref_policy: eng.RefPolicy | None = None
     scorer: RewardScorer | None = None
     eval_problems: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    """The first eval.training_problems of eval.split, for phase 6 (empty when eval.every_steps is 0)."""
+    """The first eval.training_problems of the evaluation source, for phase 6 (empty when eval.every_steps is 0)."""
     eval_sandbox: Evaluator | None = None
+    languages: tuple[str, ...] = ()
+    """Languages of the per-language metrics (`scoring.step_languages`); () for a Python-only dataset."""
 
     def close(self) -> None:
         super().close()
@@ -63,27 +84,43 @@ class RlSession(Session):
             self.eval_sandbox.close()
 
 
-def setup(cfg: RunConfig, resume: bool = False) -> RlSession:
-    """The shared session (`runtime.session.open_session`) with LoRA per `lora.enabled`, plus the reference policy,
-    the reward functions and, with eval.every_steps, the in-training evaluation problems and sandbox."""
+def setup(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> RlSession:
+    """The reward functions and the data (both checked before any model loads), then the shared session
+    (`runtime.session.open_session`) with LoRA per `lora.enabled`, plus the reference policy and, with
+    eval.every_steps, the in-training evaluation problems and sandbox. `overwrite`: see `runtime.session`."""
     dist.init_distributed()
     check_divisible("train.prompts_per_step", cfg.train.prompts_per_step)
+    eval_problems: list[dict[str, Any]] = []
+    if cfg.eval.every_steps:  # before loading a model: the source may be refused (the training data)
+        eval_problems, source = load_eval_split(cfg.data, cfg.eval, cfg.seed)
+        eval_problems = eval_problems[: cfg.eval.training_problems]
+        if dist.is_main_process():
+            tqdm.write(f"eval/pass@k every {cfg.eval.every_steps} steps: {len(eval_problems)} problems of "
+                       f"{source.describe()}")
     rows_per_rank = cfg.train.prompts_per_step // dist.world_size() * cfg.algo.num_generations
-    base = open_session(cfg, cfg.train, kind="rl", problems=load_split(cfg.data, cfg.data.split, cfg.seed),
-                        rows_per_rank=rows_per_rank, lora=cfg.lora.enabled, resume=resume)
+    scorer = RewardScorer(cfg.rewards)  # an unimportable reward fails here, before the model loads
+    try:
+        problems = load_split(cfg.data, cfg.data.split, cfg.seed)
+        base = open_session(cfg, cfg.train, kind="rl", problems=problems, rows_per_rank=rows_per_rank,
+                            lora=cfg.lora.enabled, resume=resume, overwrite=overwrite)
+    except BaseException:
+        scorer.close()
+        raise
     session = RlSession(**{f.name: getattr(base, f.name) for f in dataclasses.fields(Session)})
+    session.scorer = scorer
     session.ref_policy = eng.RefPolicy.build(session.engine.model, cfg.algo.beta,
                                              copy_for_full_ft=cfg.algo.reference_copy)
-    session.scorer = RewardScorer(cfg.rewards)
+    session.languages = step_languages(session.stream.problems)
     if cfg.eval.every_steps:
-        session.eval_problems = load_split(cfg.data, cfg.eval.split, cfg.seed)[: cfg.eval.training_problems]
+        session.eval_problems = eval_problems
         session.eval_sandbox = open_sandbox(cfg)
     return session
 
 
-def train(cfg: RunConfig, resume: bool = False) -> dict[str, float]:
-    """Run `cfg.train.steps` RL steps (continuing from the latest checkpoint with `resume`); last step's metrics."""
-    session = setup(cfg, resume)
+def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
+    """Run `cfg.train.steps` RL steps (continuing from the latest checkpoint with `resume`; replacing another run's
+    files in output_dir with `overwrite`); returns the last step's metrics."""
+    session = setup(cfg, resume, overwrite)
     unscorable_streak, metrics = 0, {}
     try:
         steps = range(session.start_step, cfg.train.steps)
@@ -100,6 +137,8 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, float]:
                 session.save(step + 1, cfg.train.keep_checkpoints)
     finally:
         session.close()
+    if dist.is_main_process():
+        tqdm.write(f"curves: {plot_run(session.run_dir)}")
     return metrics
 
 
@@ -116,7 +155,8 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
 
     # 2 score: every reward function on every completion; a raising reward yields NaN for its rows.
     with timer("score"):
-        scores = session.scorer.score(rollout.prompts, rollout.completions, rollout.problems)
+        scores = session.scorer.score(rollout.prompts, rollout.completions, rollout.problems,
+                                      completion_token_ids(rollout))
     flat_frac = float(frac_zero_std(scores.total, G))
     fresh_reward = float(scores.total.nanmean())  # the first round's prompts, before any refill: an unbiased estimate
 
@@ -128,30 +168,46 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
 
     # 3 advantages; groups whose rewards are all equal carry no signal and are left out of the loss (DAPO).
     with timer("advantages"):
-        advantages = compute_advantages(rewards, G, algo.advantage, algo.scale_rewards)  # [N]
+        batch_scale = None  # scale_rewards=batch divides by the std of every rank's rewards, not this rank's
+        if (algo.scale_rewards or DEFAULT_SCALE[algo.advantage]) == "batch":
+            batch_scale = std_from_moments(dist.all_reduce(batch_moments(rewards)))
+        advantages = compute_advantages(rewards, G, algo.advantage, algo.scale_rewards, batch_scale=batch_scale)
         signal = torch.ones_like(rewards, dtype=torch.bool)
         if algo.dynamic_sampling != "keep":
             signal = torch.zeros_like(signal).index_fill_(0, rows_with_signal(rewards, G), True)
 
     # 4 old/reference likelihoods under shared mask draws (one draw per iteration if masks are resampled); the trace
-    # draws nothing and reads the old log-probs from the rollout.
-    with timer("likelihoods"):
+    # draws nothing and reads the old log-probs from the rollout. Ranks score only their signal rows, so their
+    # numbers of forwards differ: ZeRO-3 gathers the weights once for the phase, or its per-layer gathers would wait
+    # on each other.
+    with timer("likelihoods"), eng.gathered_parameters(engine):
         draws = draw_step_masks(algo, lm, rollout, cfg.train.micro_batch_size, cfg.seed, step, first_row)
+        any_signal = dist.any_rank(bool(signal.any()))
         old, ref = old_and_ref_logps(algo, cfg.sampler, lm, engine, session.ref_policy, rollout, draws,
-                                     cfg.train.micro_batch_size, needed=signal)
+                                     cfg.train.micro_batch_size, needed=signal if any_signal else None)
+        spread = {}
+        if step % cfg.train.log_every == 0 and algo.likelihood == "trace":
+            spread["elbo/estimator_std"] = 0.0  # the trajectory likelihood is exact: no mask draw to vary
+        elif step % cfg.train.log_every == 0:  # the estimator's own noise: the same rows under fresh mask draws
+            spread["elbo/estimator_std"] = estimator_std(algo, lm, engine.module, rollout, cfg.train.micro_batch_size,
+                                                         cfg.seed, step, first_row)
 
     # 5 policy updates: num_iterations passes, gradient accumulation over micro-batches. With no signal on any
     # rank there is nothing to learn, and an optimizer step on zero gradients would still move the weights
     # (Adam's momentum), so every rank skips the phase together.
     with timer("update"):
-        if dist.any_rank(bool(signal.any())):
+        if any_signal:
             update_metrics = policy_updates(algo, cfg.sampler, lm, engine, rollout, advantages, signal, draws, old,
                                             ref, cfg.train.micro_batch_size, cfg.train.learning_rate)
-        else:
+        else:  # the KL to the reference still exists (over every row: phase 4 scored them all for it)
             update_metrics = no_update_metrics(has_reference=ref is not None, trace=algo.likelihood == "trace")
+            if ref is not None:
+                with eng.gathered_parameters(engine):
+                    update_metrics["policy/kl"] = kl_without_update(algo, cfg.sampler, lm, engine.module, ref,
+                                                                    rollout, draws, cfg.train.micro_batch_size)
         update_metrics["optim/no_signal_step"] = float(not signal.any())
 
-    # 6 evaluate: every eval.every_steps steps (and after the last), pass@k of the updated policy on eval.split.
+    # 6 evaluate: every eval.every_steps steps (and after the last), pass@k of the updated policy on the eval source.
     eval_metrics: dict[str, float] = {}
     if cfg.eval.every_steps and ((step + 1) % cfg.eval.every_steps == 0 or step + 1 == cfg.train.steps):
         with timer("evaluate"), eng.gathered_parameters(engine):
@@ -159,8 +215,9 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
 
     # 7 log: metrics reduced across ranks, rollouts saved, completions table every few steps.
     with timer("log"):
-        metrics = {**reward_metrics(rewards, G, scores.per_func, list(scores.names)), **update_metrics,
-                   **sandbox_metrics(scores), **completion_metrics(rollout, signal, lm.eos_id)}
+        metrics = {**reward_metrics(rewards, G, scores.per_func, list(scores.names)), **update_metrics, **spread,
+                   **sandbox_metrics(scores), **completion_metrics(rollout, signal, lm.eos_id),
+                   **language_totals(rollout.problems, rewards, scores.outcomes, session.languages)}
         metrics["reward/errors"] = float(len(scores.errors))
         metrics["reward/frac_zero_std_before_resample"] = flat_frac
         metrics["reward/mean_before_resample"] = fresh_reward
@@ -177,7 +234,7 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
     metrics.update(timer.metrics())
     metrics["perf/tokens_per_s"] = rollout.num_tokens / max(timer.seconds["rollout"], 1e-9)
     metrics["perf/sampler_forwards"] = float(rollout.num_forwards)
-    metrics = reduce_metrics(metrics)
+    metrics = language_means(reduce_metrics(metrics))
     session.tracker.log(metrics, step)
     if dist.is_main_process():
         tqdm.write(step_summary(step, cfg.train.steps, metrics))
@@ -194,11 +251,18 @@ def evaluate_during_training(session: RlSession) -> dict[str, float]:
 
 
 def completion_metrics(rollout: Rollout, signal: torch.Tensor, eos_id: int) -> dict[str, float]:
+    """Completion lengths (tokens, EOS included) over all rows and over the rows that ended with EOS (NaN when none
+    did), the EOS fraction, and the fraction of rows that reached the loss."""
     lengths = rollout.completion_mask.sum(1).float()
     has_eos = ((rollout.completion_ids == eos_id) & rollout.completion_mask).any(1)
+    ended = lengths[has_eos] if has_eos.any() else torch.full((1,), math.nan)
     return {
         "completion/len_mean": float(lengths.mean()),
+        "completion/len_min": float(lengths.min()),
         "completion/len_max": float(lengths.max()),
+        "completion/terminated_len_mean": float(ended.mean()),
+        "completion/terminated_len_min": float(ended.min()),
+        "completion/terminated_len_max": float(ended.max()),
         "completion/eos_frac": float(has_eos.float().mean()),
         "reward/frac_rows_trained": float(signal.float().mean()),
     }

@@ -18,6 +18,12 @@ a process killed mid-save leaves a `.tmp-*` folder that is never loaded (and is 
 `latest` pointer is replaced atomically too; if it is missing or stale, the newest complete `step_*` is used.
 All ranks must call `save_checkpoint`/`load_checkpoint` (DeepSpeed's engine state is per rank); the run folder
 must be on a file system every rank sees.
+
+Why not accelerate's `save_state`/`load_state`: they write into the target folder in place (a process killed
+mid-save leaves a half-written checkpoint that `load_state` then reads), keep no `latest` pointer, save the global
+RNGs but not the caller's named `torch.Generator`s, check neither backend nor world size on load, and need the
+model and optimizer prepared by an `Accelerator`, which our torch/DeepSpeed engine does not use. The peft adapter is
+still saved with peft's own `save_pretrained`, and DeepSpeed's state with DeepSpeed's `save_checkpoint`.
 """
 
 from __future__ import annotations
@@ -239,15 +245,18 @@ def export_merged(
     base_path: str | Path,
     out_dir: str | Path,
     trust_remote_code: bool = False,
+    auto_class: str = "AutoModelForCausalLM",
 ) -> Path:
     """Write an HF checkpoint of base + adapter merged (`merge_and_unload`) to `out_dir` (atomically).
 
-    Loads with `AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=...)`: safetensors weights in the
-    base's dtype, the base's tokenizer and, for remote-code models, the base folder's modelling `.py` files next to
-    a config whose `auto_map` is kept. A full fine-tuning checkpoint's `model/` folder is exported the same way.
+    Loads with `<auto_class>.from_pretrained(out_dir, trust_remote_code=...)` (the family's class: AutoModel for
+    LLaDA, Dream, DiffuCoder): safetensors weights in the base's dtype, the base's tokenizer and, for remote-code
+    models, the base folder's modelling `.py` files next to a config whose `auto_map` is kept. A full fine-tuning
+    checkpoint's `model/` folder is exported the same way.
     """
+    import transformers
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     source = Path(checkpoint_or_run_dir)
     ckpt = source if (source / "meta.json").is_file() else latest_checkpoint(source)
@@ -259,7 +268,8 @@ def export_merged(
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if (ckpt / "adapter").is_dir():
-        base = AutoModelForCausalLM.from_pretrained(base_path, trust_remote_code=trust_remote_code, dtype="auto")
+        auto = getattr(transformers, auto_class)
+        base = auto.from_pretrained(base_path, trust_remote_code=trust_remote_code, dtype="auto")
         merged = PeftModel.from_pretrained(base, ckpt / "adapter").merge_and_unload()
         merged.save_pretrained(tmp)
     elif (ckpt / "model").is_dir():

@@ -1,5 +1,5 @@
 """torch.distributed helpers: join the process group, ask for rank and world size, and the few collectives the
-trainers need (mean, any, broadcast, gather of Python objects).
+trainers need (mean, sum/min/max, any, gather of Python objects).
 
 Every helper also works without a process group (one process is rank 0 of 1 and each collective is the
 identity), so callers use them unconditionally. Nothing here knows about models or optimizers.
@@ -90,6 +90,23 @@ def all_reduce_mean(tensor: Tensor) -> Tensor:
         out = out.to(collective_device(dist.get_backend(), home))
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         out = (out / world_size()).to(home)
+    return out
+
+
+def all_reduce(tensor: Tensor, op: str = "sum") -> Tensor:
+    """Elementwise "sum", "min" or "max" over ranks (a new tensor; the input is not modified). Identity on one
+    process."""
+    import torch.distributed as dist
+
+    ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+    if op not in ops:
+        raise ValueError(f"op={op!r}: choose one of {', '.join(ops)}")
+    out = tensor.detach().clone()
+    if _dist_ready() and world_size() > 1:
+        home = out.device
+        out = out.to(collective_device(dist.get_backend(), home))
+        dist.all_reduce(out, op=ops[op])
+        out = out.to(home)
     return out
 
 

@@ -54,7 +54,7 @@ def apply_lora(
     dropout: float = 0.0,
     target_modules: Sequence[str] = LORA_TARGETS,
 ) -> nn.Module:
-    """Wrap `model` in a peft LoRA adapter (task type CAUSAL_LM); only adapter weights stay trainable.
+    """Wrap `model` in a peft LoRA adapter (a plain PeftModel); only adapter weights stay trainable.
 
     `r=0` means full fine-tuning: the model is returned unwrapped with every parameter trainable.
     """
@@ -64,11 +64,12 @@ def apply_lora(
         for param in model.parameters():
             param.requires_grad_(True)
         return model
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), task_type=TaskType.CAUSAL_LM
-    )
+    # No task type: peft's causal-LM wrapper reads the model's `prepare_inputs_for_generation`, which Dream's class
+    # lacks under transformers 5 (its only mixin is its own diffusion_generate), and rlwork never calls peft's
+    # generate. The plain PeftModel forwards every keyword to the model.
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules))
     return get_peft_model(model, config)
 
 
@@ -111,8 +112,9 @@ class RefPolicy:
             return cls(model, None)
         if not copy_for_full_ft:
             raise ValueError(
-                f"beta={beta} with full fine-tuning needs a reference model: enable the frozen copy (one more model "
-                "in memory), use LoRA (the reference is then the adapter-disabled base, free), or set beta=0"
+                f"algo.beta={beta} with full fine-tuning needs a reference model: set algo.reference_copy=true (a "
+                "frozen copy: one more model in memory), lora.enabled=true (the reference is then the "
+                "adapter-disabled base, free), or algo.beta=0"
             )
         frozen = copy.deepcopy(model).eval()
         frozen.requires_grad_(False)
@@ -339,9 +341,30 @@ def gathered_parameters(engine: TrainEngine) -> contextlib.AbstractContextManage
     are discarded. A bare `deepspeed.zero.GatheredParameters` is not enough: ZeRO-3's module hooks re-partition
     each layer after its forward (measured: the first forward inside releases them). DeepSpeed's own
     `unwrap_model_for_generation` gathers once and removes those hooks for the duration, re-adding them on exit.
+
+    Ranks may run different numbers of forwards inside (a rollout whose rows stop early, phase 4 scoring only each
+    rank's signal rows): no collective runs in a forward here. `unwrap_model_for_generation` keeps one hook, ZeRO-3's
+    start-of-forward hook on the top module, whose trace bookkeeping runs collectives (`reset_step` checks that the
+    ranks recorded the same module order) until a trace is complete: two ranks with different numbers of forwards
+    then waited on each other for good (measured: a rank without signal in phase 4 hung a 2-rank ZeRO-3 step). With
+    every weight gathered the hook has nothing to do, so it is detached for the phase too and re-attached after.
     """
     if engine.backend != "deepspeed" or engine.zero_stage < 3:
         return contextlib.nullcontext()
+    return _zero3_gathered(engine.module)
+
+
+@contextlib.contextmanager
+def _zero3_gathered(ds_engine) -> Iterator[None]:
     from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
 
-    return unwrap_model_for_generation(engine.module)
+    offload = getattr(ds_engine.optimizer, "parameter_offload", ds_engine.optimizer)
+    handle = getattr(offload, "fwd_pre_hook", None)  # DeepSpeed's name for the start-of-forward hook's handle
+    with unwrap_model_for_generation(ds_engine):
+        hooks = offload.module._forward_pre_hooks
+        saved = hooks.pop(handle.id, None) if handle is not None else None
+        try:
+            yield
+        finally:
+            if saved is not None:  # back in first place, before the module hooks that unwrap re-adds on exit
+                hooks[handle.id] = saved

@@ -18,11 +18,25 @@ import torch
 
 from rlwork.config import ModelConfig
 from rlwork.config.typed import ConfigError, build, read_yaml
-from rlwork.models.lm import DTYPES, DiffusionLM, load_diffusion_lm, set_flush_denormal
+from rlwork.models.export_code import add_diffusion_generate
+from rlwork.models.lm import (
+    DTYPES,
+    DiffusionLM,
+    attention_kwargs,
+    get_family,
+    load_diffusion_lm,
+    resolve_family,
+    set_flush_denormal,
+)
 from rlwork.models.tiny import TINY_VARIANTS, ensure_tiny_coder
 from rlwork.runtime.checkpoint import export_merged, latest_checkpoint
 
 logger = logging.getLogger(__name__)
+
+class CheckpointError(ValueError):
+    """A path named as a checkpoint is not one, or the checkpoint was trained from other starting weights; the
+    message says what to pass instead. The rlwork commands print it without a traceback."""
+
 
 MAX_RUN_CHAIN = 16
 """A run whose base is a run whose base is ... stops here (a loop of runs naming each other)."""
@@ -34,8 +48,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     path = Path(path)
     found = path if (path / "adapter_config.json").is_file() else run_checkpoint(path)
     if found is None:
-        raise ValueError(f"checkpoint={str(path)!r} is neither a checkpoint folder (with meta.json), a run folder "
-                         "with a complete checkpoint under checkpoints/, nor a peft adapter folder")
+        raise CheckpointError(f"checkpoint={str(path)!r} is neither a checkpoint folder (with meta.json), a run "
+                              "folder with a complete checkpoint under checkpoints/, nor a peft adapter folder")
     return found
 
 
@@ -53,8 +67,8 @@ def run_checkpoint(path: str | os.PathLike) -> Path | None:
     if (path / "checkpoints").is_dir():
         latest = latest_checkpoint(path)
         if latest is None:
-            raise ValueError(f"{str(path)!r} is an rlwork run folder without a complete checkpoint: let it save one "
-                             "(sft.save_every / train.save_every), or name a checkpoint or HF model folder")
+            raise CheckpointError(f"{str(path)!r} is an rlwork run folder without a complete checkpoint: let it save "
+                                  "one (sft.save_every / train.save_every), or name a checkpoint or HF model folder")
         return latest
     return None
 
@@ -82,7 +96,7 @@ def check_started_from(ckpt: Path, model_cfg: ModelConfig) -> None:
         return
     started = pin_model_path(dataclasses.replace(model_cfg, path=str(saved["path"]))).path
     if started != pin_model_path(model_cfg).path:
-        raise ValueError(f"{ckpt} was trained from model.path={saved['path']!r}, but this run names "
+        raise CheckpointError(f"{ckpt} was trained from model.path={saved['path']!r}, but this run names "
                          f"model.path={model_cfg.path!r}: pass model.path={saved['path']}")
 
 
@@ -162,7 +176,7 @@ def attach_checkpoint(lm: DiffusionLM, ckpt: Path, model_cfg: ModelConfig, *, me
         cls, causal = type(lm.model), getattr(lm.model.config, "is_causal", True)
         lm.model = None  # the base's weights go before the checkpoint's arrive (peak memory: one model, not two)
         model = cls.from_pretrained(ckpt / "model", dtype=DTYPES[model_cfg.dtype],
-                                    attn_implementation=model_cfg.attn_implementation)
+                                    **attention_kwargs(family, model_cfg.attn_implementation))
         model.config.is_causal = causal
     else:
         raise ValueError(f"{ckpt} holds neither adapter/ nor model/: not an rlwork checkpoint")
@@ -193,9 +207,23 @@ def export_run(source: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
 
     The base is the model the run's config.yaml names; when that is itself a run (RL on an SFT warm start), it is
     exported first into a temporary folder beside `out_dir`, so the result holds every stage's weights merged.
+    The folder's `generate` samples by block diffusion with the run's family and sampler settings
+    (`models.export_code`; load it with `trust_remote_code=True`).
     """
     Path(out_dir).resolve().parent.mkdir(parents=True, exist_ok=True)
-    return _export_chain(source, Path(out_dir), depth=0)
+    out = _export_chain(source, Path(out_dir), depth=0)
+    saved = read_yaml(run_checkpoint(source) / "config.yaml")
+    model_cfg = build(ModelConfig, saved["model"], prefix="model")
+    from transformers import AutoConfig, AutoTokenizer
+
+    trust = model_cfg.trust_remote_code or any(out.glob("*.py"))  # the folder ships the base's modelling code
+    family = resolve_family(get_family(model_cfg.family), AutoConfig.from_pretrained(out, trust_remote_code=trust),
+                            AutoTokenizer.from_pretrained(out, trust_remote_code=trust),
+                            block_size=model_cfg.block_size)
+    data = saved.get("data") or {}
+    prompt = {"chat": bool(data.get("chat", True)), "prompt_style": data.get("prompt_style", "instruct")}
+    add_diffusion_generate(out, family, saved.get("sampler") or {}, prompt)
+    return out
 
 
 def _export_chain(source: str | os.PathLike, out_dir: Path, depth: int) -> Path:
@@ -207,11 +235,31 @@ def _export_chain(source: str | os.PathLike, out_dir: Path, depth: int) -> Path:
     if not isinstance(saved, dict) or "path" not in saved:
         raise ValueError(f"{ckpt}/config.yaml has no model.path: not a checkpoint rlwork wrote")
     path, trust = str(saved["path"]), bool(saved.get("trust_remote_code", False))
+    auto_class = get_family(str(saved.get("family", ModelConfig.family))).auto_class
     if path in TINY_VARIANTS:
-        return export_merged(ckpt, ensure_tiny_coder(path), out_dir, trust_remote_code=True)
+        return export_merged(ckpt, ensure_tiny_coder(path), out_dir, trust_remote_code=True, auto_class=auto_class)
     if run_checkpoint(path) is None:
-        return export_merged(ckpt, path, out_dir, trust_remote_code=trust)
+        return export_merged(ckpt, local_model_folder(path), out_dir, trust_remote_code=trust, auto_class=auto_class)
     with tempfile.TemporaryDirectory(dir=out_dir.resolve().parent) as tmp:
         base = _export_chain(path, Path(tmp) / "base", depth + 1)
         base_trust = trust or any(base.glob("*.py"))  # the chain's root shipped its modelling code
-        return export_merged(ckpt, base, out_dir, trust_remote_code=base_trust)
+        return export_merged(ckpt, base, out_dir, trust_remote_code=base_trust, auto_class=auto_class)
+
+
+def local_model_folder(path: str) -> Path:
+    """`model.path` as a local HF folder: the folder itself, or a hub name's snapshot in the local Hugging Face cache
+    (what `from_pretrained` found when the run loaded it). Offline without it, ValueError saying what to download."""
+    if Path(path).is_dir():
+        return Path(path)
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(path, local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError):
+        raise ValueError(
+            f"the run's base model.path={path!r} is neither a local folder nor a hub model in the local Hugging Face "
+            f"cache ({constants.HF_HUB_CACHE}): download it there first, on a machine with network access and the "
+            f"same HF_HOME: `hf download {path}` (huggingface_hub's CLI; older: `huggingface-cli download {path}`), "
+            "then run `rlwork export` again"
+        ) from None

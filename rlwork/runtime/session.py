@@ -7,6 +7,8 @@ step and data position from the run folder's latest checkpoint, then open the tr
 (`rlwork.rl`) add what is their own on top.
 
 Each checkpoint records which loop wrote it (`kind` in its data state), so one loop refuses to resume the other's.
+A new run refuses a folder that holds another run (`claim_run_dir`): mixing two runs' metrics, rollouts and
+checkpoints in one folder gives wrong curves and a `latest` checkpoint from the wrong run, without any error.
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ import torch
 
 from rlwork.config import LoopConfig, RunConfig, to_dict
 from rlwork.data.prompts import PromptStream
-from rlwork.models.lm import DiffusionLM
+from rlwork.models.lm import DiffusionLM, lora_target_paths
 from rlwork.runtime import checkpoint as ckpt
 from rlwork.runtime import dist
 from rlwork.runtime import engine as eng
 from rlwork.runtime.policies import load_model, starting_model
-from rlwork.runtime.tracking import make_tracker
+from rlwork.runtime.tracking import METRICS_FILE, ROLLOUT_DIR, TABLE_DIR, WANDB_DIR, make_tracker, rewind_run_files
 
 KINDS = ("rl", "sft")
+RUN_FILES = (METRICS_FILE, ROLLOUT_DIR, TABLE_DIR, ckpt.CHECKPOINTS, WANDB_DIR, "curves.png", "eval_before.json",
+             "eval_after.json")
+"""What rlwork writes into a run folder; `--overwrite` removes exactly these, nothing else."""
 
 
 @dataclass
@@ -65,6 +70,55 @@ class Session:
         self.tracker.finish()
 
 
+class RunDirError(ValueError):
+    """output_dir holds another run (or --resume and --overwrite were both asked for); the message says the fix."""
+
+
+def used_by_a_run(run_dir: Path) -> list[str]:
+    """What in `run_dir` shows that a run already trained there: logged metrics, rollouts, checkpoints."""
+    found = []
+    metrics = run_dir / METRICS_FILE
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        found.append(METRICS_FILE)
+    if any((run_dir / ROLLOUT_DIR).glob("*.parquet")):
+        found.append(f"{ROLLOUT_DIR}/")
+    if (run_dir / ckpt.CHECKPOINTS).is_dir() and any((run_dir / ckpt.CHECKPOINTS).iterdir()):
+        found.append(f"{ckpt.CHECKPOINTS}/")
+    return found
+
+
+def claim_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """Make `run_dir` this run's folder. A new run (neither `resume` nor `overwrite`) refuses a folder where
+    another run trained; `overwrite` first removes that run's files (`RUN_FILES`, nothing else). Call it on every
+    rank: every rank checks, rank 0 removes, and all wait for it."""
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise RunDirError("--resume continues the run in output_dir and --overwrite deletes it: choose one")
+    used = [] if resume else used_by_a_run(run_dir)
+    dist.barrier()  # every rank has looked before rank 0 removes anything
+    if used and not overwrite:
+        raise RunDirError(f"output_dir={run_dir} already holds a run ({', '.join(used)}): continue it with --resume, "
+                         f"start over with --overwrite (deletes its run files), or set output_dir to a new folder")
+    if used and dist.is_main_process():
+        import shutil
+
+        for name in RUN_FILES:
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    dist.barrier()
+
+
+def check_no_warm_start(cfg: RunConfig) -> None:
+    """Raise when `model.warm_start` is still unresolved: the run would start from model.path itself (for the tiny
+    recipe, a random model) instead of the warm start the config asks for."""
+    if cfg.model.warm_start:
+        raise ValueError("model.warm_start=true: the rlwork commands resolve it (train, eval, demo); from Python, "
+                         "call `cfg = rlwork.demo.with_warm_start(cfg)` first, or set model.warm_start=false")
+
+
 def check_divisible(name: str, value: int) -> None:
     """Raise when a global batch size (`train.prompts_per_step`, `sft.batch_size`) does not split over the ranks."""
     world = dist.world_size()
@@ -82,26 +136,31 @@ def check_kind(checkpoint: Path, kind: str) -> None:
 
 
 def open_session(cfg: RunConfig, loop: LoopConfig, *, kind: str, problems: list[dict[str, Any]], rows_per_rank: int,
-                 lora: bool, resume: bool) -> Session:
+                 lora: bool, resume: bool, overwrite: bool = False) -> Session:
     """Load, wrap and (with `resume`) restore everything a loop needs; see the module docstring.
 
     loop: the loop's section (`cfg.train` or `cfg.sft`): learning rate, weight decay, clipping, micro-batch size.
     rows_per_rank: rows one rank trains on per optimizer step; gradients accumulate over ceil(rows / micro-batch)
     micro-batches. lora: put a LoRA adapter (sized by `cfg.lora`) on the model, or train every weight.
+    overwrite: a new run may replace another run's files in `cfg.output_dir` (`claim_run_dir`).
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: one of {KINDS}")
+    if kind == "rl":
+        check_no_warm_start(cfg)
     dist.init_distributed()
     run_dir = Path(cfg.output_dir)
+    claim_run_dir(run_dir, resume=resume, overwrite=overwrite)
     latest = ckpt.latest_checkpoint(run_dir) if resume else None
     if latest is not None:
         check_kind(latest, kind)  # before loading anything: the other loop's weights would not even fit
     cfg = dataclasses.replace(cfg, model=starting_model(cfg.model, cfg.output_dir, resume))  # pinned, checked
     lm = load_model(cfg.model)  # an HF folder, a tiny variant, or a run folder (its weights merged into its base)
+    # Adapters on the family's linear layers (or lora.target_modules), in every layer, never on the LM head.
+    targets = lora_target_paths(lm.model, cfg.lora.target_modules or lm.family.lora_targets, lm.family) if lora else ()
     with torch.random.fork_rng(devices=[]):  # adapter init depends on cfg.seed only, not on what ran before
         torch.manual_seed(cfg.seed)
-        policy = eng.apply_lora(lm.model, cfg.lora.r if lora else 0, cfg.lora.alpha, cfg.lora.dropout,
-                                cfg.lora.target_modules)
+        policy = eng.apply_lora(lm.model, cfg.lora.r if lora else 0, cfg.lora.alpha, cfg.lora.dropout, targets)
     micro = min(loop.micro_batch_size, rows_per_rank)
     engine = eng.TrainEngine.create(
         policy, backend="deepspeed" if cfg.train.deepspeed else "torch", lr=loop.learning_rate,
@@ -114,6 +173,9 @@ def open_session(cfg: RunConfig, loop: LoopConfig, *, kind: str, problems: list[
     if latest is not None:
         start_step, _, data_state = ckpt.load_checkpoint(run_dir, engine)
         stream.load_state(data_state)
+    if resume and dist.is_main_process():
+        rewind_run_files(run_dir, start_step)  # the steps after the checkpoint run again: log each step once
+    dist.barrier()
     tracker = make_tracker(run_dir, cfg.tracking.wandb_project if cfg.tracking.wandb else None,
-                           cfg.tracking.wandb_mode, to_dict(cfg), dist.is_main_process())
+                           cfg.tracking.wandb_mode, to_dict(cfg), dist.is_main_process(), resume=resume)
     return Session(cfg, lm, engine, stream, tracker, run_dir, start_step, kind)

@@ -7,6 +7,16 @@ ranks a :class:`NoOpTracker`, and :func:`reduce_metrics` averages values across 
 W&B mode: an explicit ``wandb_mode`` wins; otherwise ``WANDB_MODE`` from the environment; otherwise
 ``"online"`` if ``WANDB_API_KEY`` is set; otherwise ``"offline"`` (runs sync later with ``wandb sync``). A
 credential stored only by ``wandb login`` does not switch a run online: set ``WANDB_MODE=online``.
+
+A resumed run continues its history: `rewind_run_files` drops what the killed process logged after its last
+checkpoint (metrics lines, table rows, rollout files of the steps that run again), and the W&B run keeps its id
+(``run_dir/wandb/run_id``), so W&B shows one run. W&B ignores what is logged for a step below the last one it
+received, so the steps the killed process logged after its checkpoint keep their first values there; resume is
+bit-exact, so those are the values the resumed run computes again (timings aside).
+
+Why not accelerate's trackers (`accelerate.tracking`): they cover W&B (and others) but write no local JSONL, have
+no completions table with nested cells, no parquet rollout store, and keep no run id across a resume; the W&B part
+here is one ``wandb.init`` call, so wrapping it would add a layer without removing code.
 """
 
 import json
@@ -18,8 +28,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from rlwork.runtime.trl_names import PREFIX, STEP_KEY, trl_aliases
+
 METRICS_FILE = "metrics.jsonl"
 ROLLOUT_DIR = "rollouts"
+TABLE_DIR = "tables"
+WANDB_DIR = "wandb"
+WANDB_ID_FILE = "run_id"
 ROLLOUT_REQUIRED = ("prompt", "completion", "advantage", "group_id")
 WANDB_MODES = ("online", "offline", "disabled", "shared")
 
@@ -90,7 +105,7 @@ class JsonlTracker:
         self._file.flush()
 
     def log_table(self, name: str, rows: Sequence[Mapping[str, Any]], step: int) -> None:
-        table_dir = self.run_dir / "tables"
+        table_dir = self.run_dir / TABLE_DIR
         table_dir.mkdir(exist_ok=True)
         with (table_dir / f"{name.replace('/', '_')}.jsonl").open("a", encoding="utf-8") as f:
             for row in rows:
@@ -115,7 +130,11 @@ def resolve_wandb_mode(wandb_mode: str | None = None, environ: Mapping[str, str]
 
 
 class WandbTracker:
-    """Weights & Biases run under ``run_dir/wandb``; tables are ``wandb.Table`` objects (nested cells as JSON)."""
+    """Weights & Biases run under ``run_dir/wandb``; tables are ``wandb.Table`` objects (nested cells as JSON).
+
+    With ``resume``, the run continues the W&B run whose id ``run_dir/wandb/run_id`` holds (a new one if there is
+    none); every run writes its id there.
+    """
 
     def __init__(
         self,
@@ -124,11 +143,14 @@ class WandbTracker:
         run_name: str | None = None,
         config: Mapping[str, Any] | None = None,
         mode: str | None = None,
+        resume: bool = False,
     ) -> None:
         import wandb  # imported here: only the main process of a run that tracks with W&B pays for it
 
         self._wandb = wandb
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        id_file = Path(run_dir) / WANDB_DIR / WANDB_ID_FILE
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        run_id = id_file.read_text().strip() if resume and id_file.is_file() else None
         self.run = wandb.init(
             project=project,
             name=run_name,
@@ -137,11 +159,17 @@ class WandbTracker:
             mode=resolve_wandb_mode(mode),
             reinit="create_new",
             settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+            **({"id": run_id, "resume": "allow"} if run_id else {}),
         )
+        id_file.write_text(self.run.id + "\n")
+        self.run.define_metric(STEP_KEY)  # TRL's names plot against the HF Trainer's step, as in a TRL run
+        self.run.define_metric(f"{PREFIX}*", step_metric=STEP_KEY)
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
-        # W&B charts NaN/inf natively, so keep them as floats (JSONL writes null instead).
-        self.run.log({key: _float(value) for key, value in metrics.items()}, step=int(step))
+        # W&B charts NaN/inf natively, so keep them as floats (JSONL writes null instead). TRL's names for the
+        # quantities TRL logs too go beside ours, so dashboards built for TRL runs read ours (runtime/trl_names.py).
+        values = {key: _float(value) for key, value in metrics.items()}
+        self.run.log({**values, **trl_aliases(values, int(step))}, step=int(step))
 
     def log_table(self, name: str, rows: Sequence[Mapping[str, Any]], step: int) -> None:
         columns = sorted({key for row in rows for key in row})
@@ -178,15 +206,37 @@ def make_tracker(
     config_dict: Mapping[str, Any] | None = None,
     is_main_process: bool = True,
     run_name: str | None = None,
+    resume: bool = False,
 ) -> Tracker:
     """The trainer's tracker: no-op off the main process; else JSONL, plus W&B when ``wandb_project`` is set and
-    the resolved mode is not ``"disabled"``."""
+    the resolved mode is not ``"disabled"`` (continuing the folder's W&B run with ``resume``)."""
     if not is_main_process:
         return NoOpTracker()
     trackers: list[Tracker] = [JsonlTracker(run_dir)]
     if wandb_project is not None and resolve_wandb_mode(wandb_mode) != "disabled":
-        trackers.append(WandbTracker(wandb_project, run_dir, run_name, config_dict, wandb_mode))
+        trackers.append(WandbTracker(wandb_project, run_dir, run_name, config_dict, wandb_mode, resume=resume))
     return MultiTracker(trackers)
+
+
+def rewind_run_files(run_dir: str | os.PathLike, step: int) -> None:
+    """Forget what a run logged for steps >= `step`: its metrics.jsonl lines, table rows and rollout files.
+
+    A resumed run calls this with the step it continues from, so a step the killed process logged after its last
+    checkpoint is not logged twice. Files are rewritten under a temporary name and renamed.
+    """
+    run_dir = Path(run_dir)
+    for path in [run_dir / METRICS_FILE, *sorted((run_dir / TABLE_DIR).glob("*.jsonl"))]:
+        if not path.is_file():
+            continue
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", -1) < step]
+        if len(kept) != len(lines):
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text("".join(kept), encoding="utf-8")
+            os.replace(tmp, path)
+    for path in (run_dir / ROLLOUT_DIR).glob("step_*.parquet"):
+        if int(path.stem.removeprefix("step_")) >= step:
+            path.unlink()
 
 
 def reduce_metrics(metrics: Mapping[str, float | torch.Tensor]) -> dict[str, float]:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from rlwork.config import RunConfig
 from rlwork.data.prompts import load_split
 from rlwork.runtime import dist
+from rlwork.runtime.plots import plot_run
 from rlwork.runtime.rng import row_generator
 from rlwork.runtime.session import Session, check_divisible, open_session
 from rlwork.runtime.timing import PhaseTimer
@@ -51,7 +52,7 @@ class SftSession(Session):
         return self.cfg.sft.batch_size // dist.world_size()
 
 
-def setup_sft(cfg: RunConfig, resume: bool = False, progress: bool = True) -> SftSession:
+def setup_sft(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> SftSession:
     """Check the data, then the shared session (`runtime.session.open_session`): LoRA per `sft.lora`, the SFT
     learning rate, clipping and micro-batches, resume of an SFT checkpoint only."""
     s = cfg.sft
@@ -61,18 +62,20 @@ def setup_sft(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Sf
     check_targets(problems, f"data.dataset={cfg.data.dataset!r} split {cfg.data.split!r}",
                   continues_prompts(cfg.data))  # before loading a model
     base = open_session(cfg, s, kind="sft", problems=problems, rows_per_rank=s.batch_size // dist.world_size(),
-                        lora=s.lora, resume=resume)
-    base.engine.module.train()  # adapter dropout on; the tiny and real coders have no other dropout
+                        lora=s.lora, resume=resume, overwrite=overwrite)
+    base.lm.train_mode(base.engine.module)  # adapter dropout on; the tiny and real coders have no other dropout
     return SftSession(**{f.name: getattr(base, f.name) for f in dataclasses.fields(Session)},
                       progress=progress and dist.is_main_process())
 
 
-def train_sft(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict[str, float]:
-    """Run `cfg.sft.steps` SFT steps into `cfg.output_dir` (continuing from its latest checkpoint with `resume`).
+def train_sft(cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite: bool = False
+              ) -> dict[str, float]:
+    """Run `cfg.sft.steps` SFT steps into `cfg.output_dir` (continuing from its latest checkpoint with `resume`;
+    replacing another run's files there with `overwrite`).
 
     Returns the last step's metrics (empty when a resumed run had nothing left to do).
     """
-    session = setup_sft(cfg, resume, progress)
+    session = setup_sft(cfg, resume, progress, overwrite)
     s, metrics = cfg.sft, {}
     try:
         bar = tqdm(range(session.start_step, s.steps), desc="sft steps", unit="step", disable=not session.progress)
@@ -86,6 +89,10 @@ def train_sft(cfg: RunConfig, resume: bool = False, progress: bool = True) -> di
                     tqdm.write(f"checkpoint: {folder}")
     finally:
         session.close()
+    if dist.is_main_process():
+        curves = plot_run(session.run_dir)
+        if session.progress:
+            tqdm.write(f"curves: {curves}")
     return metrics
 
 

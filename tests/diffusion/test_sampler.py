@@ -264,7 +264,7 @@ def test_recorded_logp_is_the_distribution_drawn_from(temperature, top_k, top_p)
 
 def test_invalid_settings_say_how_to_fix(tiny_lm):
     ids, mask = ragged(tiny_lm, [4])
-    with pytest.raises(ValueError, match="block_size=None or 4"):
+    with pytest.raises(ValueError, match="sampler.block_size=null or 4"):
         generate(tiny_lm, ids, mask, SamplerConfig(temperature=0.0, max_new_tokens=8, block_size=8))
     with pytest.raises(ValueError, match="generator"):
         generate(tiny_lm, ids, mask, SamplerConfig(max_new_tokens=8, temperature=0.7))

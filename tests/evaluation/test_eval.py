@@ -185,3 +185,22 @@ def test_run_eval_base_vs_trained_on_the_tiny_coder(tiny_lm, tmp_path, capsys):
         [s["completion"] for s in report["policies"]["trained"]["samples"]]
     printed = capsys.readouterr().out
     assert "pass@1" in printed and "trained" in printed and "delta" in printed
+    # the table says which source and split it scored
+    assert report["source"] == "synthetic split heldout" and report["split"] == "heldout"
+    assert not report["training_data"] and "synthetic split heldout: 2 problems x 2 samples" in printed
+
+
+def test_run_eval_checks_every_checkpoint_before_sampling(tiny_lm, tmp_path, monkeypatch):
+    """`--checkpoint base --checkpoint RUN` with a bad RUN used to evaluate base in full first."""
+    import rlwork.evaluation.eval as eval_mod
+
+    sampled = []
+    monkeypatch.setattr(eval_mod, "evaluate_passk", lambda *a, **k: sampled.append(a) or None)
+    cfg = load_config(None, ["data.synthetic_train=4", "data.synthetic_heldout=2"])
+    with pytest.raises(ValueError, match="neither a checkpoint folder"):
+        run_eval(cfg, [None, str(tmp_path / "no_such_run")], progress=False)
+    engine = perturbed_engine(tiny_lm, 4)
+    ckpt.save_checkpoint(tmp_path / "other", 1, engine, None, {}, {"model": {"path": str(tmp_path / "elsewhere")}})
+    with pytest.raises(ValueError, match="was trained from model.path="):
+        run_eval(cfg, [None, str(tmp_path / "other")], progress=False)
+    assert sampled == []

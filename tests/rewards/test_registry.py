@@ -31,6 +31,19 @@ def test_lookup_errors(name, message):
         get_reward(name)
 
 
+def test_parameterised_rewards_are_built_from_their_keywords():
+    ids = [[1] * 3, [1] * 6, [1] * 9]  # token lengths 3, 6, 9
+    for name in ("overlong", "rewards.shaping:OverlongPenalty"):  # built-in name, or the class by import path
+        fn = get_reward(name, kwargs={"max_length": 8, "cache_length": 4})
+        assert isinstance(fn, OverlongPenalty) and fn.__name__ == "overlong"
+        assert fn(["p"] * 3, ["x"] * 3, completion_ids=ids) == [0.0, -0.5, -1.0]
+        # the class is never called as the reward (every score was NaN that way): without its keywords, an error
+        with pytest.raises(ValueError, match=r"OverlongPenalty\(max_length, cache_length\).*rewards.kwargs"):
+            get_reward(name)
+    with pytest.raises(ValueError, match="is a function and takes no parameters"):
+        get_reward("format", kwargs={"max_length": 3})
+
+
 @pytest.mark.parametrize("fn", [UnitTestReward(binary=True), OverlongPenalty(max_length=5, cache_length=2),
                                 *REWARD_FNS.values()])
 def test_parameterised_rewards_pickle_with_a_name(fn):
@@ -99,3 +112,28 @@ def test_detailed_rewards_report_details_and_sandbox_settings_reach_them():
     assert fn.timeout == 3.0 and get_reward("format", sandbox={"timeout": 3.0}) is REWARD_FNS["format"]
     s = score_all([fn, user_reward], None, ["p"], ["ab"], {})
     assert s.details == {"probe": ["t=3.0"]} and s.total == [3.0]
+
+
+def test_a_raising_reward_logs_its_traceback_once(caplog):
+    def flaky(prompts, completions, **kw):
+        raise KeyError("column 'answer'")
+
+    registry.ERRORS.pop("flaky", None)
+    with caplog.at_level("ERROR", logger="rewards.registry"):
+        score_all([flaky], None, ["p"], ["c"], {})
+        score_all([flaky], None, ["p"], ["c"], {})
+    records = [r for r in caplog.records if "'flaky' raised" in r.getMessage()]
+    assert len(records) == 2
+    assert records[0].exc_info is not None and "raise KeyError" in caplog.text  # where it raised, the first time
+    assert not records[1].exc_info
+
+
+def test_a_reward_returning_none_for_a_whole_batch_is_said_once(caplog):
+    def needs_answer(prompts, completions, **kw):
+        return [None if kw.get("answer") is None else 1.0 for _ in completions]
+
+    with caplog.at_level("WARNING", logger="rewards.registry"):
+        score_all([needs_answer], None, ["p", "p"], ["a", "b"], {"solution": ["x", "y"]})
+        score_all([needs_answer], None, ["p", "p"], ["a", "b"], {"solution": ["x", "y"]})
+    said = [r.getMessage() for r in caplog.records if "returned None for all" in r.getMessage()]
+    assert len(said) == 1 and "'needs_answer'" in said[0] and "['solution']" in said[0]

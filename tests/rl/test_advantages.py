@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from rlwork.rl.advantages import (
+    batch_moments,
     batch_std,
     compute_advantages,
     dr_grpo_advantages,
@@ -15,6 +16,7 @@ from rlwork.rl.advantages import (
     reward_metrics,
     rloo_advantages,
     rows_with_signal,
+    std_from_moments,
     zero_std_groups,
 )
 
@@ -205,3 +207,20 @@ def test_refill_rows_puts_signal_groups_in_place_of_flat_ones():
     assert refill_rows(rewards, extra, 2).tolist() == [8, 9, 2, 3, 10, 11]
     few = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0])  # one donor only: the second flat group stays
     assert refill_rows(rewards, few, 2).tolist() == [10, 11, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
+def test_batch_scaling_over_ranks_equals_the_union_batch(estimator):
+    # two "ranks" of two groups each; one rank holds an unscorable row and a flat group
+    first = t([0.0, 1.0, 1.0, NAN, 0.5, 0.5, 0.5, 0.5])
+    second = t([2.0, 0.0, 3.0, 1.0, 0.0, 0.25, 1.0, 0.5])
+    union = compute_advantages(torch.cat([first, second]), 4, estimator, "batch")
+    moments = batch_moments(first) + batch_moments(second)  # what the all-reduce sums
+    assert torch.isclose(std_from_moments(moments), batch_std(torch.cat([first, second])))
+    per_rank = [compute_advantages(r, 4, estimator, "batch", batch_scale=std_from_moments(moments))
+                for r in (first, second)]
+    torch.testing.assert_close(torch.cat(per_rank), union)
+    # each rank's own std would not do it
+    assert not torch.allclose(torch.cat([compute_advantages(r, 4, estimator, "batch") for r in (first, second)]),
+                              union)
+    assert std_from_moments(batch_moments(t([1.0, NAN]))) == 0

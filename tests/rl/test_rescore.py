@@ -119,7 +119,7 @@ def test_a_raising_reward_is_reported_per_step(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    (dict(num_generations=4), "pass 2"),
+    (dict(num_generations=4), "set algo.num_generations=2"),
     (dict(steps=[7]), r"steps=\[7\]"),
     (dict(weights=[1.0, 2.0]), "rewards.weights"),
 ])
@@ -135,3 +135,18 @@ def test_ragged_groups_are_refused(tmp_path):
     save_run(tmp_path, {0: [*HAND[0], row("e", 2, "x", 0.0, 0.0)]})
     with pytest.raises(ValueError, match="different sizes"):
         rescore(tmp_path, ["format"], progress=False)
+
+
+def test_language_split(tmp_path):
+    """Rows carry the language they ran in (runs since issue 21); older rows take their problem's."""
+    cpp, go = "```cpp\nint f() {}\n```", "```go\npackage main\n```"
+    save_run(tmp_path, {0: [row("a", 0, cpp, 0.0, 0.0, language="cpp"), row("a", 0, "x", 0.0, 0.0, language="cpp"),
+                            row("b", 1, go, 1.0, 0.0, language=""), row("b", 1, go, 1.0, 0.0, language="")]})
+    problems = [{"task_id": "a", "language": "cpp"}, {"task_id": "b", "language": "go"}]
+    result = rescore(tmp_path, ["format"], None, None, "grpo", problems=problems, progress=False)
+    by = result["by_language"]
+    assert by["cpp"] == {"rows": 2, "old_mean": 0.0, "new_mean": 0.5, "disagreement_frac": 0.5}
+    assert by["go"] == {"rows": 2, "old_mean": 1.0, "new_mean": 1.0, "disagreement_frac": 0.0}
+    assert "cpp: 2 rows, total reward 0.000 -> 0.500, 50.0% differ" in format_rescore_report(result)
+    save_run(tmp_path / "py", HAND)
+    assert rescore(tmp_path / "py", ["format"], None, None, "grpo", progress=False)["by_language"] == {}

@@ -36,13 +36,16 @@ def test_two_steps_change_every_lora_parameter_and_no_base_weight(tmp_path, rewa
     unchanged = [n for n in lora0 if torch.equal(lora0[n], lora1[n])]
     assert not unchanged, f"LoRA parameters that never changed: {unchanged[:5]}"
     assert all(torch.equal(base0[n], base1[n]) for n in base0)
-    keys = {"reward/mean", "reward/frac_zero_std", "reward/varied/mean",
-            "policy/clipfrac", "policy/kl", "policy/ratio_mean", "elbo/std", "completion/len_mean",
+    keys = {"reward/mean", "reward/frac_zero_std", "reward/varied/mean", "reward/varied/std", "policy/entropy",
+            "completion/len_min", "policy/clipfrac", "policy/kl", "policy/ratio_mean", "elbo/std_across_completions",
+            "completion/len_mean",
             "completion/eos_frac", "perf/rollout_s", "perf/score_s", "perf/advantages_s", "perf/likelihoods_s",
             "perf/update_s", "perf/log_s", "perf/tokens_per_s", "optim/grad_norm", "sandbox/passed_frac"}
     for m in metrics:
         assert keys <= set(m), keys - set(m)
         assert all(math.isfinite(m[k]) for k in keys if not k.startswith("sandbox/")), m
+    # the estimator's spread over mask draws, every train.log_every (10) steps: step 0 only
+    assert metrics[0]["elbo/estimator_std"] > 0 and "elbo/estimator_std" not in metrics[1]
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [0, 1]
     assert sorted(p.name for p in (tmp_path / "run" / "rollouts").glob("*.parquet")) == [
@@ -180,7 +183,35 @@ def test_a_step_without_signal_leaves_the_adapter_alone(tmp_path, reward_module)
     assert all(torch.equal(lora0[n], lora1[n]) for n in lora0)
 
 
-def by_length_parity(completions, tests, evaluator=None, prompts=None):
+def _perturb_adapter(session, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in session.engine.model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize("likelihood", ["elbo", "trace"])
+def test_a_step_without_signal_logs_the_kl_the_loss_would_have_logged(tmp_path, reward_module, likelihood):
+    """No signal: no update, but policy/kl is still the policy's distance to the reference: the value a step that
+    trains on every row (dynamic_sampling=keep, zero advantages) reports on the same rollout and mask draws."""
+    kls = {}
+    for mode in ("skip", "keep"):
+        cfg = tiny_cfg(tmp_path / mode, "rewards.functions=[format]", f"algo.dynamic_sampling={mode}",
+                       f"algo.likelihood={likelihood}")
+        session = setup(cfg)
+        _perturb_adapter(session)  # away from the reference (a fresh adapter is the reference: KL 0)
+        try:
+            m = train_step(session, 0)
+        finally:
+            session.close()
+        assert m["optim/no_signal_step"] == (1.0 if mode == "skip" else 0.0)
+        kls[mode] = m["policy/kl"]
+    assert math.isfinite(kls["skip"]) and kls["skip"] > 1e-4
+    assert kls["skip"] == pytest.approx(kls["keep"], rel=1e-5)
+
+
+def by_length_parity(completions, tests, evaluator=None, prompts=None, languages=None):
     """Stand-in sandbox verdicts: a completion "passes" when its length is even, so that the random tiny coder's
     pass@k is neither 0 nor 1 and depends on exactly which completions were sampled."""
     return [SimpleNamespace(category="passed" if len(c) % 2 == 0 else "wrong_answer", passed=0, total=1)
@@ -220,7 +251,7 @@ def test_in_training_eval_split_over_ranks_matches_one_process(tmp_path, reward_
     one-process pass@k. Two ranks are simulated in turn (rank 1's verdicts are handed to rank 0's gather)."""
     sampled: list[str] = []
 
-    def recording(completions, tests, evaluator=None, prompts=None):
+    def recording(completions, tests, evaluator=None, prompts=None, languages=None):
         sampled.extend(completions)
         return by_length_parity(completions, tests)
 
@@ -246,3 +277,74 @@ def test_in_training_eval_split_over_ranks_matches_one_process(tmp_path, reward_
     assert len(set(whole_sampled)) > 4  # the draws differ between rows, so keying by the wrong row would show
     assert 0 < whole["eval/pass@1"] < 1
     assert split == pytest.approx(whole)
+
+
+def test_a_new_run_into_a_used_folder_is_refused_and_overwrite_starts_over(tmp_path, reward_module):
+    """Two runs into one output_dir used to mix: metrics steps [0, 0], the old checkpoint kept, `latest` moved."""
+    cfg = tiny_cfg(tmp_path, "train.steps=1", "train.save_every=1")
+    train(cfg)
+    first_rollout = (tmp_path / "run" / "rollouts" / "step_000000.parquet").read_bytes()
+    with pytest.raises(ValueError, match=r"already holds a run .*--resume.*--overwrite.*new folder"):
+        train(cfg)
+    assert (tmp_path / "run" / "rollouts" / "step_000000.parquet").read_bytes() == first_rollout  # untouched
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    train(tiny_cfg(tmp_path, "train.steps=1", "train.save_every=1", "seed=1"), overwrite=True)
+    run = tmp_path / "run"
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0]
+    assert (run / "rollouts" / "step_000000.parquet").read_bytes() != first_rollout  # the new run's (seed 1)
+    assert (run / "notes.txt").read_text() == "mine"  # only rlwork's own files are removed
+
+
+def test_resume_logs_each_step_once_and_continues_the_wandb_run(tmp_path, reward_module, monkeypatch):
+    """A process killed after logging step 2 but before checkpointing it: the resumed run logs step 2 again, and
+    the history keeps one copy of it, in the same W&B run."""
+    import shutil
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = tiny_cfg(tmp_path, "train.steps=3", "train.save_every=2", "train.keep_checkpoints=0", "tracking.wandb=true",
+                   "train.table_every=1")
+    train(cfg)
+    run = tmp_path / "run"
+    shutil.rmtree(run / "checkpoints" / "step_000003")  # as if killed between logging step 2 and saving it
+    (run / "checkpoints" / "latest").write_text("step_000002\n")
+    train(cfg, resume=True)
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+    table = (run / "tables" / "completions.jsonl").read_text().splitlines()
+    table_steps = [json.loads(line)["step"] for line in table]
+    assert table_steps.count(2) == table_steps.count(0) == 8  # step 2's rows once (2 prompts x 4 completions)
+    offline = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and len({p.name.rsplit("-", 1)[1] for p in offline}) == 1, offline  # one W&B run id
+
+
+def test_rollouts_and_the_in_training_eval_show_progress_on_rank_0(tmp_path, reward_module, monkeypatch):
+    import rlwork.diffusion.rollout as rollout_mod
+
+    bars = []
+    real_tqdm = rollout_mod.tqdm
+
+    def recording(*args, **kwargs):
+        bars.append((kwargs.get("desc"), kwargs.get("disable")))
+        return real_tqdm(*args, **kwargs)
+
+    monkeypatch.setattr(rollout_mod, "tqdm", recording)
+    monkeypatch.setattr(eval_mod, "evaluate", by_length_parity)
+    passed = []
+    real_passk = eval_mod.evaluate_passk
+    monkeypatch.setattr(eval_mod, "evaluate_passk",
+                        lambda *a, **k: passed.append(k["progress"]) or real_passk(*a, **k))
+    train(tiny_cfg(tmp_path, "train.steps=1", "eval.every_steps=1", "train.rollout_batch_size=64", *EVAL))
+    assert ("rollout", False) in bars  # one sampler batch still shows its bar (rows, with an ETA)
+    assert passed == ["eval"]  # a transient bar named "eval"
+
+
+def test_in_training_eval_refuses_the_training_file_before_loading_a_model(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from rlwork.config import ConfigError
+    from rlwork.runtime import session as session_mod
+
+    monkeypatch.setattr(session_mod, "load_model", lambda *a: pytest.fail("loaded a model first"))
+    mbpp = Path(__file__).resolve().parents[1] / "data" / "mbpp.jsonl"
+    cfg = tiny_cfg(tmp_path, "data.dataset=mbpp", f"data.data_files=[{mbpp}]", "eval.every_steps=1")
+    with pytest.raises(ConfigError, match="would score the training problems"):
+        setup(cfg)

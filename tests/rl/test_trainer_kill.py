@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]
 REWARD = (
     "def varied(prompts, completions, **c):\n"
     "    return [sum(ch.isalpha() for ch in t) / max(len(t), 1) for t in completions]\n"
@@ -31,7 +32,7 @@ def _step_metrics(out: Path, step: int) -> dict:
 
 def test_sigkill_mid_step_then_resume_matches_uninterrupted(tmp_path):
     (tmp_path / "my_rewards.py").write_text(REWARD)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]), "OMP_NUM_THREADS": "1"}
     full, killed = tmp_path / "full", tmp_path / "killed"
     done = subprocess.run(_cmd(full), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

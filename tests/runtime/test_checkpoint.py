@@ -2,7 +2,6 @@
 
 import copy
 import json
-import os
 import random
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from rlwork.runtime import checkpoint as ckpt
 from rlwork.runtime import engine as eng
 
 ROOT = Path(__file__).resolve().parents[2]
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
 CONFIG = {"seed": 0, "model": {"path": "tiny", "family": "stable-diffcoder"}}
 
 

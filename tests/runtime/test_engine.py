@@ -16,7 +16,6 @@ from rlwork.runtime import dist
 from rlwork.runtime import engine as eng
 
 ROOT = Path(__file__).resolve().parents[2]
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
 
 
 def toy_batch(seed: int, n: int = 2, t: int = 16) -> tuple[torch.Tensor, torch.Tensor]:

@@ -224,3 +224,18 @@ def test_reduce_metrics_mean_across_two_ranks(tmp_path):
     torch.multiprocessing.spawn(_reduce_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
     for rank in (0, 1):
         assert json.loads((tmp_path / f"{rank}.json").read_text()) == {"x": 0.5, "y": 15.0}
+
+
+def test_rewind_run_files_forgets_the_steps_that_run_again(tmp_path):
+    from rlwork.runtime.tracking import rewind_run_files
+
+    tracker = JsonlTracker(tmp_path)
+    for step in range(4):
+        tracker.log({"a": float(step)}, step)
+        tracker.log_table("completions", [{"c": step}], step)
+        save_rollouts(tmp_path, step, rollout_rows(2))
+    tracker.finish()
+    rewind_run_files(tmp_path, 2)
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1]
+    assert [r["step"] for r in read_jsonl(tmp_path / "tables" / "completions.jsonl")] == [0, 1]
+    assert sorted(p.name for p in (tmp_path / "rollouts").iterdir()) == ["step_000000.parquet", "step_000001.parquet"]

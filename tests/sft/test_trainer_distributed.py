@@ -17,7 +17,7 @@ def _run(tmp_path, out, nproc):
     args = ["sft", f"output_dir={out}", "sft.steps=2", "sft.batch_size=4", "sft.micro_batch_size=1", "sft.lora=true",
             "lora.r=4", "sft.learning_rate=1e-2", "data.synthetic_train=8", "data.synthetic_heldout=4",
             "tracking.wandb=false", f"train.deepspeed={ROOT / 'configs' / 'deepspeed' / 'zero2.json'}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(ROOT / ".cache" / "torch_extensions")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "rlwork.cli", *args] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "29511",
         "-m", "rlwork.cli", *args]
