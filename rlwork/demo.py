@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlwork.config import RunConfig
+from rlwork.config import DataConfig, RunConfig
 from rlwork.config.typed import to_dict
 from rlwork.models.tiny import BUILD_VERSION, TINY_VARIANTS, cache_root, ensure_tiny_coder
 
@@ -36,6 +36,9 @@ def base_identity(cfg: RunConfig) -> str:
 def warm_start_key(cfg: RunConfig) -> str:
     data = to_dict(cfg.data)
     del data["rl_split"]  # what RL draws; not the warm start's data
+    for key in ("language", "edit_instruction"):  # stdio and editing tasks' options: at their defaults, earlier
+        if data[key] == getattr(DataConfig, key):  # warm starts (made before they existed) keep their keys
+            del data[key]
     if cfg.data.synthetic_examples:
         del data["synthetic_examples"]  # the default prompts: keys of earlier warm starts stay valid
     if not cfg.data.synthetic_fresh:  # the distinct train split is drawn first, whatever is reserved after it

@@ -1,6 +1,6 @@
-"""Issue 15: an RL run's curve in windows of steps, from RUN/metrics.jsonl.
+"""An RL run's curve in windows of steps, from RUN/metrics.jsonl (the demo's lab notebook, README).
 
-    python bench/rlcurve15.py RUN [WINDOW]
+    python bench/rlcurve.py RUN [WINDOW]
 
 Per window: mean training reward of the first rollout round (fresh prompts, before refilling) and after refilling,
 share of groups with mixed rewards

@@ -1,6 +1,6 @@
-"""Issue 15 diagnostics: what the policy gets wrong on an evaluation split.
+"""What the policy gets wrong on an evaluation split of the synthetic family (the demo's lab notebook, README).
 
-    python bench/diagnose15.py TRAIN_N HELDOUT_N FRESH(0/1) RUN/eval_before.json [RUN/eval_after.json ...]
+    python bench/diagnose.py TRAIN_N HELDOUT_N FRESH(0/1) RUN/eval_before.json [RUN/eval_after.json ...]
 
 Per sample (the report's samples against the split's problems, rebuilt from the report's config): the sandbox
 verdict, and for failures a structural comparison of the body with the reference, with numbers and quoted
