@@ -3,7 +3,8 @@
 The completion is split into blocks of `block_size` tokens that are denoised left to right; inside a block,
 each denoising step commits some of the still-masked tokens (LLaDA arXiv 2502.09992, Sec. 2.4 "semi-
 autoregressive remasking"). Which ones: the `remasking` score (`low_confidence`: probability of the pick,
-`margin`: top-1 minus top-2 probability, `entropy`: negative entropy, `random`), committing the scheduled count
+`margin`: top-1 minus top-2 probability, `entropy`: negative entropy, `random`, `left_to_right`: the leftmost
+masked tokens, as an autoregressive model would), committing the scheduled count
 per step, or with `threshold` every token whose score reaches it, at least the scheduled count (Fast-dLLM,
 arXiv 2505.22618, "confidence-aware parallel decoding"). Sampling is Gumbel-max in float64 (arXiv 2409.02908).
 
@@ -153,6 +154,8 @@ def propose(
     logits = logits.masked_fill(scaled == float("-inf"), float("-inf"))  # confidences over what could be drawn
     if config.remasking == "random":
         return x0, torch.rand(x0.shape, dtype=torch.float64, device=x0.device, generator=generator), logp
+    if config.remasking == "left_to_right":  # equal scores: `select` breaks ties leftmost (AR order in the block)
+        return x0, torch.zeros(x0.shape, dtype=torch.float64, device=x0.device), logp
     probs = logits.softmax(-1)
     if config.remasking == "low_confidence":
         confidence = probs.gather(-1, x0[..., None]).squeeze(-1)
