@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlwork.config import RunConfig
+from rlwork.config import DataConfig, RunConfig
 from rlwork.config.typed import to_dict
 from rlwork.models.tiny import BUILD_VERSION, TINY_VARIANTS, cache_root, ensure_tiny_coder
 
@@ -35,8 +35,17 @@ def base_identity(cfg: RunConfig) -> str:
 
 def warm_start_key(cfg: RunConfig) -> str:
     data = to_dict(cfg.data)
-    if cfg.data.dataset == "synthetic" and cfg.data.split == "train":
-        del data["synthetic_heldout"]  # the train split is drawn first and does not depend on the held-out size
+    del data["rl_split"]  # what RL draws; not the warm start's data
+    for key in ("language", "edit_instruction"):  # stdio and editing tasks' options: at their defaults, earlier
+        if data[key] == getattr(DataConfig, key):  # warm starts (made before they existed) keep their keys
+            del data[key]
+    if cfg.data.synthetic_examples:
+        del data["synthetic_examples"]  # the default prompts: keys of earlier warm starts stay valid
+    if not cfg.data.synthetic_fresh:  # the distinct train split is drawn first, whatever is reserved after it
+        del data["synthetic_fresh"], data["synthetic_rl"], data["synthetic_train_mix"]  # so warm starts made
+        # before these options existed keep their keys
+        if cfg.data.dataset == "synthetic" and cfg.data.split == "train":
+            del data["synthetic_heldout"]  # the train split is drawn first and does not depend on the held-out size
     bookkeeping = ("save_every", "keep_checkpoints", "log_every")  # they do not change the weights
     sft = {k: v for k, v in to_dict(cfg.sft).items() if k not in bookkeeping}
     numerics = {k: getattr(cfg.model, k) for k in ("dtype", "attn_implementation", "block_size", "flush_denormal")}
@@ -159,29 +168,52 @@ def run_demo(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
 
     start = time.time()
     run_dir = Path(cfg.output_dir)
+    splits = list(dict.fromkeys(cfg.eval.report_splits))
     claim_run_dir(run_dir, resume=False, overwrite=overwrite)
     print(f"[1/4] diffusion SFT warm start (cached under {cache_root() / 'sft'})", flush=True)
     sft = warm_start(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, warm_start=False)))
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(sft), trust_remote_code=True,
                                                              warm_start=False))
-    print("[2/4] held-out pass@k of the warm start", flush=True)
-    before = run_eval(cfg, [None], ["warm start"], out_path=run_dir / "eval_before.json")
+    print(f"[2/4] pass@k of the warm start on {', '.join(splits)}", flush=True)
+    before = {s: run_eval(_on(cfg, s), [None], ["warm start"], out_path=run_dir / _report_file("before", s, splits))
+              for s in splits}
     print(f"[3/4] RL: {cfg.train.steps} steps of '{cfg.algo.preset or 'custom'}' on LoRA", flush=True)
-    train(cfg)
-    print("[4/4] held-out pass@k after RL", flush=True)
-    after = run_eval(cfg, [str(run_dir)], ["after RL"], out_path=run_dir / "eval_after.json")
-    scores_before = before["policies"]["warm start"]["pass_at_k"]
-    scores_after = after["policies"]["after RL"]["pass_at_k"]
-    plot = plot_curves(run_dir, scores_before["pass@1"], scores_after["pass@1"],
-                       subset_pass_at_1(before, "warm start", cfg.eval.training_problems))
+    train(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, split=cfg.data.rl_split or cfg.data.split)))
+    print(f"[4/4] pass@k after RL on {', '.join(splits)}", flush=True)
+    after = {s: run_eval(_on(cfg, s), [str(run_dir)], ["after RL"],
+                         out_path=run_dir / _report_file("after", s, splits)) for s in splits}
+    summary: dict[str, Any] = {}
+    for s in splits:
+        scores_before = before[s]["policies"]["warm start"]["pass_at_k"]
+        scores_after = after[s]["policies"]["after RL"]["pass_at_k"]
+        name = summary_name(s, splits)
+        for k in ["pass@1", *sorted(set(scores_before) - {"pass@1"})]:
+            summary[f"{name}_{k}_before"] = round(scores_before[k], 4)
+            summary[f"{name}_{k}_after"] = round(scores_after[k], 4)
+    first = splits[0]
+    plot = plot_curves(run_dir, before[first]["policies"]["warm start"]["pass_at_k"]["pass@1"],
+                       after[first]["policies"]["after RL"]["pass_at_k"]["pass@1"],
+                       subset_pass_at_1(before[first], "warm start", cfg.eval.training_problems)
+                       if cfg.eval.split == first else None)
     print(f"curves: {plot}; metrics: {run_dir / 'metrics.jsonl'}; W&B offline run under {run_dir / 'wandb'}")
-    summary = {"heldout_pass@1_before": round(scores_before["pass@1"], 4),
-               "heldout_pass@1_after": round(scores_after["pass@1"], 4)}
-    for k in sorted(set(scores_before) - {"pass@1"}):
-        summary[f"heldout_{k}_before"], summary[f"heldout_{k}_after"] = (round(scores_before[k], 4),
-                                                                        round(scores_after[k], 4))
     return {**summary, "seed": cfg.seed, "preset": cfg.algo.preset, "rl_steps": cfg.train.steps,
             "minutes": round((time.time() - start) / 60, 2)}
+
+
+def summary_name(split: str, splits: list[str]) -> str:
+    """How the demo's summary names a split: iid is the held-out split, heldout then the compositional one."""
+    if split == "iid":
+        return "heldout"
+    return "compositional" if split == "heldout" and "iid" in splits else split
+
+
+def _on(cfg: RunConfig, split: str) -> RunConfig:
+    return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, split=split))
+
+
+def _report_file(when: str, split: str, splits: list[str]) -> str:
+    """eval_before.json / eval_after.json for the first split (as before), eval_<when>_<split>.json for others."""
+    return f"eval_{when}.json" if split == splits[0] else f"eval_{when}_{split}.json"
 
 
 def run_demo_seeds(cfg: RunConfig, seeds: list[int], overwrite: bool = False) -> dict[str, Any]:
@@ -194,9 +226,12 @@ def run_demo_seeds(cfg: RunConfig, seeds: list[int], overwrite: bool = False) ->
                            overwrite=overwrite)
         print(json.dumps(summary), flush=True)
         runs.append(summary)
-    keys = [k for k in runs[0] if k.startswith("heldout_")]
+    keys = [k for k in runs[0] if k.endswith(("_before", "_after"))]
     means = {f"{k}_mean": round(sum(r[k] for r in runs) / len(runs), 4) for k in keys}
-    rises = [100 * (r["heldout_pass@1_after"] - r["heldout_pass@1_before"]) for r in runs]
-    return {**means, "rise_points_mean": round(sum(rises) / len(rises), 2),
-            "rise_points": [round(x, 2) for x in rises], "seeds": list(seeds), "preset": cfg.algo.preset,
-            "rl_steps": cfg.train.steps, "minutes": round((time.time() - start) / 60, 2)}
+    first = summary_name(cfg.eval.report_splits[0], list(cfg.eval.report_splits))
+    rises = [100 * (r[f"{first}_pass@1_after"] - r[f"{first}_pass@1_before"]) for r in runs]
+    mean = sum(rises) / len(rises)
+    stderr = (sum((x - mean) ** 2 for x in rises) / (len(rises) - 1) / len(rises)) ** 0.5 if len(rises) > 1 else None
+    return {**means, "rise_points_mean": round(mean, 2), "rise_points_stderr": stderr and round(stderr, 2),
+            "rise_points": [round(x, 2) for x in rises], "rise_split": cfg.eval.report_splits[0], "seeds": list(seeds),
+            "preset": cfg.algo.preset, "rl_steps": cfg.train.steps, "minutes": round((time.time() - start) / 60, 2)}

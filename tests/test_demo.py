@@ -24,14 +24,17 @@ def test_demo_runs_every_stage_and_leaves_its_files(tmp_path, monkeypatch):
     ])
     summary = demo.run_demo(cfg)
 
-    assert {"heldout_pass@1_before", "heldout_pass@1_after", "heldout_pass@2_before", "heldout_pass@2_after",
-            "seed", "preset", "rl_steps", "minutes"} <= set(summary)
+    # the headline is the i.i.d. split (heldout_*), the compositional split is reported beside it
+    assert {f"{name}_pass@{k}_{when}" for name in ("heldout", "compositional") for k in (1, 2)
+            for when in ("before", "after")} | {"seed", "preset", "rl_steps", "minutes"} <= set(summary)
     assert summary["rl_steps"] == 2 and summary["preset"] == "coupled_grpo"
     run = tmp_path / "run"
-    before = json.loads((run / "eval_before.json").read_text())
-    after = json.loads((run / "eval_after.json").read_text())
-    assert before["num_problems"] == after["num_problems"] == 3
-    assert summary["heldout_pass@1_before"] == round(before["policies"]["warm start"]["pass_at_k"]["pass@1"], 4)
+    for name, split, suffix in (("heldout", "iid", ""), ("compositional", "heldout", "_heldout")):
+        before = json.loads((run / f"eval_before{suffix}.json").read_text())
+        after = json.loads((run / f"eval_after{suffix}.json").read_text())
+        assert before["num_problems"] == after["num_problems"] == 3
+        assert before["split"] == after["split"] == split
+        assert summary[f"{name}_pass@1_before"] == round(before["policies"]["warm start"]["pass_at_k"]["pass@1"], 4)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1] and all("eval/pass@1" in r for r in rows)
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -46,3 +49,20 @@ def test_subset_pass_at_1_averages_the_first_problems_that_were_scored():
     assert demo.subset_pass_at_1(report, "warm start", 3) == 0.75
     assert demo.subset_pass_at_1(report, "warm start", None) == 0.5
     assert demo.subset_pass_at_1(report, "warm start", 0) is None
+
+
+def test_the_seeds_summary_is_the_mean_rise_of_the_iid_split_with_its_standard_error(tmp_path, monkeypatch):
+    rises = {0: (0.10, 0.20), 1: (0.05, 0.09), 2: (0.20, 0.21)}  # iid pass@1 before/after: +10, +4, +1 points
+
+    def fake_demo(cfg, overwrite=False):
+        before, after = rises[cfg.seed]
+        return {"heldout_pass@1_before": before, "heldout_pass@1_after": after,
+                "compositional_pass@1_before": 0.3, "compositional_pass@1_after": 0.1, "seed": cfg.seed}
+
+    monkeypatch.setattr(demo, "run_demo", fake_demo)
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"output_dir={tmp_path}"])
+    out = demo.run_demo_seeds(cfg, [0, 1, 2])
+    assert out["rise_split"] == "iid" and out["rise_points"] == [10.0, 4.0, 1.0]
+    assert out["rise_points_mean"] == 5.0
+    assert out["rise_points_stderr"] == round((((5 ** 2 + 1 ** 2 + 4 ** 2) / 2) / 3) ** 0.5, 2)  # sample std / sqrt(n)
+    assert out["compositional_pass@1_before_mean"] == 0.3

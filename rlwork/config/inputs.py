@@ -117,10 +117,25 @@ class DataConfig:
     synthetic_train: int = 256
     """Synthetic family: number of training tasks."""
     synthetic_heldout: int = 64
-    """Synthetic family: number of held-out tasks (new compositions, never seen in training)."""
+    """Synthetic family: tasks in each evaluation split: heldout (compositional: new compositions, never seen in
+    training), iid (the training distribution, each task unseen in training) and valid (drawn like iid, disjoint
+    from it: choose settings on valid, report iid)."""
+    synthetic_fresh: bool = False
+    """Synthetic family: the train split is `synthetic_train` i.i.d. draws from the generator (a fresh task in every
+    SFT batch when it is sft.steps x sft.batch_size) instead of that many distinct tasks repeated each epoch."""
+    synthetic_train_mix: tuple[float, ...] | None = None
+    """Synthetic family, synthetic_fresh=true: weights of 1-, 2- and 3-step compositions among the SFT draws; null =
+    the generator's own (0.2, 0.45, 0.35). iid/valid/rl keep the generator's."""
+    synthetic_examples: bool = True
+    """Synthetic family: the docstring shows one input/output example after the sentence that says the steps;
+    false = the sentence alone (shorter prompts whose only numbers are the program's constants)."""
+    synthetic_rl: int = 1024
+    """Synthetic family: size of the `rl` split (RL prompts): programs never in training, drawn like iid/valid."""
+    rl_split: str | None = None
+    """Demo: the split RL draws its prompts from (e.g. rl); null = data.split (the warm start's)."""
 
 
-REMASKING = ("low_confidence", "random", "margin", "entropy")
+REMASKING = ("low_confidence", "random", "margin", "entropy", "left_to_right")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -139,8 +154,9 @@ class SamplerConfig:
     """Keep the k most likely tokens before sampling (temperature > 0 only)."""
     top_p: float | None = None
     """Nucleus filter before sampling (temperature > 0 only)."""
-    remasking: Literal["low_confidence", "random", "margin", "entropy"] = "low_confidence"
-    """Which masked tokens a step commits: low_confidence | margin | entropy | random."""
+    remasking: Literal["low_confidence", "random", "margin", "entropy", "left_to_right"] = "low_confidence"
+    """Which masked tokens a step commits: low_confidence | margin | entropy | random | left_to_right (the leftmost
+    ones: within a block, the autoregressive order)."""
     threshold: float | None = None
     """Parallel decoding: also commit every masked token whose confidence reaches this (low_confidence, margin)."""
     use_cache: bool = True

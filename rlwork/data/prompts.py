@@ -53,7 +53,9 @@ def adapter_options(dataset: str, cfg: DataConfig, seed: int) -> dict[str, Any]:
     """The `data:` values that adapter `dataset` takes (synthetic sizes and seed, a stdio task's language, a code
     editing task's instruction)."""
     if dataset == "synthetic":
-        return dict(n_train=cfg.synthetic_train, n_heldout=cfg.synthetic_heldout, seed=seed)
+        return dict(n_train=cfg.synthetic_train, n_heldout=cfg.synthetic_heldout, seed=seed,
+                    fresh=cfg.synthetic_fresh, n_rl=cfg.synthetic_rl, train_mix=cfg.synthetic_train_mix,
+                    examples=cfg.synthetic_examples)
     if dataset in ("apps", "codecontests") and cfg.language != "python":
         return dict(language=cfg.language)
     if dataset == "canitedit":

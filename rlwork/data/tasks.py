@@ -18,6 +18,7 @@ primitives does. Solving it needs composing known steps in a new order, not reca
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Sequence
@@ -132,6 +133,7 @@ def _render(composition: Sequence[str], consts: Sequence[dict]) -> tuple[str, st
     return name, sig, "\n".join([sig, *body]) + "\n"
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a fresh-draw stream repeats programs (and their step-dropped variants)
 def _compile(code: str, name: str):
     namespace: dict = {}
     exec(code, namespace)  # noqa: S102 -- our own grammar's code, see the module docstring
@@ -263,9 +265,14 @@ def _fingerprint(row: dict) -> str:
     """The row's input type and outputs on fixed probe inputs: equal fingerprints mean (nearly surely) equal
     behaviour, e.g. "rev|evens" and "evens|rev"."""
     src = PRIMITIVES[row["composition"].split("|")[0]].src
+    return _fingerprint_of(row["reference"], row["entry_point"], src)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _fingerprint_of(reference: str, entry_point: str, src: str) -> str:
     probe_rng = random.Random(f"probes:{src}")
     probes = EDGE_INPUTS[src] + [_draw_input(src, probe_rng) for _ in range(NUM_INPUTS)]
-    return json.dumps([src, _outputs(_compile(row["reference"], row["entry_point"]), probes)])
+    return json.dumps([src, _outputs(_compile(reference, entry_point), probes)])
 
 
 def _by_len(pool: list[tuple[str, ...]]) -> dict[int, list[tuple[str, ...]]]:

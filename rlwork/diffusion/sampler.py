@@ -3,7 +3,8 @@
 The completion is split into blocks of `block_size` tokens that are denoised left to right; inside a block,
 each denoising step commits some of the still-masked tokens (LLaDA arXiv 2502.09992, Sec. 2.4 "semi-
 autoregressive remasking"). Which ones: the `remasking` score (`low_confidence`: probability of the pick,
-`margin`: top-1 minus top-2 probability, `entropy`: negative entropy, `random`), committing the scheduled count
+`margin`: top-1 minus top-2 probability, `entropy`: negative entropy, `random`, `left_to_right`: the leftmost
+masked tokens, as an autoregressive model would), committing the scheduled count
 per step, or with `threshold` every token whose score reaches it, at least the scheduled count (Fast-dLLM,
 arXiv 2505.22618, "confidence-aware parallel decoding"). Sampling is Gumbel-max in float64 (arXiv 2409.02908).
 

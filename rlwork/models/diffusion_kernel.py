@@ -30,8 +30,7 @@ HF_CONVENTION: dict[str, Any] = {"mask_arg": "attention_mask", "mask_format": "a
                                  "logits_to_keep_arg": "logits_to_keep", "train_mode_forward": True}
 """transformers' own (Llama) forward: a 4-D additive mask, explicit positions, the cache under `cache`."""
 
-REMASKING = ("low_confidence", "margin", "entropy", "random")
-"""`propose`'s remasking scores."""
+REMASKING = ("low_confidence", "margin", "entropy", "random", "left_to_right")  # `propose`'s remasking scores
 
 # Attention masks and the forward call
 
@@ -167,6 +166,8 @@ def propose(logits: Tensor, mask_id: int, temperature: float, top_k: int | None,
     logits = logits.masked_fill(scaled == float("-inf"), float("-inf"))  # confidences over what could be drawn
     if remasking == "random":
         return x0, torch.rand(x0.shape, dtype=torch.float64, device=x0.device, generator=generator), logp
+    if remasking == "left_to_right":  # equal scores: `select` breaks ties leftmost (AR order in the block)
+        return x0, torch.zeros_like(logp), logp
     probs = logits.softmax(-1)
     if remasking == "low_confidence":
         confidence = probs.gather(-1, x0[..., None]).squeeze(-1)

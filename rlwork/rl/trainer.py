@@ -158,6 +158,7 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
         scores = session.scorer.score(rollout.prompts, rollout.completions, rollout.problems,
                                       completion_token_ids(rollout))
     flat_frac = float(frac_zero_std(scores.total, G))
+    fresh_reward = float(scores.total.nanmean())  # the first round's prompts, before any refill: an unbiased estimate
 
     # 2b DAPO dynamic sampling: replace flat groups by fresh prompts' groups that have signal.
     rounds = 0
@@ -219,6 +220,7 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
                    **language_totals(rollout.problems, rewards, scores.outcomes, session.languages)}
         metrics["reward/errors"] = float(len(scores.errors))
         metrics["reward/frac_zero_std_before_resample"] = flat_frac
+        metrics["reward/mean_before_resample"] = fresh_reward
         metrics["reward/resample_rounds"] = float(rounds)
         metrics.update(eval_metrics)
         rows = rollout_rows(rollout, scores, rewards, advantages)

@@ -34,7 +34,7 @@ def test_synthetic_adapter():
     train = load_problems("synthetic", n_train=20, n_heldout=5, seed=1).dataset
     heldout = load_problems("synthetic", split="heldout", n_train=20, n_heldout=5, seed=1).dataset
     assert len(train) == 20 and len(heldout) == 5 and spec(train[0])["kind"] == "call"
-    with pytest.raises(ValueError, match="'train' or 'heldout'"):
+    with pytest.raises(ValueError, match="use one of train, heldout"):
         load_problems("synthetic", split="test")
 
 

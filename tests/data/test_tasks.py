@@ -163,3 +163,24 @@ def test_degenerate_draws_are_rejected():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_synthetic_splits(**kwargs)
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_unseen_splits_share_no_program_with_training_or_each_other(fresh):
+    from rlwork.data.splits import synthetic_splits
+    from rlwork.data.tasks import _fingerprint
+
+    splits = synthetic_splits(300, 40, seed=3, fresh=fresh, n_rl=60)
+    assert [len(splits[k]) for k in ("iid", "valid", "rl", "heldout")] == [40, 40, 60, 40]
+    assert len(splits["train"]) == 300
+    prints = {k: {_fingerprint(r) for r in v} for k, v in splits.items()}
+    code = {k: {r["reference"] for r in v} for k, v in splits.items()}
+    for name in ("iid", "valid", "rl", "heldout"):
+        assert not prints[name] & prints["train"] and not code[name] & code["train"], name
+    for a, b in (("iid", "valid"), ("iid", "rl"), ("valid", "rl")):
+        assert not prints[a] & prints[b], (a, b)
+    assert len(prints["iid"]) == 40  # distinct programs within a split
+    if not fresh:  # the distinct mode's train split is make_synthetic_splits's, unchanged
+        from rlwork.data.tasks import make_synthetic_splits
+
+        assert list(splits["train"]) == make_synthetic_splits(300, 40, seed=3)[0].to_list()

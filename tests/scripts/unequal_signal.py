@@ -18,7 +18,7 @@ from unittest import mock
 
 import torch
 
-from rlwork.config import AlgoConfig
+from rlwork.config import AlgoConfig, SamplerConfig
 from rlwork.diffusion.rollout import Rollout
 from rlwork.models.lm import load_diffusion_lm
 from rlwork.rl.likelihoods import draw_step_masks, old_and_ref_logps
@@ -43,7 +43,8 @@ def union_rollout(lm, gen: torch.Generator) -> Rollout:
     completion_ids = torch.randint(8, 1000, (ROWS, L), generator=gen).masked_fill(~completion_mask, lm.pad_id)
     return Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
                    completion_mask=completion_mask, group_ids=torch.arange(ROWS) // 2,
-                   decode_step=torch.zeros(ROWS, L, dtype=torch.long), prompts=[""] * ROWS,
+                   decode_step=torch.zeros(ROWS, L, dtype=torch.long), sampling_per_token_logps=torch.zeros(ROWS, L),
+                   trace_ids=completion_ids, trace_step=torch.zeros(ROWS, L, dtype=torch.long), prompts=[""] * ROWS,
                    completions=[""] * ROWS, problems=[{}] * ROWS, num_forwards=0)
 
 
@@ -77,9 +78,10 @@ def run(lm, model, engine, algo, rollout, signal, first_row) -> dict:
     draws = draw_step_masks(algo, lm, rollout, MICRO, seed=3, step=0, first_row=first_row)
     ref_policy = eng.RefPolicy.build(model, algo.beta)
     with eng.gathered_parameters(engine):  # as the trainer's phase 4: ranks run different numbers of forwards
-        _, ref = old_and_ref_logps(algo, lm, engine, ref_policy, rollout, draws, MICRO, needed=signal)
+        _, ref = old_and_ref_logps(algo, SamplerConfig(), lm, engine, ref_policy, rollout, draws, MICRO, needed=signal)
     advantages = torch.linspace(-1.0, 1.2, ROWS)[first_row:first_row + rollout.prompt_ids.shape[0]]
-    metrics = policy_updates(algo, lm, engine, rollout, advantages, signal, draws, None, ref, MICRO, 1e-3)
+    metrics = policy_updates(algo, SamplerConfig(), lm, engine, rollout, advantages, signal, draws, None, ref, MICRO,
+                             1e-3)
     return grads, metrics
 
 

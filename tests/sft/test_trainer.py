@@ -186,6 +186,15 @@ def test_warm_start_key_follows_what_changes_the_weights():
         assert key(changed) != key(), changed
 
 
+def test_the_demo_warm_start_key_survives_new_config_fields():
+    """A config field added later (at its default) must not rename every user's cached 18-minute warm start: the
+    key of configs/tiny.yaml is the one the first cached warm starts were made under. Change it only with a
+    recipe change that changes the weights."""
+    from rlwork.demo import warm_start_key
+
+    assert warm_start_key(load_config(ROOT / "configs" / "tiny.yaml")) == "5de0eec7876bc4fa"
+
+
 def test_warm_start_key_does_not_depend_on_where_the_cache_is(tmp_path, monkeypatch):
     """Two clones (two cache roots, two tiny builds on disk) share one key; another model path gets another."""
     from rlwork.demo import warm_start_key
