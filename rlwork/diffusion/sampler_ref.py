@@ -71,7 +71,7 @@ def naive_generate(
                 if config.threshold is not None:
                     k = max(k, int((confidence >= config.threshold).sum()))
                 k = min(k, still.numel())
-                chosen = confidence.topk(k).indices
+                chosen = confidence.argsort(descending=True, stable=True)[:k]  # ties: leftmost first
                 x[0, p + lo + chosen] = x0[chosen]
                 decode_step[lo + chosen] = step
                 logps[lo + chosen] = logp[chosen]

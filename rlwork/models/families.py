@@ -128,6 +128,18 @@ FAMILIES: dict[str, FamilySpec] = {
 }
 
 
+def convention_dict(convention: ForwardConvention) -> dict[str, Any]:
+    """The convention as the plain dict `rlwork.models.diffusion_kernel.call_model` takes (and config.json keeps)."""
+    return {field.name: getattr(convention, field.name) for field in dataclasses.fields(convention)}
+
+
+def family_facts(family: FamilySpec) -> dict[str, Any]:
+    """What the sampler kernel (`rlwork.models.diffusion_kernel`) needs about a resolved family, as plain values."""
+    return {"mask_token_id": family.mask_token_id, "eos_token_id": family.eos_token_id,
+            "pad_token_id": family.pad_token_id, "attention": family.attention, "block_size": family.block_size,
+            "shift_logits": family.shift_logits, "forward": convention_dict(family.forward)}
+
+
 def get_family(name: str) -> FamilySpec:
     if name not in FAMILIES:
         raise ValueError(f"unknown model family '{name}': choose one of {', '.join(FAMILIES)}")

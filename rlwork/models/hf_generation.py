@@ -1,251 +1,100 @@
-"""Block-diffusion `generate` for an exported Instruct checkpoint, runnable without rlwork (torch only).
+"""Block-diffusion `generate` for an exported checkpoint, runnable without rlwork (torch only).
 
-`rlwork export` copies this file into the exported folder as `rlwork_generation.py` and points the config's
-`auto_map` at a subclass of the model's own class with `DiffusionGenerationMixin` first, so that
+`rlwork export` copies this file into the exported folder as `rlwork_generation.py`, next to the sampler itself
+(`diffusion_kernel.py`, the one rlwork trains with), and points the config's `auto_map` at a subclass of the model's
+own class with `DiffusionGenerationMixin` first, so that
 
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
     out = model.generate(input_ids, attention_mask=mask, max_new_tokens=64)   # [N, P + L], like HF's generate
 
 runs the block-diffusion sampler instead of transformers' left-to-right decoding, which is wrong for a diffusion
-model. It is a standalone port of `rlwork.diffusion.sampler.generate` (same layout, schedule, remasking scores,
-EOS rule and KV cache), kept separate because the export must run where rlwork is not installed; rlwork's tests
-check that both give the same tokens. The family facts (mask/eos/pad ids, attention kind, block size, logit shift)
-and the run's sampler settings are read from the config's `rlwork` section.
+model. The family's facts (mask/eos/pad ids, attention kind, block size, logit shift, how its `forward` is called)
+and the run's sampler settings are read from the config's `rlwork` section. This file holds only what is specific
+to transformers' `generate`: its settings and do_sample, the model call, and the streamer, which receives the prompt,
+then each block's tokens as the block is committed (batch size 1, as in transformers).
 
-A `streamer` (transformers' `TextStreamer`, or anything with `put(ids)` and `end()`) receives the prompt, then each
-block's tokens as the block is committed (batch size 1, as in transformers).
-
-Shape letters: N rows, P prompt columns, W layout columns, L = max_new_tokens, V vocabulary.
+Shape letters: N rows, P prompt columns, T query length, K key length, L = max_new_tokens, V vocabulary.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-SAMPLING_KEYS = ("max_new_tokens", "steps_per_block", "block_size", "temperature", "top_k", "top_p", "remasking",
-                 "threshold", "use_cache")
-"""generate()'s sampler settings; their defaults come from the config's `rlwork.sampler` section."""
+from .diffusion_kernel import (
+    HF_CONVENTION,
+    REMASKING,
+    SAMPLING_KEYS,
+    allowed_attention,
+    call_model,
+    position_ids_from_mask,
+    sample,
+    up_to_first_eos,
+)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Attention and the forward pass (rlwork.models.lm)
-
-
-def _positions(key_mask: Tensor) -> Tensor:
-    return (key_mask.long().cumsum(-1) - 1).clamp_min(0)
-
-
-def _allowed(key_mask: Tensor, query_len: int, block_causal: bool, block_size: int | None) -> Tensor:
-    n, k = key_mask.shape
-    allowed = key_mask[:, None, :].expand(n, query_len, k)
-    if block_causal:
-        key_block = _positions(key_mask) // block_size
-        query_block = key_block[:, k - query_len:]
-        allowed = allowed & (key_block[:, None, :] <= query_block[:, :, None])
-    own = torch.zeros(query_len, k, dtype=torch.bool, device=key_mask.device)
-    own[torch.arange(query_len), torch.arange(k - query_len, k)] = True
-    pad_query = ~key_mask[:, k - query_len:, None]
-    return torch.where(pad_query, own[None], allowed)[:, None]
-
-
-def _forward(model, facts: dict, input_ids: Tensor, key_mask: Tensor, cache, use_cache: bool) -> Tensor:
-    """Aligned logits [N, T, V] of `input_ids` under the family's attention (rlwork DiffusionLM.forward)."""
+def family_forward(model: Any, facts: dict, input_ids: Tensor, key_mask: Tensor, cache: Any = None) -> Tensor:
+    """Aligned logits [N, T, V] of `input_ids` [N, T] under the family's attention and forward convention; key_mask:
+    [N, K] bool over cached + current tokens. With a `cache`, the forward reads it and appends to it."""
     t = input_ids.shape[1]
-    allowed = _allowed(key_mask, t, facts["attention"] == "block_causal", facts["block_size"])
-    dtype = next(model.parameters()).dtype
-    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed,
-                                                                                       torch.finfo(dtype).min)
-    out = model(input_ids=input_ids, attention_mask=bias, position_ids=_positions(key_mask)[:, -t:], cache=cache,
-                use_cache=use_cache)
-    logits = out.logits
-    if facts["shift_logits"]:
-        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+    allowed = allowed_attention(key_mask, t, facts["attention"], facts["block_size"])
+    logits, _ = call_model(model, facts.get("forward") or HF_CONVENTION, input_ids, allowed,
+                           position_ids_from_mask(key_mask)[:, -t:], dtype=next(model.parameters()).dtype,
+                           shift=bool(facts["shift_logits"]), cache=cache, use_cache=cache is not None)
     return logits
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Per-step maths (rlwork.diffusion.sampler)
+class _BlockStreamer:
+    """`sample`'s on_block for row 0: sends each block's newly final tokens, up to and including EOS."""
 
+    def __init__(self, streamer: Any, eos_id: int):
+        self.streamer, self.eos_id, self.sent, self.open = streamer, eos_id, 0, True
 
-def _filter(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        drop_sorted = probs.cumsum(-1) - probs >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-def _propose(logits: Tensor, s: dict, mask_id: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    logits = logits.to(torch.float64, copy=True)
-    logits[..., mask_id] = float("-inf")
-    if s["temperature"] > 0:
-        scaled = _filter(logits / s["temperature"], s["top_k"], s["top_p"])
-        u = torch.rand(scaled.shape, dtype=torch.float64, device=scaled.device, generator=generator)
-        gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float64).tiny)))
-        x0 = (scaled + gumbel).argmax(-1)
-        logits = logits.masked_fill(scaled == float("-inf"), float("-inf"))
-    else:
-        x0 = logits.argmax(-1)
-    if s["remasking"] == "random":
-        return x0, torch.rand(x0.shape, dtype=torch.float64, device=x0.device, generator=generator)
-    probs = logits.softmax(-1)
-    if s["remasking"] == "low_confidence":
-        confidence = probs.gather(-1, x0[..., None]).squeeze(-1)
-    elif s["remasking"] == "margin":
-        top2 = probs.topk(2, dim=-1).values
-        confidence = top2[..., 0] - top2[..., 1]
-    elif s["remasking"] == "entropy":
-        confidence = torch.special.xlogy(probs, probs).sum(-1)
-    else:
-        raise ValueError(f"remasking={s['remasking']!r}: use low_confidence, margin, entropy or random")
-    return x0, confidence
-
-
-def _select(masked: Tensor, confidence: Tensor, count: Tensor, threshold: float | None) -> Tensor:
-    confidence = confidence.masked_fill(~masked, float("-inf"))
-    if threshold is not None:
-        count = torch.maximum(count, (confidence >= threshold).sum(1))
-    count = torch.minimum(count, masked.sum(1))
-    order = confidence.argsort(dim=1, descending=True, stable=True)
-    ranks = torch.arange(masked.shape[1], device=masked.device).expand_as(order)
-    rank = torch.empty_like(order).scatter_(1, order, ranks)
-    return rank < count[:, None]
-
-
-def _layout(facts: dict, prompt_ids: Tensor, prompt_mask: Tensor, length: int, block: int):
-    prompts = [ids[mask.bool()] for ids, mask in zip(prompt_ids, prompt_mask, strict=True)]
-    lengths = [int(p.numel()) for p in prompts]
-    if min(lengths) == 0:
-        raise ValueError("a prompt has no real tokens (attention_mask all 0): drop it or give it a prompt")
-    if facts["attention"] == "block_causal":
-        padded = [-(-n // block) * block for n in lengths]
-        starts = [max(padded) - c for c in padded]
-        first = min((s + n) // block * block for s, n in zip(starts, lengths, strict=True))
-    else:
-        starts = [max(lengths) - n for n in lengths]
-        first = max(lengths)
-    gen_start = [s + n for s, n in zip(starts, lengths, strict=True)]
-    width, dev = max(gen_start) + length, prompt_ids.device
-    x = torch.full((len(prompts), width), facts["pad_token_id"], dtype=torch.long, device=dev)
-    cols = torch.arange(width, device=dev)
-    start_t, gen_t = torch.tensor(starts, device=dev)[:, None], torch.tensor(gen_start, device=dev)[:, None]
-    gen = (cols >= gen_t) & (cols < gen_t + length)
-    key_mask = (cols >= start_t) & (cols < gen_t + length)
-    for i, prompt in enumerate(prompts):
-        x[i, starts[i]:gen_start[i]] = prompt
-    x[gen] = facts["mask_token_id"]
-    return x, key_mask, gen, gen_start, [(s, min(s + block, width)) for s in range(first, width, block)]
-
-
-def _new_cache(model):
-    from transformers import DynamicCache
-
-    return DynamicCache(config=model.config)
-
-
-def _truncate(cache, length: int) -> None:
-    extra = cache.get_seq_length() - length
-    if extra > 0:
-        cache.crop(-extra)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The sampler
+    def __call__(self, rows: list[int], completion: Tensor, final: Tensor) -> None:
+        if not self.open or 0 not in rows:
+            return
+        i = rows.index(0)
+        piece = completion[i, self.sent:int(final[i])]
+        eos = (piece == self.eos_id).nonzero()
+        if eos.numel():
+            piece, self.open = piece[: int(eos[0]) + 1], False
+        if piece.numel():
+            self.streamer.put(piece.cpu())
+        self.sent = max(self.sent, int(final[i]))
 
 
 @torch.no_grad()
-def diffusion_generate(model, facts: dict, input_ids: Tensor, attention_mask: Tensor | None, settings: dict,
-                       generator: torch.Generator | None = None, streamer=None) -> Tensor:
+def diffusion_generate(model: Any, facts: dict, input_ids: Tensor, attention_mask: Tensor | None, settings: dict,
+                       generator: torch.Generator | None = None, streamer: Any = None) -> Tensor:
     """Completions [N, L] (pad after each row's first EOS) for left- or right-padded prompts [N, P].
 
-    facts: mask_token_id, eos_token_id, pad_token_id, attention ("block_causal" | "bidirectional"), block_size,
-    shift_logits. settings: every key of SAMPLING_KEYS. Randomness (temperature > 0, random remasking) comes from
-    `generator`, or torch's global generator when None.
+    facts: the config's `rlwork` section (`diffusion_kernel`'s facts). settings: every key of SAMPLING_KEYS.
+    Randomness (temperature > 0, random remasking) comes from `generator`, or torch's global generator when None.
     """
-    mask_id, eos_id, pad_id = facts["mask_token_id"], facts["eos_token_id"], facts["pad_token_id"]
-    block_causal = facts["attention"] == "block_causal"
-    length, sps = int(settings["max_new_tokens"]), int(settings["steps_per_block"])
-    block = facts["block_size"] if block_causal else (settings.get("block_size") or length)
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-    x, key_mask, gen, gen_start, blocks = _layout(facts, input_ids, attention_mask.bool(), length, block)
-    n, width = x.shape
+    if settings["remasking"] not in REMASKING:
+        raise ValueError(f"remasking={settings['remasking']!r}: use one of {', '.join(REMASKING)}")
+    on_block = None
     if streamer is not None:
-        if n != 1:
+        if input_ids.shape[0] != 1:
             raise ValueError("a streamer takes one prompt at a time (batch size 1), as in transformers")
-        streamer.put(input_ids[0][attention_mask[0].bool()].cpu())
-    out_x = x.clone()
-    rows = torch.arange(n, device=x.device)
-    active = list(range(n))
-    lookback = 1 if facts["shift_logits"] else 0
-    cache = _new_cache(model) if settings["use_cache"] and block_causal else None
-    cache_len, streamed = 0, gen_start[0]
-    for s, t in blocks:
-        end = t if block_causal else width
-        base = max(s - lookback, 0)
-        if settings["use_cache"] and not block_causal:
-            cache, cache_len = _new_cache(model), 0
-        most = max(min(t, g + length) - max(s, g) for g in (gen_start[i] for i in active))
-        num_masked = gen[:, s:t].sum(1)
-        for step in range(min(sps, most)):
-            q0 = cache_len if cache is not None else 0
-            logits = _forward(model, facts, x[:, q0:end], key_mask[:, :end], cache, cache is not None)
-            if cache is not None:
-                _truncate(cache, base)
-                cache_len = base
-            x0, confidence = _propose(logits[:, s - q0:t - q0], settings, mask_id, generator)
-            k = num_masked // sps + (step < num_masked % sps).long()
-            commit = _select(x[:, s:t] == mask_id, confidence, k, settings["threshold"])
-            x[:, s:t] = torch.where(commit, x0, x[:, s:t])
-            if settings["threshold"] is not None and not bool((x[:, s:t] == mask_id).any()):
-                break
-        done = ((x[:, s:t] == eos_id) & gen[:, s:t]).any(1)
-        if streamer is not None and streamed is not None and 0 in active:
-            streamed = _stream(streamer, x[active.index(0)], streamed, t, gen_start[0] + length, eos_id)
-        if bool(done.any()):
-            out_x[rows[done]] = x[done]
-            keep = (~done).nonzero().squeeze(1)
-            if keep.numel() == 0:
-                break
-            x, key_mask, gen, rows = x[keep], key_mask[keep], gen[keep], rows[keep]
-            active = rows.tolist()
-            if cache is not None:
-                cache.batch_select_indices(keep)
-    else:
-        out_x[rows] = x
+        prompt = input_ids[0] if attention_mask is None else input_ids[0][attention_mask[0].bool()]
+        streamer.put(prompt.cpu())
+        on_block = _BlockStreamer(streamer, facts["eos_token_id"])
+    run = sample(lambda ids, key_mask, cache: family_forward(model, facts, ids, key_mask, cache), facts, input_ids,
+                 attention_mask, settings, generator=generator, model_config=model.config, on_block=on_block)
     if streamer is not None:
         streamer.end()
-    index = torch.tensor(gen_start, device=x.device)[:, None] + torch.arange(length, device=x.device)
-    ids = out_x.gather(1, index)
-    is_eos = ids == eos_id
-    real = (is_eos.long().cumsum(1) - is_eos.long()) == 0
-    return ids.masked_fill(~real, pad_id)
-
-
-def _stream(streamer, row: Tensor, start: int, stop: int, gen_end: int, eos_id: int) -> int | None:
-    """Send row[start:stop] (a committed block's completion columns) up to and including EOS; the next start, or
-    None once EOS was sent."""
-    piece = row[start:min(stop, gen_end)]
-    eos = (piece == eos_id).nonzero()
-    if eos.numel():
-        piece = piece[: int(eos[0]) + 1]
-    if piece.numel():
-        streamer.put(piece.cpu())
-    return None if eos.numel() or stop >= gen_end else max(stop, start)
+    return run.ids.masked_fill(~up_to_first_eos(run.ids, facts["eos_token_id"]), facts["pad_token_id"])
 
 
 class DiffusionGenerationMixin:
     """`generate` by block diffusion for a transformers model class (put it first among the bases)."""
 
     def generate(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, *,
-                 generator: torch.Generator | None = None, streamer=None, do_sample: bool | None = None,
-                 **settings) -> Tensor:
+                 generator: torch.Generator | None = None, streamer: Any = None, do_sample: bool | None = None,
+                 **settings: Any) -> Tensor:
         """Prompt and completion ids, [N, P + L] (prompts as given, completions padded after EOS), like
         transformers' `generate`. Sampler settings (SAMPLING_KEYS) default to the run's, except that, as in
         transformers, decoding is greedy (temperature 0) unless do_sample=True (the run's temperature, 1.0 if it

@@ -13,7 +13,8 @@ A masked/block diffusion LM is an ordinary HF transformer called with a *differe
 
 A plain `model(ids)` call on a Llama is *causal*, which is wrong for every one of these models: every
 forward pass in rlwork goes through `DiffusionLM.forward`, which builds the family's 4-D mask, so the
-sampler and the likelihood code see exactly the same attention.
+sampler and the likelihood code see exactly the same attention. The mask maths and the convention-driven model
+call live in `rlwork.models.diffusion_kernel` (torch only), which exported folders run too.
 
 Shape letters: N rows, T query length, K key length (cached + current), V vocabulary.
 """
@@ -26,26 +27,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rlwork.models.diffusion_kernel import (  # noqa: F401 (re-exported: the mask maths live in the kernel)
+    align_logits,
+    allowed_attention,
+    attention_bias,
+    call_model,
+    position_ids_from_mask,
+)
 from rlwork.models.families import (  # noqa: F401 (re-exported: the family facts live in families.py)
     FAMILIES,
     AttentionKind,
     FamilySpec,
     ForwardConvention,
+    convention_dict,
+    family_facts,
     get_family,
     lora_target_paths,
     resolve_family,
 )
-
-# ---------------------------------------------------------------------------------------------------------------
-# Attention masks (pure functions)
-
-
-def position_ids_from_mask(key_mask: Tensor) -> Tensor:
-    """Positions counted over real tokens only, so left padding does not shift RoPE or block alignment.
-
-    key_mask: [N, K] bool (True = real token). Returns [N, K] int64; padding positions get 0.
-    """
-    return (key_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
 def set_flush_denormal(enabled: bool) -> bool:
@@ -60,50 +59,6 @@ def set_flush_denormal(enabled: bool) -> bool:
         warnings.warn("this CPU cannot flush subnormal floats to zero (model.flush_denormal=true): arithmetic on "
                       "them stays slow; set model.flush_denormal=false to silence this", stacklevel=2)
     return supported
-
-
-def allowed_attention(
-    key_mask: Tensor, query_len: int, attention: AttentionKind, block_size: int | None
-) -> Tensor:
-    """Which keys each query may see, for the last `query_len` positions of the key sequence.
-
-    key_mask: [N, K] bool over cached + current tokens (HF's 2-D convention, padding = False).
-    Block-causal: a query in block b sees real keys in blocks <= b, blocks counted from the first real token.
-    Bidirectional: a query sees every real key. A padding query sees only itself, so no softmax row is empty.
-    Returns [N, 1, query_len, K] bool.
-    """
-    n, k = key_mask.shape
-    allowed = key_mask[:, None, :].expand(n, query_len, k)  # [N, T, K]
-    if attention == "block_causal":
-        if block_size is None:
-            raise ValueError("block-causal attention needs a block_size")
-        key_block = position_ids_from_mask(key_mask) // block_size  # [N, K]
-        query_block = key_block[:, k - query_len:]  # [N, T]
-        allowed = allowed & (key_block[:, None, :] <= query_block[:, :, None])
-    elif attention != "bidirectional":
-        raise ValueError(f"unknown attention kind '{attention}'")
-    own = torch.zeros(query_len, k, dtype=torch.bool, device=key_mask.device)
-    own[torch.arange(query_len), torch.arange(k - query_len, k)] = True
-    pad_query = ~key_mask[:, k - query_len:, None]  # [N, T, 1]
-    allowed = torch.where(pad_query, own[None], allowed)
-    return allowed[:, None]
-
-
-def attention_bias(allowed: Tensor, dtype: torch.dtype) -> Tensor:
-    """Bool [N, 1, T, K] -> additive float mask (0 where allowed, dtype's min elsewhere) for eager and sdpa."""
-    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-    return bias.masked_fill_(~allowed, torch.finfo(dtype).min)
-
-
-def align_logits(logits: Tensor, shift: bool) -> Tensor:
-    """Make logits[:, i] predict token i. Shifted families predict token i at position i-1.
-
-    logits: [N, T, V]. Position 0 of a shifted model has no prediction of its own; it reuses position 0's
-    logits (as Dream's reference code does). Position 0 is always a prompt token, so it is never scored.
-    """
-    if not shift:
-        return logits
-    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -170,8 +125,7 @@ class DiffusionLM:
         cache or None).
         """
         n, t = input_ids.shape
-        keep = 0 if logits_to_keep >= t else logits_to_keep
-        shift, conv = self.family.shift_logits, self.family.forward
+        conv = self.family.forward
         if allowed is None:
             if key_mask is None:
                 past = 0 if cache is None else cache.get_seq_length()
@@ -184,22 +138,12 @@ class DiffusionLM:
         elif not conv.position_ids:  # positions then count from the first column (RoPE: only differences matter)
             raise ValueError(f"the '{self.family.name}' family's forward takes no position_ids: a custom mask with "
                              "its own positions (the block-causal doubled sequence) cannot be expressed for it")
-        mask = attention_bias(allowed, self.dtype) if conv.mask_format == "additive" else allowed
-        kwargs: dict[str, Any] = {conv.mask_arg: mask, "use_cache": use_cache}
-        if conv.position_ids:
-            kwargs["position_ids"] = position_ids
-        if cache is not None or use_cache:
-            if conv.cache_arg is None:
-                raise ValueError(f"the '{self.family.name}' family's forward returns no KV cache rlwork can use: "
-                                 "set sampler.use_cache=false")
-            kwargs[conv.cache_arg] = cache
-            kwargs.update(dict(conv.cache_write) if use_cache else {})
-        if keep and conv.logits_to_keep_arg is not None:
-            kwargs[conv.logits_to_keep_arg] = keep + shift  # a shifted family needs one position more
-        out = (model or self.model)(input_ids=input_ids, **kwargs)
-        logits = out.logits if not keep or conv.logits_to_keep_arg else out.logits[:, -(keep + shift):]
-        logits = align_logits(logits, shift)
-        return (logits[:, 1:] if keep and shift else logits), (getattr(out, conv.cache_out) if use_cache else None)
+        if (cache is not None or use_cache) and conv.cache_arg is None:
+            raise ValueError(f"the '{self.family.name}' family's forward returns no KV cache rlwork can use: "
+                             "set sampler.use_cache=false")
+        return call_model(model or self.model, convention_dict(conv), input_ids, allowed, position_ids,
+                          dtype=self.dtype, shift=self.family.shift_logits, cache=cache, use_cache=use_cache,
+                          logits_to_keep=logits_to_keep)
 
     def train_mode(self, module: torch.nn.Module) -> None:
         """`module.train()` (the policy wrapper: peft model or DeepSpeed engine), except that a family whose

@@ -20,7 +20,7 @@ import torch
 
 from rlwork.config import ModelConfig, SamplerConfig
 from rlwork.config.typed import ConfigError, build, read_yaml
-from rlwork.models.export_code import family_facts
+from rlwork.models.families import family_facts
 from rlwork.models.hf_generation import SAMPLING_KEYS, diffusion_generate
 from rlwork.runtime.policies import load_model, run_checkpoint
 

@@ -96,7 +96,7 @@ def eos_case(tiny_lm):
 @pytest.mark.parametrize(
     "steps, remasking, threshold",
     [(4, "low_confidence", None), (2, "low_confidence", None), (1, "margin", None), (3, "entropy", None),
-     (4, "low_confidence", 0.002)],
+     (4, "low_confidence", 0.002), (4, "left_to_right", None)],
 )
 def test_block_causal_cached_matches_naive_on_ragged_batch(tiny_lm, steps, remasking, threshold):
     ids, mask = ragged(tiny_lm, LENGTHS)
@@ -187,6 +187,15 @@ def test_decode_order_follows_the_schedule(tiny_lm, steps):
             previous_last = int(block_steps.max())
         assert (order >= 0).all()
         assert torch.bincount(order).tolist() == expected
+
+
+def test_left_to_right_commits_each_block_in_reading_order(tiny_lm):
+    ids, mask = ragged(tiny_lm, LENGTHS, seed=4)
+    out = generate(tiny_lm, ids, mask, SamplerConfig(temperature=0.0, max_new_tokens=14, steps_per_block=4,
+                                                     remasking="left_to_right"))
+    for p, order in zip(LENGTHS, out.decode_step, strict=True):
+        steps = torch.cat([order[positions] for positions in blocks_of(p, 14, 4, aligned=True)])
+        assert steps.tolist() == list(range(steps.numel()))  # one token per step, leftmost first
 
 
 def test_threshold_decoding_commits_in_parallel(tiny_lm):

@@ -129,3 +129,47 @@ def test_sft_step_rl_step_export_and_reload(presets, checkpoints, family, tmp_pa
 
 def lm_has_cache(family: str) -> bool:
     return families.FAMILIES[family].forward.cache_arg is not None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_exported_generate_gives_the_samplers_tokens(presets, checkpoints, family, tmp_path):
+    """The folder's own `generate` (AutoModelForCausalLM, remote code) calls the model with the family's forward
+    convention from config.json and gives rlwork's sampler's tokens at temperature 0, with the family's cache and
+    without; adding the generate to a folder that has one already (an export of an export) keeps the model class."""
+    import json
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from rlwork.config import SamplerConfig
+    from rlwork.diffusion.sampler import generate
+    from rlwork.models.export_code import add_diffusion_generate
+
+    # A folder name of its own: transformers names remote code modules after the folder, and once a config class
+    # has a model class registered in this process, it loads that one, whatever auto_map says.
+    folder = tmp_path / f"{family}-export"
+    shutil.copytree(checkpoints[family], folder)
+    lm = _lm(checkpoints, family)
+    block = None if lm.block_causal else 4
+    settings = {"max_new_tokens": 8, "steps_per_block": 2, "block_size": block, "use_cache": False}
+    for _ in range(2):
+        add_diffusion_generate(folder, lm.family, settings, {"chat": False})
+    recorded = json.loads((folder / "config.json").read_text())["rlwork"]
+    assert recorded["forward"] == json.loads(json.dumps(families.convention_dict(lm.family.forward)))
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+    assert CLASSES[family] in [c.__name__ for c in type(model).__mro__[1:]]
+    ids, key_mask = _batch(lm)
+    for use_cache in (True, False) if lm_has_cache(family) else (False,):
+        config = SamplerConfig(temperature=0.0, max_new_tokens=8, steps_per_block=2, block_size=block,
+                               use_cache=use_cache)
+        expected = generate(lm, ids, key_mask, config).completion_ids
+        out = model.generate(ids, attention_mask=key_mask, use_cache=use_cache)
+        assert torch.equal(out[:, ids.shape[1]:], expected), (family, use_cache)
+        assert len(set(map(tuple, expected.tolist()))) > 1  # rows differ: not a degenerate output
+
+
+def test_the_kernels_default_convention_is_the_presets():
+    """Exports that record no convention are called as transformers' own models are (ForwardConvention())."""
+    from rlwork.models.diffusion_kernel import HF_CONVENTION
+
+    assert families.convention_dict(families.ForwardConvention()) == HF_CONVENTION

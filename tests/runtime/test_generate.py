@@ -17,6 +17,7 @@ from rlwork.config import ModelConfig, SamplerConfig
 from rlwork.diffusion.rollout import tokenize_prompts
 from rlwork.diffusion.sampler import generate
 from rlwork.models.export_code import add_diffusion_generate
+from rlwork.models.hf_generation import diffusion_generate
 from rlwork.models.tiny import ensure_tiny_coder
 from rlwork.runtime.policies import load_model
 
@@ -108,15 +109,21 @@ def test_a_library_model_class_gets_the_generate_too(tmp_path, use_cache):
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
     assert type(model).__mro__[2].__name__ == "LlamaForCausalLM"
     assert torch.equal(model.generate(ids, attention_mask=mask, temperature=0.0)[:, ids.shape[1]:], expected)
+    old = {k: v for k, v in model.config.rlwork.items() if k != "forward"}  # an export from before it was recorded
+    settings = {**old["sampler"], "temperature": 0.0}
+    assert torch.equal(diffusion_generate(model, old, ids, mask, settings), expected)
 
 
-BLOCK_RLWORK = '''
+NO_RLWORK = '''
 import importlib.abc, sys
 class NoRlwork(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name == "rlwork" or name.startswith("rlwork."):
             raise ModuleNotFoundError(f"No module named {name!r} (blocked: rlwork is not installed here)")
 sys.meta_path.insert(0, NoRlwork())
+'''
+
+BLOCK_RLWORK = NO_RLWORK + '''
 import json, torch
 from transformers import AutoModelForCausalLM
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)
@@ -137,6 +144,49 @@ def test_the_export_generates_offline_without_rlwork(trained, tmp_path):
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.splitlines()[-1]) == expected.tolist()
+
+
+KERNEL_ALONE = NO_RLWORK + '''
+sys.path.insert(0, sys.argv[1])
+import json, torch
+import diffusion_kernel
+logits = torch.randn(1000, 16, generator=torch.Generator().manual_seed(0))
+run = diffusion_kernel.sample(lambda ids, key_mask, cache: logits[ids.cumsum(1) % 1000], json.loads(sys.argv[2]),
+                              torch.tensor([[5, 6, 7]]), None, json.loads(sys.argv[3]))
+assert "rlwork" not in {m.split(".")[0] for m in sys.modules}
+print(json.dumps(run.ids.tolist()))
+'''
+KERNEL_FACTS = {"mask_token_id": 3, "eos_token_id": 2, "pad_token_id": 1, "attention": "block_causal", "block_size": 4,
+                "shift_logits": False}
+KERNEL_SETTINGS = {"max_new_tokens": 8, "steps_per_block": 2, "block_size": None, "temperature": 0.0, "top_k": None,
+                   "top_p": None, "remasking": "low_confidence", "threshold": None, "use_cache": False}
+
+
+def test_the_kernel_runs_without_rlwork(trained, tmp_path):
+    """The export's sampler imports only torch (and transformers for its cache), never rlwork: imported from the
+    exported folder alone, with rlwork blocked, it samples what rlwork's own copy samples (a fake model whose logits
+    depend on the context)."""
+    import ast
+
+    from rlwork.models import diffusion_kernel, hf_generation
+
+    for module in (diffusion_kernel, hf_generation):
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.level == 0}
+        assert imported <= {"__future__", "collections", "dataclasses", "typing", "torch", "transformers"}, imported
+    _, export = trained
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", KERNEL_ALONE, str(export), json.dumps(KERNEL_FACTS),
+                          json.dumps(KERNEL_SETTINGS)], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    logits = torch.randn(1000, 16, generator=torch.Generator().manual_seed(0))
+    run = diffusion_kernel.sample(lambda ids, key_mask, cache: logits[ids.cumsum(1) % 1000], KERNEL_FACTS,
+                                  torch.tensor([[5, 6, 7]]), None, KERNEL_SETTINGS)
+    assert json.loads(out.stdout.splitlines()[-1]) == run.ids.tolist()
 
 
 def test_the_readme_example_runs_on_an_export(trained, capsys):
