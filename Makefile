@@ -7,7 +7,8 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
-export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
+# DeepSpeed's compiled ops cache in torch's default (~/.cache/torch_extensions; TORCH_EXTENSIONS_DIR moves it); the
+# tests keep theirs, and every other file they write, under the temp dir (tests/conftest.py): never in the checkout.
 # rlwork's own cache (tiny coders, the demo's warm start): RLWORK_CACHE if set, else ~/.cache/rlwork (XDG), the same
 # place `.venv/bin/rlwork` uses when run by hand; every command prints it at start.
 
@@ -47,4 +48,4 @@ bench: $(STAMP)
 	$(PY) bench/sandbox.py
 
 clean:
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) .cache  # .cache: where earlier versions kept DeepSpeed's ops

@@ -2,8 +2,8 @@
 
 Tests write only under the temporary directory: run folders under pytest's `tmp_path`, and the caches that outlive
 one test (the tiny coders, DeepSpeed's compiled ops, the remote code transformers imports) where the environment
-says (`make test` points them at the checkout's `.cache/`, the user's cache) or else in one folder per user under
-the system's temporary directory.
+says (RLWORK_CACHE, TORCH_EXTENSIONS_DIR, HF_MODULES_CACHE when set) or else in one folder per user under the
+system's temporary directory, which later runs reuse (DeepSpeed's ops compile once).
 """
 
 import os
