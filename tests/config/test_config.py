@@ -40,6 +40,8 @@ def test_yaml_then_overrides(tmp_path):
         (["seed.x=1"], "seed=.*expected an integer"),
         (["eval.every_steps=-1"], "eval.every_steps=-1: use 0 .off. or a positive step interval"),
         (["eval.training_problems=0"], "eval.training_problems=0: use a positive count, or null"),
+        (["eval.report_splits=[]"], r"eval.report_splits=\[\]: name one or more distinct splits"),
+        (["eval.report_splits=[iid,iid]"], r"eval.report_splits=\['iid', 'iid'\]: name one or more distinct"),
     ],
 )
 def test_bad_values_name_the_key_and_the_fix(overrides, message):
