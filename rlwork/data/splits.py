@@ -133,8 +133,12 @@ def synthetic_split(split: str, n_train: int, n_heldout: int, seed: int = 0, fre
     """One split of `synthetic_splits` (fresh copies of the rows); examples=False drops the docstring's example."""
     if split not in SPLITS:
         raise DataError(f"synthetic split={split!r}: use one of {', '.join(SPLITS)}")
-    splits = synthetic_splits(n_train, n_heldout, seed, fresh, n_rl, train_mix=tuple(train_mix) if train_mix else None)
-    return [dict(r) if examples else without_example(r) for r in splits[split]]
+    if not fresh and split in ("train", "heldout"):  # drawn first: no need to draw (and fingerprint) the reserved
+        rows = make_synthetic_splits(n_train, n_heldout, seed)[split == "heldout"].to_list()  # splits behind them
+    else:
+        rows = synthetic_splits(n_train, n_heldout, seed, fresh, n_rl,
+                                train_mix=tuple(train_mix) if train_mix else None)[split]
+    return [dict(r) if examples else without_example(r) for r in rows]
 
 
 def without_example(row: dict) -> dict:

@@ -184,3 +184,11 @@ def test_unseen_splits_share_no_program_with_training_or_each_other(fresh):
         from rlwork.data.tasks import make_synthetic_splits
 
         assert list(splits["train"]) == make_synthetic_splits(300, 40, seed=3)[0].to_list()
+
+
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_the_distinct_train_and_heldout_splits_are_served_without_drawing_the_reserved_ones(split):
+    from rlwork.data.splits import synthetic_split, synthetic_splits
+
+    fast = synthetic_split(split, 300, 40, seed=3, n_rl=60)
+    assert fast == [dict(r) for r in synthetic_splits(300, 40, seed=3, n_rl=60)[split]]
