@@ -372,16 +372,20 @@ class FrameReader:
             if n + 4 == len(data) and n <= self.max_frame:
                 return [_parse(data[4:])]
         self.buf += data
-        out = []
+        return [_parse(body) for body in self._bodies()]
+
+    def _bodies(self):
+        """Take each complete frame's body off the buffer, in order (the one loop both readers share)."""
         while len(self.buf) >= 4:
             (n,) = _HEADER.unpack_from(self.buf)
             if n > self.max_frame:
                 raise FrameTooLarge(f"frame of {n} bytes exceeds the {self.max_frame}-byte cap")
             if len(self.buf) < 4 + n:
-                break
-            out.append(_parse(self.buf[4:4 + n]))
+                return
+            with memoryview(self.buf) as whole:  # one copy of the body, not two
+                body = bytes(whole[4:4 + n])
             del self.buf[:4 + n]
-        return out
+            yield body
 
 
 BLOBS = "__blobs__"
@@ -417,14 +421,7 @@ class TrustedReader(FrameReader):
     def feed(self, data: bytes) -> list:
         self.buf += data
         out = []
-        while len(self.buf) >= 4:
-            (n,) = _HEADER.unpack_from(self.buf)
-            if n > self.max_frame:
-                raise FrameTooLarge(f"frame of {n} bytes exceeds the {self.max_frame}-byte cap")
-            if len(self.buf) < 4 + n:
-                break
-            body = bytes(self.buf[4:4 + n])
-            del self.buf[:4 + n]
+        for body in self._bodies():
             if self.pending is not None:
                 got, want = self.pending[BLOB_DATA], self.pending[BLOBS]
                 if len(body) != want[len(got)]:
