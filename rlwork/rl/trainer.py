@@ -204,7 +204,7 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
             if ref is not None:
                 with eng.gathered_parameters(engine):
                     update_metrics["policy/kl"] = kl_without_update(algo, cfg.sampler, lm, engine.module, ref,
-                                                                    rollout, draws, cfg.train.micro_batch_size)
+                                                                    rollout, draws, cfg.train.micro_batch_size, old)
         update_metrics["optim/no_signal_step"] = float(not signal.any())
 
     # 6 evaluate: every eval.every_steps steps (and after the last), pass@k of the updated policy on the eval source.

@@ -37,12 +37,18 @@ def no_update_metrics(has_reference: bool, trace: bool = False) -> dict[str, flo
 
 @torch.no_grad()
 def kl_without_update(algo: AlgoConfig, sampler: SamplerConfig, lm: DiffusionLM, model: torch.nn.Module,
-                      ref: list[Tensor], rollout: Rollout, draws: Draws, micro_batch_size: int) -> float:
+                      ref: list[Tensor], rollout: Rollout, draws: Draws, micro_batch_size: int,
+                      old: list[Tensor] | None = None) -> float:
     """policy/kl on a step that updates nothing: the same estimator (`algo.kl_estimator`) as the loss's, of the
     current policy to the reference on the step's own draws (ref: per-draw [N, L] terms of every row), as a mean
     over every completion token of every rank (the loss's KL averages over signal rows' tokens; here all rows are
-    used, none having signal). One forward per micro-batch, the same number on every rank."""
-    current = terms_of_rows(algo, sampler, lm, rollout, draws[0], micro_batch_size, model)
+    used, none having signal). One forward per micro-batch, the same number on every rank; none when phase 4
+    already scored every row with these weights (old: ELBO terms with num_iterations > 1, which are the current
+    policy's, since nothing has been updated)."""
+    if old is not None and algo.likelihood == "elbo":
+        current = old[0]
+    else:
+        current = terms_of_rows(algo, sampler, lm, rollout, draws[0], micro_batch_size, model)
     mask = rollout.completion_mask
     kl = kl_estimate(current, ref[0], algo.kl_estimator).masked_fill(~mask, 0.0)
     total, count = dist.all_reduce(torch.tensor([float(kl.sum()), float(mask.sum())], dtype=torch.float64)).tolist()

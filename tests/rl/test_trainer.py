@@ -211,6 +211,29 @@ def test_a_step_without_signal_logs_the_kl_the_loss_would_have_logged(tmp_path, 
     assert kls["skip"] == pytest.approx(kls["keep"], rel=1e-5)
 
 
+def test_a_step_without_signal_reuses_the_old_policy_terms_for_its_kl(tmp_path, reward_module, monkeypatch):
+    """ELBO with num_iterations > 1: phase 4 scored every row with the unchanged weights (the old policy), so the
+    no-signal KL takes those terms instead of a second forward, and equals the one-iteration run's KL."""
+    import rlwork.rl.update as update
+
+    kls, forwards, calls = {}, {}, []
+    real = update.terms_of_rows
+    monkeypatch.setattr(update, "terms_of_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for mu in (1, 2):
+        cfg = tiny_cfg(tmp_path / f"mu{mu}", "rewards.functions=[format]", "algo.dynamic_sampling=skip",
+                       f"algo.num_iterations={mu}")
+        session = setup(cfg)
+        _perturb_adapter(session)
+        before = len(calls)
+        try:
+            kls[mu] = train_step(session, 0)["policy/kl"]
+        finally:
+            session.close()
+        forwards[mu] = len(calls) - before
+    assert forwards == {1: 1, 2: 0}  # one scoring pass for the KL with one iteration, none with two
+    assert kls[2] == pytest.approx(kls[1], rel=1e-6) and kls[1] > 1e-4
+
+
 def by_length_parity(completions, tests, evaluator=None, prompts=None, languages=None):
     """Stand-in sandbox verdicts: a completion "passes" when its length is even, so that the random tiny coder's
     pass@k is neither 0 nor 1 and depends on exactly which completions were sampled."""
