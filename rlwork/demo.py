@@ -41,6 +41,8 @@ def warm_start_key(cfg: RunConfig) -> str:
             del data[key]
     if cfg.data.synthetic_examples:
         del data["synthetic_examples"]  # the default prompts: keys of earlier warm starts stay valid
+    if cfg.data.synthetic_names == "steps":
+        del data["synthetic_names"]
     if not cfg.data.synthetic_fresh:  # the distinct train split is drawn first, whatever is reserved after it
         del data["synthetic_fresh"], data["synthetic_rl"], data["synthetic_train_mix"]  # so warm starts made
         # before these options existed keep their keys
@@ -71,12 +73,17 @@ def warm_start(cfg: RunConfig, progress: bool = True) -> Path:
     target = root / key
     if (target / "config.json").is_file():
         return target
+    base = base_folder(cfg)
+    if base.is_dir() and not (base / "config.json").is_file():  # checked before the SFT, not after it
+        raise ValueError(
+            f"model.path={cfg.model.path}: the warm start is exported as this base plus the SFT weights, so the base "
+            "must be an HF model folder (with config.json), and this one has none (an rlwork run folder?). Export it "
+            "first, `rlwork export RUN --out DIR`, and pass model.path=DIR")
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f".{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
         if (target / "config.json").is_file():  # another process published it while we waited
             return target
-        base = base_folder(cfg)
         run_dir = root / f".run-{key}"
         run_cfg = dataclasses.replace(
             cfg, output_dir=str(run_dir),

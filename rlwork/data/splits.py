@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import random
 
 from rlwork.data.schema import DataError
@@ -129,8 +130,12 @@ def synthetic_splits(n_train: int, n_heldout: int, seed: int = 0, fresh: bool = 
 
 
 def synthetic_split(split: str, n_train: int, n_heldout: int, seed: int = 0, fresh: bool = False,
-                    n_rl: int = 0, train_mix: tuple[float, ...] | None = None, examples: bool = True) -> list[dict]:
-    """One split of `synthetic_splits` (fresh copies of the rows); examples=False drops the docstring's example."""
+                    n_rl: int = 0, train_mix: tuple[float, ...] | None = None, examples: bool = True,
+                    names: str = "steps") -> list[dict]:
+    """One split of `synthetic_splits` (fresh copies of the rows); examples=False drops the docstring's example,
+    names="neutral" names every function `NEUTRAL_NAME` (`with_neutral_name`)."""
+    if names not in SYNTHETIC_NAMES:
+        raise DataError(f"synthetic names={names!r}: use one of {', '.join(SYNTHETIC_NAMES)}")
     if split not in SPLITS:
         raise DataError(f"synthetic split={split!r}: use one of {', '.join(SPLITS)}")
     if not fresh and split in ("train", "heldout"):  # drawn first: no need to draw (and fingerprint) the reserved
@@ -138,7 +143,8 @@ def synthetic_split(split: str, n_train: int, n_heldout: int, seed: int = 0, fre
     else:
         rows = synthetic_splits(n_train, n_heldout, seed, fresh, n_rl,
                                 train_mix=tuple(train_mix) if train_mix else None)[split]
-    return [dict(r) if examples else without_example(r) for r in rows]
+    rows = [dict(r) if examples else without_example(r) for r in rows]
+    return [with_neutral_name(r) for r in rows] if names == "neutral" else rows
 
 
 def without_example(row: dict) -> dict:
@@ -148,3 +154,23 @@ def without_example(row: dict) -> dict:
     if not sep:
         return dict(row)
     return {**row, "prompt": f'{head}\n    """\n'}
+
+
+SYNTHETIC_NAMES = ("steps", "neutral")
+NEUTRAL_NAME = "solve"
+
+
+def with_neutral_name(row: dict) -> dict:
+    """The task with its function named `NEUTRAL_NAME` in the prompt (signature and example), reference and tests.
+
+    The generator names a function after its steps (`evens_head`): the name alone tells a model which templates to
+    write, so SFT learns to read the name and never the docstring, and the constants, which only the docstring
+    states, come out at chance (README, lab notebook). With one name for every task the docstring is the only
+    place the program is said."""
+    name = row["entry_point"]
+    tests = json.loads(row["tests"])
+    tests["entry_point"] = NEUTRAL_NAME
+    prompt = row["prompt"].replace(f"def {name}(", f"def {NEUTRAL_NAME}(", 1).replace(f">>> {name}(",
+                                                                                    f">>> {NEUTRAL_NAME}(", 1)
+    return {**row, "prompt": prompt, "reference": row["reference"].replace(f"def {name}(", f"def {NEUTRAL_NAME}(", 1),
+            "entry_point": NEUTRAL_NAME, "tests": json.dumps(tests)}

@@ -192,3 +192,33 @@ def test_the_distinct_train_and_heldout_splits_are_served_without_drawing_the_re
 
     fast = synthetic_split(split, 300, 40, seed=3, n_rl=60)
     assert fast == [dict(r) for r in synthetic_splits(300, 40, seed=3, n_rl=60)[split]]
+
+
+def test_prompt_variants_keep_every_task_solvable_and_say_the_program_only_in_the_docstring():
+    """examples=false drops the docstring's example; names=neutral names every function `solve` (the step names in
+    the signature told the model the program without the docstring). The reference still passes its tests, the
+    sentence is untouched (its words include step names such as 'add'), and the task is the same otherwise."""
+    from rlwork.data.splits import NEUTRAL_NAME, synthetic_split
+
+    plain = synthetic_split("valid", 40, 20, seed=3, fresh=True, n_rl=20)
+    variant = synthetic_split("valid", 40, 20, seed=3, fresh=True, n_rl=20, examples=False, names="neutral")
+    assert len(plain) == len(variant) > 0
+    for before, row in zip(plain, variant, strict=True):
+        assert row["entry_point"] == json.loads(row["tests"])["entry_point"] == NEUTRAL_NAME
+        assert json.loads(row["tests"])["cases"] == json.loads(before["tests"])["cases"]
+        fn = run_reference(row["reference"], NEUTRAL_NAME)
+        for case in json.loads(row["tests"])["cases"]:
+            assert fn(*case["args"]) == case["expected"], (row["task_id"], case)
+        tree = ast.parse(row["prompt"])
+        assert [n.name for n in tree.body if isinstance(n, ast.FunctionDef)] == [NEUTRAL_NAME]
+        assert row["prompt"].splitlines()[0] == row["reference"].splitlines()[0]
+        sentence = before["prompt"].split('"""')[1].split("\n\n")[0]
+        assert row["prompt"].split('"""')[1] == sentence + "\n    "  # the sentence alone, word for word
+        assert ">>>" in before["prompt"] and ">>>" not in row["prompt"]
+        if before["entry_point"] not in sentence.lower():  # a one-step name such as 'add' is also a word of it
+            assert before["entry_point"] not in row["prompt"]
+        assert row["reference"].split("\n", 1)[1] == before["reference"].split("\n", 1)[1]  # the same body
+    with pytest.raises(ValueError, match="names='short': use one of steps, neutral"):
+        synthetic_split("valid", 40, 20, seed=3, fresh=True, n_rl=20, names="short")
+    named = synthetic_split("valid", 40, 20, seed=3, fresh=True, n_rl=20, names="neutral")
+    assert all(">>> solve(" in r["prompt"] for r in named)  # the example calls the renamed function

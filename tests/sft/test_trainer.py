@@ -182,7 +182,8 @@ def test_warm_start_key_follows_what_changes_the_weights():
     assert key() == key("data.synthetic_heldout=256")  # eval-only: the train split does not depend on it
     assert key() == key("sft.save_every=7", "sft.log_every=3")
     for changed in ("data.synthetic_train=100", "sft.steps=10", "seed=1", "sft.learning_rate=1e-3",
-                    "model.dtype=bfloat16", "model.flush_denormal=false", "model.attn_implementation=eager"):
+                    "model.dtype=bfloat16", "model.flush_denormal=false", "model.attn_implementation=eager",
+                    "data.synthetic_names=neutral", "data.synthetic_examples=false"):
         assert key(changed) != key(), changed
 
 
@@ -193,6 +194,9 @@ def test_the_demo_warm_start_key_survives_new_config_fields():
     from rlwork.demo import warm_start_key
 
     assert warm_start_key(load_config(ROOT / "configs" / "tiny.yaml")) == "5de0eec7876bc4fa"
+    f2 = ["data.synthetic_fresh=true", "data.synthetic_train=57600", "data.synthetic_train_mix=[0.1,0.35,0.55]",
+          "data.synthetic_examples=false", "data.rl_split=rl"]  # the lab notebook's f2 warm start (README)
+    assert warm_start_key(load_config(ROOT / "configs" / "tiny.yaml", f2)) == "d759535695263e2b"
 
 
 def test_warm_start_key_does_not_depend_on_where_the_cache_is(tmp_path, monkeypatch):
