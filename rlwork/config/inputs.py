@@ -130,9 +130,9 @@ class DataConfig:
     """Synthetic family: the docstring shows one input/output example after the sentence that says the steps;
     false = the sentence alone (shorter prompts whose only numbers are the program's constants)."""
     synthetic_names: Literal["steps", "neutral"] = "steps"
-    """Synthetic family: steps = each function is named after its steps (`evens_head`), which tells the program
-    without the docstring (SFT then learns to read the name, and the docstring's constants come out at chance);
-    neutral = every function is `solve`, so the docstring is the only place the program is said."""
+    """Synthetic family: steps = each function is named after its steps (`evens_head`), which tells the templates
+    without the docstring (a warm start follows the name where the two disagree); neutral = every function is
+    `solve`, so the docstring is the only place the program is said."""
     synthetic_rl: int = 1024
     """Synthetic family: size of the `rl` split (RL prompts): programs never in training, drawn like iid/valid."""
     rl_split: str | None = None

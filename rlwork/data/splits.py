@@ -164,9 +164,9 @@ def with_neutral_name(row: dict) -> dict:
     """The task with its function named `NEUTRAL_NAME` in the prompt (signature and example), reference and tests.
 
     The generator names a function after its steps (`evens_head`): the name alone tells a model which templates to
-    write, so SFT learns to read the name and never the docstring, and the constants, which only the docstring
-    states, come out at chance (README, lab notebook). With one name for every task the docstring is the only
-    place the program is said."""
+    write, and a warm start trained on such names follows the name where it and the docstring disagree (README,
+    lab notebook). With one name for every task the docstring is the only place the program is said. (It does not
+    make SFT copy the docstring's constants: that was measured separately, with `bench/copy_probe.py`.)"""
     name = row["entry_point"]
     tests = json.loads(row["tests"])
     tests["entry_point"] = NEUTRAL_NAME
