@@ -9,6 +9,7 @@ model gives the right token, and how often it is the most likely one, for the nu
 the docstring's sentence (`doc`: the constants the prompt states) and for the others (`template`: e.g. the 2 of
 `v % 2 == 0`). A model that reads its prompt puts most of its mass on the `doc` tokens; sampling at temperature 1
 picks a wrong constant with probability 1 - p_right per slot, and one wrong constant fails the task.
+`doc_by_steps` splits the `doc` slots by the program's number of steps (the sentence's clauses).
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ def main(args: list[str]) -> None:
     lm = load_diffusion_lm(model_dir, cfg.model.family, trust_remote_code=True)
     tok, block = lm.tokenizer, lm.block_size or 1
     sums = {kind: [0.0, 0, 0] for kind in ("doc", "template")}  # sum p_right, argmax right, slots
+    by_steps: dict[int, list] = {}  # the `doc` slots again, by the program's number of steps
     for problem in load_split(cfg.data, cfg.eval.split, cfg.seed):
         sentence = problem["prompt"].split('"""')[1]
+        steps = sentence.count(", then ") + 1
         stated = set(re.findall(r"\d+", sentence))
         prompt = tok(problem["prompt"], add_special_tokens=False)["input_ids"]
         completion = tok(target_text(problem, continuation=True), add_special_tokens=False)["input_ids"]
@@ -57,9 +60,14 @@ def main(args: list[str]) -> None:
             sums[kind][0] += float(p_right[j])
             sums[kind][1] += int(top[j])
             sums[kind][2] += 1
+            if kind == "doc":
+                row = by_steps.setdefault(steps, [0.0, 0, 0])
+                row[0], row[1], row[2] = row[0] + float(p_right[j]), row[1] + int(top[j]), row[2] + 1
     print(json.dumps({"model": model_dir, "split": cfg.eval.split, **{
         kind: {"slots": n, "p_right": round(p / n, 3), "argmax_right": round(a / n, 3)} if n else None
-        for kind, (p, a, n) in sums.items()}}))
+        for kind, (p, a, n) in sums.items()},
+        "doc_by_steps": {str(k): {"slots": n, "p_right": round(p / n, 3), "argmax_right": round(a / n, 3)}
+                         for k, (p, a, n) in sorted(by_steps.items())}}))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,9 @@ class AlgoConfig:
     """Advantage estimator."""
     scale_rewards: Literal["group", "batch", "none"] | None = None
     """Std scaling of advantages; null = the estimator's paper default."""
+    negative_weight: float = 1.0
+    """Scale of the negative advantages: 1 = the estimator's; 0 = reinforce only the completions that beat their
+    group (reward-filtered self-imitation, RAFT), pushing no completion's likelihood bound down."""
     epsilon: float = 0.2
     """Lower clip range of the ratio."""
     epsilon_high: float | None = None
@@ -70,6 +73,9 @@ class AlgoConfig:
             raise ConfigError("algo.epsilon / algo.epsilon_high must be positive")
         if not 0.0 <= self.prompt_mask_prob < 1.0:
             raise ConfigError(f"algo.prompt_mask_prob={self.prompt_mask_prob}: use a probability in [0, 1)")
+        if not 0.0 <= self.negative_weight <= 1.0:
+            raise ConfigError(f"algo.negative_weight={self.negative_weight}: use a value in [0, 1] (1 = the "
+                              "estimator's advantages, 0 = reinforce successes only)")
         if self.beta < 0:
             raise ConfigError(f"algo.beta={self.beta}: use 0 (no KL) or a positive coefficient")
         if self.advantage == "dr_grpo" and self.scale_rewards not in (None, "none"):

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import random
+from collections.abc import Iterator
 
 from rlwork.data.schema import DataError
 from rlwork.data.tasks import _by_len, _fingerprint, _sample_tasks, compositions, make_synthetic_splits, synthetic_task
@@ -58,27 +60,34 @@ def _reserve_splits(by_len: dict[int, list], sizes: dict[str, int], seed: int, k
     return out
 
 
-def _draw_fresh(pool_by_len: dict[int, list], n: int, rng: random.Random, split: str, keep,
-                weights: dict[int, float] | None = None) -> list[dict]:
-    """n i.i.d. draws from the generator (a task may repeat), each with keep(row) true; weights: composition
-    lengths (default TRAIN_WEIGHTS, the generator's)."""
+def _fresh_rows(pool_by_len: dict[int, list], rng: random.Random, split: str, keep,
+                weights: dict[int, float] | None = None) -> Iterator[dict]:
+    """Endless i.i.d. draws from the generator (a task may repeat), each with keep(row) true; weights: composition
+    lengths (default TRAIN_WEIGHTS, the generator's). Lazy: a caller that stops early pays only for what it took."""
     weights = weights or TRAIN_WEIGHTS
     lengths = sorted(k for k in weights if pool_by_len.get(k))
-    rows: list[dict] = []
-    while len(rows) < n:
-        length = rng.choices(lengths, weights=[weights[k] for k in lengths])[0]
-        row = synthetic_task(rng.choice(pool_by_len[length]), rng, task_id=f"synthetic/{split}/{len(rows)}")
-        if row is not None and keep(row):
-            rows.append(row)
-    return rows
+    for i in itertools.count():
+        while True:
+            length = rng.choices(lengths, weights=[weights[k] for k in lengths])[0]
+            row = synthetic_task(rng.choice(pool_by_len[length]), rng, task_id=f"synthetic/{split}/{i}")
+            if row is not None and keep(row):
+                yield row
+                break
+
+
+def _draw_fresh(pool_by_len: dict[int, list], n: int, rng: random.Random, split: str, keep,
+                weights: dict[int, float] | None = None) -> list[dict]:
+    """The first n of `_fresh_rows`."""
+    return list(itertools.islice(_fresh_rows(pool_by_len, rng, split, keep, weights), n))
 
 
 def _draw_distinct(pool_by_len: dict[int, list], n: int, rng: random.Random, split: str, keep,
                    avoid: set[str]) -> list[dict]:
     """n draws from the generator with keep(row) true and a behaviour fingerprint not in `avoid` (which each taken
-    task joins): the generator's distribution restricted to `keep`, each program once."""
+    task joins): the generator's distribution restricted to `keep`, each program once. Gives up after 60n + 1000
+    draws."""
     rows: list[dict] = []
-    for row in _draw_fresh(pool_by_len, 60 * n + 1000, rng, split, keep):
+    for row in itertools.islice(_fresh_rows(pool_by_len, rng, split, keep), 60 * n + 1000):
         fp = _fingerprint(row)
         if fp not in avoid:
             avoid.add(fp)

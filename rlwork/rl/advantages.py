@@ -176,6 +176,19 @@ def compute_advantages(
     return grpo_advantages(rewards, num_generations, scale=scale, eps=eps, batch_scale=batch_scale)
 
 
+def weight_negatives(advantages: Tensor, weight: float) -> Tensor:
+    """Advantages [N] with the negative ones multiplied by ``weight`` (1 = unchanged, 0 = reinforce successes only).
+
+    With weight 0 the update raises the likelihood of the completions that beat their group and pushes nothing
+    down: reward-filtered self-imitation (RAFT, arXiv 2304.06767; the positive half of Reinforce-Rej, arXiv
+    2504.11343). For a diffusion policy the push-down half acts through a bound, not the likelihood: lowering a
+    wrong completion's ELBO under random masks also lowers the tokens it shares with the right ones.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight={weight}: use a value in [0, 1]")
+    return torch.where(advantages < 0, advantages * weight, advantages)
+
+
 def zero_std_groups(rewards: Tensor, num_generations: int, atol: float = 0.0) -> Tensor:
     """Groups whose scorable rewards are all equal (within ``atol``), so every advantage in them is 0.
 

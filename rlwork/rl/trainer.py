@@ -39,6 +39,7 @@ from rlwork.rl.advantages import (
     reward_metrics,
     rows_with_signal,
     std_from_moments,
+    weight_negatives,
 )
 from rlwork.rl.elbo_spread import estimator_std
 from rlwork.rl.likelihoods import draw_step_masks, old_and_ref_logps
@@ -172,6 +173,7 @@ def train_step(session: RlSession, step: int) -> dict[str, float]:
         if (algo.scale_rewards or DEFAULT_SCALE[algo.advantage]) == "batch":
             batch_scale = std_from_moments(dist.all_reduce(batch_moments(rewards)))
         advantages = compute_advantages(rewards, G, algo.advantage, algo.scale_rewards, batch_scale=batch_scale)
+        advantages = weight_negatives(advantages, algo.negative_weight)
         signal = torch.ones_like(rewards, dtype=torch.bool)
         if algo.dynamic_sampling != "keep":
             signal = torch.zeros_like(signal).index_fill_(0, rows_with_signal(rewards, G), True)

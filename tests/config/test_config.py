@@ -96,6 +96,7 @@ def test_preset_sits_under_yaml_and_overrides(tmp_path):
         (["eval.ks=[1, 16]"], "each k must be in \\[1, eval.num_samples=8\\]"),
         (["algo.advantage=dr_grpo", "algo.scale_rewards=group"], "dr_grpo is unscaled"),
         (["sampler.threshold=1.5"], "sampler.threshold=1.5"),
+        (["algo.negative_weight=-1"], "algo.negative_weight=-1.0: use a value in \\[0, 1\\]"),
         (["algo.likelihood=trace", "model.family=llada"], "Fast-dLLM's prefix cache .* sampler.use_cache=false"),
         (["algo.likelihood=trace", "sampler.top_k=50"], "the KL is infinite there; set algo.beta=0"),
         (["algo.likelihood=trace", "sampler.top_p=0.9"], "the KL is infinite there"),

@@ -222,3 +222,26 @@ def test_prompt_variants_keep_every_task_solvable_and_say_the_program_only_in_th
         synthetic_split("valid", 40, 20, seed=3, fresh=True, n_rl=20, names="short")
     named = synthetic_split("valid", 40, 20, seed=3, fresh=True, n_rl=20, names="neutral")
     assert all(">>> solve(" in r["prompt"] for r in named)  # the example calls the renamed function
+
+
+def test_distinct_draws_are_the_first_distinct_rows_of_the_fresh_sequence_and_stop_there(monkeypatch):
+    """`_draw_distinct` takes rows lazily: the same rows as filtering a long eager draw (so splits and warm-start
+    keys made before it stay the same), without generating the 60n + 1000 draws its cap allows."""
+    import random
+
+    import rlwork.data.splits as splits
+    from rlwork.data.tasks import _by_len, _fingerprint, compositions
+
+    by_len = _by_len(compositions(2))
+    keep = lambda row: True  # noqa: E731
+    eager, seen = [], set()
+    for row in splits._draw_fresh(by_len, 400, random.Random("ref"), "s", keep):
+        if _fingerprint(row) not in seen:
+            seen.add(_fingerprint(row))
+            eager.append(row["reference"])
+    made = []
+    real = splits.synthetic_task
+    monkeypatch.setattr(splits, "synthetic_task", lambda *a, **k: made.append(1) or real(*a, **k))
+    lazy = splits._draw_distinct(by_len, 20, random.Random("ref"), "s", keep, set())
+    assert [r["reference"] for r in lazy] == eager[:20]
+    assert len(made) < 200, f"{len(made)} tasks generated for 20 distinct ones: the draw is not lazy"

@@ -17,6 +17,7 @@ from rlwork.rl.advantages import (
     rloo_advantages,
     rows_with_signal,
     std_from_moments,
+    weight_negatives,
     zero_std_groups,
 )
 
@@ -107,6 +108,17 @@ def test_rows_with_signal_keeps_whole_groups_in_order():
     assert idx.tolist() == [2, 3, 12, 13]  # [nan, 3] has one scorable row: no signal
     assert idx.dtype == torch.int64
     assert rows_with_signal(t([1, 1]), 2).numel() == 0
+
+
+def test_weight_negatives_scales_only_the_negative_advantages():
+    adv = grpo_advantages(t([1, 0, 0, 0, NAN, 1, 1, 0]), 4)
+    assert torch.equal(weight_negatives(adv, 1.0), adv)
+    half = weight_negatives(adv, 0.5)
+    assert torch.equal(half[adv >= 0], adv[adv >= 0]) and torch.allclose(half[adv < 0], 0.5 * adv[adv < 0])
+    only = weight_negatives(adv, 0.0)
+    assert (only >= 0).all() and torch.equal(only[adv > 0], adv[adv > 0]) and (only[adv <= 0] == 0).all()
+    with pytest.raises(ValueError, match="weight=1.5"):
+        weight_negatives(adv, 1.5)
 
 
 def test_invalid_arguments():

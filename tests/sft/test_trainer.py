@@ -181,22 +181,25 @@ def test_warm_start_key_follows_what_changes_the_weights():
 
     assert key() == key("data.synthetic_heldout=256")  # eval-only: the train split does not depend on it
     assert key() == key("sft.save_every=7", "sft.log_every=3")
-    for changed in ("data.synthetic_train=100", "sft.steps=10", "seed=1", "sft.learning_rate=1e-3",
+    for changed in ("data.synthetic_train=100", "sft.steps=10", "seed=1", "sft.learning_rate=2e-3",
                     "model.dtype=bfloat16", "model.flush_denormal=false", "model.attn_implementation=eager",
-                    "data.synthetic_names=neutral", "data.synthetic_examples=false"):
+                    "data.synthetic_names=neutral", "data.synthetic_examples=true"):
         assert key(changed) != key(), changed
 
 
 def test_the_demo_warm_start_key_survives_new_config_fields():
-    """A config field added later (at its default) must not rename every user's cached 18-minute warm start: the
-    key of configs/tiny.yaml is the one the first cached warm starts were made under. Change it only with a
-    recipe change that changes the weights."""
+    """A config field added later (at its default) must not rename every user's cached warm start: the keys of the
+    recipes below are the ones their warm starts were made under. Change them only with a recipe change that
+    changes the weights."""
     from rlwork.demo import warm_start_key
 
-    assert warm_start_key(load_config(ROOT / "configs" / "tiny.yaml")) == "5de0eec7876bc4fa"
-    f2 = ["data.synthetic_fresh=true", "data.synthetic_train=57600", "data.synthetic_train_mix=[0.1,0.35,0.55]",
-          "data.synthetic_examples=false", "data.rl_split=rl"]  # the lab notebook's f2 warm start (README)
-    assert warm_start_key(load_config(ROOT / "configs" / "tiny.yaml", f2)) == "d759535695263e2b"
+    tiny = ROOT / "configs" / "tiny.yaml"
+    assert warm_start_key(load_config(tiny)) == "0d7626e65f1cf8c3"
+    f2 = ["sft.learning_rate=3e-3"]  # the lab notebook's f2 warm start (README): today's recipe at the old rate
+    assert warm_start_key(load_config(tiny, f2)) == "d759535695263e2b"
+    before_fresh = ["data.synthetic_fresh=false", "data.synthetic_train=4096", "data.synthetic_train_mix=null",
+                    "data.synthetic_examples=true", "sft.learning_rate=3e-3"]  # the demo's recipe until 2026-12-05
+    assert warm_start_key(load_config(tiny, before_fresh)) == "5de0eec7876bc4fa"
 
 
 def test_warm_start_key_does_not_depend_on_where_the_cache_is(tmp_path, monkeypatch):
