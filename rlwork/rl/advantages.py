@@ -180,9 +180,9 @@ def weight_negatives(advantages: Tensor, weight: float) -> Tensor:
     """Advantages [N] with the negative ones multiplied by ``weight`` (1 = unchanged, 0 = reinforce successes only).
 
     With weight 0 the update raises the likelihood of the completions that beat their group and pushes nothing
-    down: reward-filtered self-imitation (RAFT, arXiv 2304.06767; the positive half of Reinforce-Rej, arXiv
-    2504.11343). For a diffusion policy the push-down half acts through a bound, not the likelihood: lowering a
-    wrong completion's ELBO under random masks also lowers the tokens it shares with the right ones.
+    down (the KL term still acts): reward-filtered self-imitation (RAFT, arXiv 2304.06767; RAFT++, arXiv
+    2504.11343). For a diffusion policy the push-down half acts through a bound under random masks, so on the tokens
+    a wrong completion shares with the right ones its gradient cancels theirs only on average.
     """
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight={weight}: use a value in [0, 1]")

@@ -52,6 +52,22 @@ def test_two_steps_change_every_lora_parameter_and_no_base_weight(tmp_path, rewa
         "step_000000.parquet", "step_000001.parquet"]
 
 
+@pytest.mark.parametrize("weight", [1.0, 0.0])
+def test_negative_weight_reaches_the_advantages_the_update_uses(tmp_path, reward_module, weight):
+    """algo.negative_weight=0 leaves no negative advantage in the step's rows (the rollouts log what the update
+    used); at 1 the same run has some."""
+    import pyarrow.parquet as pq
+
+    session = setup(tiny_cfg(tmp_path, f"algo.negative_weight={weight}"))
+    try:
+        train_step(session, 0)
+    finally:
+        session.close()
+    advantages = pq.read_table(tmp_path / "run" / "rollouts" / "step_000000.parquet").column("advantage").to_pylist()
+    assert any(a > 0 for a in advantages)
+    assert any(a < 0 for a in advantages) == (weight == 1.0), advantages
+
+
 def test_trace_grpo_trains_end_to_end_through_resampling(tmp_path, reward_module):
     cfg = tiny_cfg(tmp_path, "algo.preset=trace_grpo", "rewards.functions=[my_rewards:half_flat]",
                    "algo.dynamic_sampling=resample", "train.prompts_per_step=4", "algo.max_resample_rounds=3")
