@@ -31,8 +31,8 @@ def main(args: list[str]) -> None:
     cfg = load_config("configs/tiny.yaml", overrides)
     lm = load_diffusion_lm(model_dir, cfg.model.family, trust_remote_code=True)
     tok, block = lm.tokenizer, lm.block_size or 1
-    sums = {kind: [0.0, 0, 0] for kind in ("doc", "template")}  # sum p_right, argmax right, slots
-    by_steps: dict[int, list] = {}  # the `doc` slots again, by the program's number of steps
+    sums: dict = {"doc": [0.0, 0, 0], "template": [0.0, 0, 0]}  # sum p_right, argmax right, slots
+    # ("doc", steps): the `doc` slots again, by the program's number of steps
     for problem in load_split(cfg.data, cfg.eval.split, cfg.seed):
         sentence = problem["prompt"].split('"""')[1]
         steps = sentence.count(", then ") + 1
@@ -57,17 +57,17 @@ def main(args: list[str]) -> None:
         top = probs.argmax(-1) == right
         for j, slot in enumerate(slots):
             kind = "doc" if tok.decode([int(ids[0, slot])]).strip() in stated else "template"
-            sums[kind][0] += float(p_right[j])
-            sums[kind][1] += int(top[j])
-            sums[kind][2] += 1
-            if kind == "doc":
-                row = by_steps.setdefault(steps, [0.0, 0, 0])
-                row[0], row[1], row[2] = row[0] + float(p_right[j]), row[1] + int(top[j]), row[2] + 1
-    print(json.dumps({"model": model_dir, "split": cfg.eval.split, **{
-        kind: {"slots": n, "p_right": round(p / n, 3), "argmax_right": round(a / n, 3)} if n else None
-        for kind, (p, a, n) in sums.items()},
-        "doc_by_steps": {str(k): {"slots": n, "p_right": round(p / n, 3), "argmax_right": round(a / n, 3)}
-                         for k, (p, a, n) in sorted(by_steps.items())}}))
+            for key in (kind, ("doc", steps)) if kind == "doc" else (kind,):
+                acc = sums.setdefault(key, [0.0, 0, 0])
+                acc[0], acc[1], acc[2] = acc[0] + float(p_right[j]), acc[1] + int(top[j]), acc[2] + 1
+
+    def summary(p: float, a: int, n: int) -> dict | None:
+        return {"slots": n, "p_right": round(p / n, 3), "argmax_right": round(a / n, 3)} if n else None
+
+    print(json.dumps({"model": model_dir, "split": cfg.eval.split,
+                      **{kind: summary(*sums[kind]) for kind in ("doc", "template")},
+                      "doc_by_steps": {str(k[1]): summary(*v) for k, v in sorted(
+                          (k, v) for k, v in sums.items() if isinstance(k, tuple))}}))
 
 
 if __name__ == "__main__":

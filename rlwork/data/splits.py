@@ -66,13 +66,13 @@ def _fresh_rows(pool_by_len: dict[int, list], rng: random.Random, split: str, ke
     lengths (default TRAIN_WEIGHTS, the generator's). Lazy: a caller that stops early pays only for what it took."""
     weights = weights or TRAIN_WEIGHTS
     lengths = sorted(k for k in weights if pool_by_len.get(k))
-    for i in itertools.count():
-        while True:
-            length = rng.choices(lengths, weights=[weights[k] for k in lengths])[0]
-            row = synthetic_task(rng.choice(pool_by_len[length]), rng, task_id=f"synthetic/{split}/{i}")
-            if row is not None and keep(row):
-                yield row
-                break
+    taken = 0
+    while True:
+        length = rng.choices(lengths, weights=[weights[k] for k in lengths])[0]
+        row = synthetic_task(rng.choice(pool_by_len[length]), rng, task_id=f"synthetic/{split}/{taken}")
+        if row is not None and keep(row):
+            taken += 1
+            yield row
 
 
 def _draw_fresh(pool_by_len: dict[int, list], n: int, rng: random.Random, split: str, keep,
