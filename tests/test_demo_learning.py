@@ -28,6 +28,7 @@ COLUMNS = ("data.columns={prompt: prompt, tests: tests, entry_point: entry_point
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # with no cached warm start it trains one first
 def test_rl_raises_the_pass_rate_of_the_tasks_it_trains_on(tmp_path):
     ws = warm_start(load_config(TINY), progress=False)  # the demo's own (cached) warm start
     cfg = load_config(TINY, [f"model.path={ws}", "model.warm_start=false", "data.synthetic_heldout=0"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 import torch
 from torch import Tensor
@@ -40,9 +41,27 @@ def init_distributed(backend: str | None = None) -> None:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     elif backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    _clear_stale_build_locks()
     import deepspeed
 
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+
+def ranks_all_local(env: dict[str, str] | None = None) -> bool:
+    """Whether every rank runs on this machine: the world size equals the local one (torchrun's
+    `LOCAL_WORLD_SIZE`, the DeepSpeed launcher's `LOCAL_SIZE`). Unknown counts as no."""
+    env = os.environ if env is None else env
+    local = env.get("LOCAL_WORLD_SIZE") or env.get("LOCAL_SIZE")
+    return local is not None and env.get("WORLD_SIZE") == local
+
+
+def _clear_stale_build_locks() -> None:
+    """DeepSpeed compiles ops as it starts; a lock that a killed compile left would make it wait forever."""
+    from rlwork.runtime.build_locks import clear_stale_build_locks, extensions_root
+
+    for lock in clear_stale_build_locks(extensions_root(), ranks_all_local=ranks_all_local()):
+        print(f"rlwork: removed {lock}, the build lock of a compile that was killed before it finished (no "
+              "process holds it); DeepSpeed would otherwise wait for it forever", file=sys.stderr, flush=True)
 
 
 def _free_port() -> int:
