@@ -54,6 +54,11 @@ class AlgoConfig:
     """Policy updates per rollout batch (mu)."""
     resample_masks_per_iteration: bool = False
     """New mask draws for each iteration (d1); false = one draw shared by old/ref/current (DiffuCoder, ESPO)."""
+    group_masks: Literal["independent", "shared"] = "independent"
+    """Mask noise across a group's completions (likelihood=elbo): independent per row, or shared: the same
+    positions and rates in every completion of a prompt, each restricted to its own tokens, so that what the
+    completions share cancels in the group's advantage-weighted gradient (common random numbers). Each row's
+    estimate keeps its expectation. Not with the stratified estimator (exact per-row counts)."""
     dynamic_sampling: Literal["keep", "skip", "resample"] = "skip"
     """Groups whose rewards are all equal carry no signal: keep them in the loss, leave them out, or replace them
     with groups of fresh prompts that have signal, then leave out what is still flat (DAPO, arXiv 2503.14476)."""
@@ -86,6 +91,13 @@ class AlgoConfig:
                 "algo.prompt_mask_prob=0 and algo.resample_masks_per_iteration=false (d1's settings), or use "
                 "algo.likelihood=elbo"
             )
+        if self.group_masks == "shared" and self.likelihood == "trace":
+            raise ConfigError("algo.group_masks=shared shares ELBO mask draws; algo.likelihood=trace draws none: set "
+                              "algo.group_masks=independent or algo.likelihood=elbo")
+        if self.group_masks == "shared" and self.elbo_estimator == "stratified":
+            raise ConfigError("algo.group_masks=shared: the stratified estimator draws exact mask counts per row, "
+                              "which completions of different lengths cannot share; use algo.elbo_estimator=coupled "
+                              "or mc, or algo.group_masks=independent")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -22,6 +22,7 @@ Shape letters: S samples (= forward passes), N rows, P prompt length, L completi
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -226,6 +227,54 @@ def draw_masks(
         block_size=block_size,
         block_offset=None if offset is None else offset.to(out),
     )
+
+
+def draw_group_masks(
+    estimator: str,
+    completion_mask: Tensor,
+    group_ids: Tensor,
+    num_samples: int,
+    block_size: int | None,
+    generator_of: Callable[[int], torch.Generator],
+    *,
+    prompt_mask: Tensor | None = None,
+    prompt_mask_prob: float = 0.0,
+) -> MaskDraw:
+    """`draw_masks` with one noise per group: the rows of a group (completions of one prompt) mask the same
+    positions with the same rates, each restricted to its own tokens (common random numbers).
+
+    A group advantage-weighted gradient sums +/- the rows' estimates; where two completions agree, their terms then
+    cancel up to the context they differ in, instead of adding two independent draws' noise. Each row's draw is
+    still distributed as `draw_masks`'s (a token's mask depends only on its own key and its block's rate), so every
+    row's estimate keeps its expectation. "stratified" draws exact per-row counts, which rows of different lengths
+    cannot share: refused.
+
+    completion_mask: [N, L] bool. group_ids: [N] int64; rows of a group share their prompt (prompt_mask rows equal).
+    generator_of(g): the generator of group g (a function of g alone, so any split of the rows draws the same).
+    """
+    if estimator == "stratified":
+        raise ValueError("stratified draws exact mask counts per row, which rows of different lengths cannot share: "
+                         "use the coupled or mc estimator with shared group masks")
+    scorable = completion_mask.to(torch.bool)
+    draws, rows = [], []
+    for g in torch.unique(group_ids).tolist():
+        members = (group_ids == g).nonzero().flatten()
+        first = members[:1]
+        if prompt_mask is not None and not bool((prompt_mask[members] == prompt_mask[first]).all()):
+            raise ValueError(f"group {g}: its rows have different prompts, so they cannot share mask positions")
+        union = scorable[members].any(0, keepdim=True)  # [1, L]
+        one = draw_masks(estimator, union, num_samples, block_size, generator_of(g),
+                         prompt_mask=None if prompt_mask is None else prompt_mask[first],
+                         prompt_mask_prob=prompt_mask_prob)
+        draws.append(select_rows(one, torch.zeros(len(members), dtype=torch.long, device=one.masks.device)))
+        rows.append(members)
+    order = torch.argsort(torch.cat(rows))
+    cat = lambda name: torch.cat([getattr(d, name) for d in draws], 1)[:, order]
+    masks = cat("masks") & scorable[None].to(draws[0].masks.device)
+    prompt_masks = None if draws[0].prompt_masks is None else cat("prompt_masks")
+    offsets = None if block_size is None else torch.cat([d.block_offset for d in draws])[order]
+    return MaskDraw(estimator=estimator, masks=masks, weights=cat("weights") * masks, ratios=cat("ratios"),
+                    prompt_masks=prompt_masks, block_size=block_size, block_offset=offsets)
 
 
 # ---------------------------------------------------------------------------------------------------------------

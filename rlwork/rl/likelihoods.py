@@ -15,7 +15,7 @@ from torch import Tensor
 
 from rlwork.config import AlgoConfig, SamplerConfig
 from rlwork.diffusion.elbo import ElboOutput, elbo
-from rlwork.diffusion.masking import MaskDraw, draw_masks, select_rows
+from rlwork.diffusion.masking import MaskDraw, draw_group_masks, draw_masks, select_rows
 from rlwork.diffusion.rollout import Rollout
 from rlwork.diffusion.trace import TraceOutput, trace_logps
 from rlwork.models.lm import DiffusionLM
@@ -48,10 +48,27 @@ def draw_step_masks(algo: AlgoConfig, lm: DiffusionLM, rollout: Rollout, micro_b
     if algo.likelihood == "trace":
         return [[None] * len(row_chunks(rollout.prompt_ids.shape[0], micro_batch_size))]
     num_draws = algo.num_iterations if algo.resample_masks_per_iteration else 1
+    chunks = row_chunks(rollout.prompt_ids.shape[0], micro_batch_size)
+    if algo.group_masks == "shared":
+        return [[_group_draw(algo, lm, rollout, c, seed, step, d, first_row) for c in chunks]
+                for d in range(num_draws)]
     return [[draw_masks_for(algo, lm, rollout.select(torch.arange(c.start, c.stop)),
                             row_generator(seed, step, f"mask{d}", first_row + c.start, lm.device))
-             for c in row_chunks(rollout.prompt_ids.shape[0], micro_batch_size)]
+             for c in chunks]
             for d in range(num_draws)]
+
+
+def _group_draw(algo: AlgoConfig, lm: DiffusionLM, rollout: Rollout, chunk: slice, seed: int, step: int, d: int,
+                first_row: int) -> MaskDraw:
+    """Micro-batch `chunk`'s draw with one noise per group, keyed by the global row that opens the group, so the
+    draw does not depend on how micro-batches or ranks split the group."""
+    ids = rollout.group_ids
+    opens = {g: int((ids == g).nonzero().min()) for g in torch.unique(ids[chunk]).tolist()}
+    part = rollout.select(torch.arange(chunk.start, chunk.stop))
+    passes = algo.elbo_samples * (2 if algo.elbo_estimator in ("coupled", "stratified") else 1)
+    return draw_group_masks(algo.elbo_estimator, part.completion_mask, part.group_ids, passes, lm.block_size,
+                            lambda g: row_generator(seed, step, f"groupmask{d}", first_row + opens[g], lm.device),
+                            prompt_mask=part.prompt_mask, prompt_mask_prob=algo.prompt_mask_prob)
 
 
 def elbo_of_rows(lm: DiffusionLM, rollout: Rollout, rows: Tensor, draw: MaskDraw, chunk_start: int,

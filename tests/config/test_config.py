@@ -102,6 +102,9 @@ def test_preset_sits_under_yaml_and_overrides(tmp_path):
         (["algo.likelihood=trace", "sampler.top_p=0.9"], "the KL is infinite there"),
         (["algo.likelihood=trace", "lora.dropout=0.1"], "set lora.dropout=0"),
         (["algo.preset=d1", "algo.likelihood=trace"], "no mask draws: set algo.prompt_mask_prob=0"),
+        (["algo.group_masks=shared", "algo.preset=trace_grpo"], "algo.likelihood=trace draws none"),
+        (["algo.group_masks=shared", "algo.preset=espo"], "exact mask counts per row"),
+        (["algo.group_masks=same"], "algo.group_masks"),
     ],
 )
 def test_contradictory_values_fail_at_load(overrides, message):

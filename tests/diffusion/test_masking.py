@@ -10,6 +10,7 @@ from rlwork.diffusion.masking import (
     block_offsets,
     clipped_mask_rate,
     completion_block_ids,
+    draw_group_masks,
     draw_masks,
     linear_mask_rate,
 )
@@ -156,3 +157,65 @@ def test_select_rows_keeps_each_rows_draw():
     assert torch.equal(part.masks, draw.masks[:, rows]) and torch.equal(part.weights, draw.weights[:, rows])
     assert torch.equal(part.block_offset, draw.block_offset[rows])
     assert torch.equal(select_rows(draw, slice(1, 3)).ratios, draw.ratios[:, 1:3])
+
+
+def _groups():
+    """Two groups of three completions (one prompt each), ragged completion lengths."""
+    prompt_mask, completion_mask = ragged([5, 5, 5, 7, 7, 7], [11, 6, 9, 3, 11, 8])
+    return prompt_mask, completion_mask, torch.tensor([0, 0, 0, 1, 1, 1])
+
+
+@pytest.mark.parametrize("estimator", ["coupled", "mc", "one_step"])
+@pytest.mark.parametrize("block_size", [B, None])
+def test_group_draw_shares_positions_and_rates_within_a_group(estimator, block_size):
+    prompt_mask, completion_mask, groups = _groups()
+    draw = draw_group_masks(estimator, completion_mask, groups, 4, block_size,
+                            lambda g: torch.Generator().manual_seed(100 + g), prompt_mask=prompt_mask)
+    assert draw.masks.shape == (4, 6, 11) and not (draw.masks & ~completion_mask).any()
+    assert torch.equal(draw.weights != 0, draw.masks)
+    assert torch.allclose(draw.weights[draw.masks], 1 / draw.ratios[draw.masks] / 4)
+    for rows in ([0, 1, 2], [3, 4, 5]):
+        both = completion_mask[rows[0]] & completion_mask[rows[1]]
+        assert torch.equal(draw.masks[:, rows[0], both], draw.masks[:, rows[1], both])
+        assert torch.equal(draw.ratios[:, rows[0]], draw.ratios[:, rows[2]])
+    if estimator != "one_step":  # different groups draw different noise
+        both = completion_mask[0] & completion_mask[4]
+        assert not torch.equal(draw.masks[:, 0, both], draw.masks[:, 4, both])
+
+
+def test_a_rows_group_draw_is_the_draw_it_would_have_alone():
+    """Restricting the group's draw to a row gives the row the same masks as drawing for it alone with the group's
+    generator: its distribution, and so its estimate's expectation, is unchanged by sharing."""
+    prompt_mask, completion_mask, groups = _groups()
+    for estimator in ("coupled", "mc"):
+        shared = draw_group_masks(estimator, completion_mask, groups, 2, B,
+                                  lambda g: torch.Generator().manual_seed(7 + g), prompt_mask=prompt_mask)
+        union = completion_mask[:3].any(0, keepdim=True)
+        alone = draw_masks(estimator, union, 2, B, torch.Generator().manual_seed(7), prompt_mask=prompt_mask[:1])
+        for row in range(3):
+            assert torch.equal(shared.masks[:, row], alone.masks[:, 0] & completion_mask[row])
+    coupled = draw_group_masks("coupled", completion_mask, groups, 2, B, lambda g: torch.Generator().manual_seed(g),
+                               prompt_mask=prompt_mask)
+    assert torch.equal(coupled.masks.sum(0), completion_mask.long())  # each token scored once per pair
+
+
+def test_group_draw_does_not_depend_on_row_order_or_on_which_rows_are_present():
+    prompt_mask, completion_mask, groups = _groups()
+    gen = lambda g: torch.Generator().manual_seed(50 + g)  # noqa: E731
+    full = draw_group_masks("coupled", completion_mask, groups, 2, B, gen, prompt_mask=prompt_mask)
+    perm = torch.tensor([4, 0, 5, 2, 1, 3])
+    shuffled = draw_group_masks("coupled", completion_mask[perm], groups[perm], 2, B, gen,
+                                prompt_mask=prompt_mask[perm])
+    assert torch.equal(shuffled.masks, full.masks[:, perm]) and torch.equal(shuffled.weights, full.weights[:, perm])
+    part = draw_group_masks("coupled", completion_mask[2:5], groups[2:5], 2, B, gen, prompt_mask=prompt_mask[2:5])
+    assert torch.equal(part.masks, full.masks[:, 2:5])  # a micro-batch that splits a group
+
+
+def test_group_draw_refuses_what_cannot_be_shared():
+    prompt_mask, completion_mask, groups = _groups()
+    gen = lambda g: torch.Generator().manual_seed(g)  # noqa: E731
+    with pytest.raises(ValueError, match="exact mask counts per row"):
+        draw_group_masks("stratified", completion_mask, groups, 2, B, gen, prompt_mask=prompt_mask)
+    with pytest.raises(ValueError, match="different prompts"):
+        draw_group_masks("coupled", completion_mask, torch.zeros(6, dtype=torch.long), 2, B, gen,
+                         prompt_mask=prompt_mask)

@@ -74,6 +74,31 @@ def test_step_draws_are_keyed_by_global_row(tmp_path, reward_module):
     assert not torch.equal(whole[0][0].masks, other_step[0][0].masks)
 
 
+def test_shared_group_draws_do_not_depend_on_micro_batches_or_ranks(tmp_path, reward_module):
+    """algo.group_masks=shared: a group's completions mask the same positions; the draw is keyed by the global row
+    that opens the group, so micro-batches of 2 or 8 rows, and a second rank holding the second group, agree."""
+    cfg = tiny_cfg(tmp_path, "algo.group_masks=shared")
+    session = setup(cfg)
+    try:
+        rollout = two_groups_of_four(session)
+        whole = draw_step_masks(cfg.algo, session.lm, rollout, 8, cfg.seed, 3, first_row=0)[0]
+        pieces = draw_step_masks(cfg.algo, session.lm, rollout, 2, cfg.seed, 3, first_row=0)[0]
+        upper = draw_step_masks(cfg.algo, session.lm, rollout.select(torch.arange(4, 8)), 4, cfg.seed, 3,
+                                first_row=4)[0]
+        independent = draw_step_masks(tiny_cfg(tmp_path).algo, session.lm, rollout, 8, cfg.seed, 3, first_row=0)[0]
+    finally:
+        session.close()
+    masks = whole[0].masks
+    assert torch.equal(torch.cat([d.masks for d in pieces], 1), masks)
+    assert torch.equal(upper[0].masks, masks[:, 4:])
+    for rows in (range(0, 4), range(4, 8)):
+        common = rollout.completion_mask[list(rows)].all(0)
+        assert all(torch.equal(masks[:, r, common], masks[:, rows[0], common]) for r in rows)
+    common = rollout.completion_mask[:4].all(0)
+    assert not all(torch.equal(independent[0].masks[:, r, common], independent[0].masks[:, 0, common])
+                   for r in range(4))  # independent draws differ: the test can tell
+
+
 def test_trace_old_terms_are_the_rollouts_and_equal_a_recomputation(tmp_path, reward_module):
     cfg = tiny_cfg(tmp_path, "algo.preset=trace_grpo", "train.micro_batch_size=8")
     session = setup(cfg)
