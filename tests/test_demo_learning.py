@@ -3,9 +3,10 @@ coupled-GRPO on LoRA with the binary all-tests reward from the sandbox. Slow: ~5
 has cached the warm start under $RLWORK_CACHE; otherwise it first trains it, like the demo (~30 min on one core).
 A shorter warm start (800 steps) solves almost nothing, so there would be nothing to learn from.
 
-RL trains on training tasks the warm start solves only sometimes (1 to 7 of 8 samples), and their pass@1 must rise
-clearly. This is learning on the prompts RL trains on: a sign error, a stale sampler, adapters that never reach
-the sampler or broken advantages all fail it. The held-out rise the demo aims for is not reached on this budget
+RL trains on the 12 training tasks (of the first 256) that the warm start solves least often but at least once in 8
+samples, and their pass@1 must rise by 10 points (seed 0, warm start built with 2 torch threads: 0.328 -> 0.474).
+This is learning on the prompts RL trains on: a sign error, a stale sampler, adapters that never reach the sampler
+or broken advantages all fail it. The held-out rise the demo aims for is not reached on this budget
 (README, "Measured on 2 CPU cores").
 """
 
@@ -33,14 +34,16 @@ def test_rl_raises_the_pass_rate_of_the_tasks_it_trains_on(tmp_path):
     ws = warm_start(load_config(TINY), progress=False)  # the demo's own (cached) warm start
     cfg = load_config(TINY, [f"model.path={ws}", "model.warm_start=false", "data.synthetic_heldout=0"])
 
-    # the first 256 training tasks, 8 samples each; keep 12 that the warm start solves sometimes (it solves most
-    # training tasks every time)
+    # the first 256 training tasks, 8 samples each; keep the 12 that the warm start solves least often without
+    # failing them all (it solves most training tasks every time, and one that it solves 7 times of 8 leaves RL
+    # little to show: a warm start built with 2 torch threads gave 12 such tasks at pass@1 0.84)
     problems = load_split(cfg.data, "train", cfg.seed)[:256]
     lm = load_policy(cfg.model, None)
     render = PromptStream(problems, lm.tokenizer, chat=False, seed=0, style=cfg.data.prompt_style).text
     screen = evaluate_passk(lm, problems, render, 8, [1], cfg.sampler, torch.Generator().manual_seed(0),
                             cfg.train.rollout_batch_size, progress=False)
-    partial = [p for p in problems if 0 < screen.per_problem[p["task_id"]]["correct"] < 8][:12]
+    solved = {p["task_id"]: screen.per_problem[p["task_id"]]["correct"] for p in problems}
+    partial = sorted((p for p in problems if 0 < solved[p["task_id"]] < 8), key=lambda p: solved[p["task_id"]])[:12]
     assert len(partial) == 12, f"only {len(partial)} of 256 tasks partially solved: the warm start is off"
     (tmp_path / "tasks.jsonl").write_text("".join(json.dumps(p) + "\n" for p in partial))
 
@@ -55,4 +58,6 @@ def test_rl_raises_the_pass_rate_of_the_tasks_it_trains_on(tmp_path):
     report = run_eval(rl, [None, str(run)], ["warm start", "after RL"], progress=False)
     before = report["policies"]["warm start"]["pass_at_k"]["pass@1"]
     after = report["policies"]["after RL"]["pass_at_k"]["pass@1"]
+    screened = [solved[p["task_id"]] for p in partial]
+    print(f"pass@1 on the RL tasks {before:.3f} -> {after:.3f} (solved of 8 at screening: {screened})")
     assert after >= before + 0.10, f"pass@1 on the RL tasks {before:.3f} -> {after:.3f}: RL did not learn"
