@@ -19,6 +19,7 @@ that is the noise only more rows per step reduce. One JSON line per way and batc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -89,7 +90,7 @@ def main(args: list[str]) -> None:
         batches = [batch(session, step) for step in range(2)]
         means = {}
         for way in ("independent", "shared"):
-            algo = load_config("configs/tiny.yaml", [*args, f"algo.group_masks={way}"]).algo
+            algo = dataclasses.replace(cfg.algo, group_masks=way)
             for b, (rollout, advantages, rows) in enumerate(batches):
                 mb = cfg.train.micro_batch_size
                 draws_of = [draw_step_masks(algo, session.lm, rollout, mb, cfg.seed, 1000 + d, 0)[0]

@@ -33,9 +33,13 @@ def row_chunks(n: int, size: int) -> list[slice]:
 def draw_masks_for(algo: AlgoConfig, lm: DiffusionLM, rollout: Rollout, generator: torch.Generator) -> MaskDraw:
     """`algo.elbo_samples` draws for the rollout's rows; a coupled/stratified draw is a complementary pair (two
     forward passes)."""
-    passes = algo.elbo_samples * (2 if algo.elbo_estimator in ("coupled", "stratified") else 1)
-    return draw_masks(algo.elbo_estimator, rollout.completion_mask, passes, lm.block_size, generator,
+    return draw_masks(algo.elbo_estimator, rollout.completion_mask, _passes(algo), lm.block_size, generator,
                       prompt_mask=rollout.prompt_mask, prompt_mask_prob=algo.prompt_mask_prob)
+
+
+def _passes(algo: AlgoConfig) -> int:
+    """Forward passes per draw: `algo.elbo_samples`, doubled for the complementary pairs of coupled/stratified."""
+    return algo.elbo_samples * (2 if algo.elbo_estimator in ("coupled", "stratified") else 1)
 
 
 def draw_step_masks(algo: AlgoConfig, lm: DiffusionLM, rollout: Rollout, micro_batch_size: int, seed: int,
@@ -65,8 +69,7 @@ def _group_draw(algo: AlgoConfig, lm: DiffusionLM, rollout: Rollout, chunk: slic
     ids = rollout.group_ids
     opens = {g: int((ids == g).nonzero().min()) for g in torch.unique(ids[chunk]).tolist()}
     part = rollout.select(torch.arange(chunk.start, chunk.stop))
-    passes = algo.elbo_samples * (2 if algo.elbo_estimator in ("coupled", "stratified") else 1)
-    return draw_group_masks(algo.elbo_estimator, part.completion_mask, part.group_ids, passes, lm.block_size,
+    return draw_group_masks(algo.elbo_estimator, part.completion_mask, part.group_ids, _passes(algo), lm.block_size,
                             lambda g: row_generator(seed, step, f"groupmask{d}", first_row + opens[g], lm.device),
                             prompt_mask=part.prompt_mask, prompt_mask_prob=algo.prompt_mask_prob)
 
