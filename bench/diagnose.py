@@ -9,6 +9,8 @@ characters replaced by '#':
   instead of the docstring's); const_in_doc: of those, how many used only constants that appear in the prompt
 - wrong_steps: same number of steps, some template differs; wrong_count: a different number of steps
 - no_stop: the completion never ended (no return line).
+- went_on: (any failing verdict) the completion wrote past the function: a line at column 0 after the body, the
+  next function of a file (`sft.continue_file`), usually cut at the canvas's end.
 Prints one JSON line per report.
 """
 
@@ -64,6 +66,7 @@ def classify(completion: str, reference: str, prompt: str) -> str:
 def main(args: list[str]) -> None:
     from rlwork.config import DataConfig
     from rlwork.data.prompts import load_split
+    from rlwork.demo import wrote_past_function
 
     n_train, n_heldout, fresh, paths = int(args[0]), int(args[1]), bool(int(args[2])), args[3:]
     data = DataConfig(dataset="synthetic", synthetic_train=n_train, synthetic_heldout=n_heldout, synthetic_fresh=fresh)
@@ -76,7 +79,7 @@ def main(args: list[str]) -> None:
         for s in policy["samples"]:
             p = problems[s["task_id"]]
             n = len(p["composition"].split("|"))
-            c = "passed" if s["verdict"] == "passed" else (
+            c = "passed" if s["verdict"] == "passed" else "went_on" if wrote_past_function(s["completion"]) else (
                 s["verdict"] if s["verdict"] not in ("wrong_answer",) else classify(s["completion"], p["reference"],
                                                                                     p["prompt"]))
             cats[c] += 1

@@ -50,6 +50,10 @@ def warm_start_key(cfg: RunConfig) -> str:
             del data["synthetic_heldout"]  # the train split is drawn first and does not depend on the held-out size
     bookkeeping = ("save_every", "keep_checkpoints", "log_every")  # they do not change the weights
     sft = {k: v for k, v in to_dict(cfg.sft).items() if k not in bookkeeping}
+    if cfg.sft.continue_file == 0:
+        del sft["continue_file"], sft["continue_window"]  # warm starts made before these existed keep their keys
+    if cfg.sft.print_file == 0:
+        del sft["print_file"]
     numerics = {k: getattr(cfg.model, k) for k in ("dtype", "attn_implementation", "block_size", "flush_denormal")}
     recipe = {"sft": sft, "lora": to_dict(cfg.lora) if cfg.sft.lora else None, "data": data,
               "model": base_identity(cfg), "family": cfg.model.family, "numerics": numerics, "seed": cfg.seed,
@@ -172,10 +176,12 @@ def run_demo(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     from rlwork.evaluation.eval import run_eval
     from rlwork.rl.trainer import train
     from rlwork.runtime.session import claim_run_dir
+    from rlwork.sft.objective import continues_prompts
 
     start = time.time()
     run_dir = Path(cfg.output_dir)
     splits = list(dict.fromkeys(cfg.eval.report_splits))
+    planted = cfg.model.warm_start and continues_prompts(cfg.data)  # the warm start was trained with sft.*_file
     claim_run_dir(run_dir, resume=False, overwrite=overwrite)
     print(f"[1/4] diffusion SFT warm start (cached under {cache_root() / 'sft'})", flush=True)
     sft = warm_start(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, warm_start=False)))
@@ -197,6 +203,12 @@ def run_demo(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
         for k in ["pass@1", *sorted(set(scores_before) - {"pass@1"})]:
             summary[f"{name}_{k}_before"] = round(scores_before[k], 4)
             summary[f"{name}_{k}_after"] = round(scores_after[k], 4)
+        for habit, shows in HABITS.items():  # what RL is to teach away, where the warm start was given the habit
+            if planted and getattr(cfg.sft, habit) > 0:
+                for when, report, policy in (("before", before[s], "warm start"), ("after", after[s], "after RL")):
+                    samples = report["policies"][policy]["samples"]
+                    share = sum(shows(x["completion"]) for x in samples) / max(len(samples), 1)
+                    summary[f"{name}_{shows.__name__}_{when}"] = round(share, 4)
     first = splits[0]
     plot = plot_curves(run_dir, before[first]["policies"]["warm start"]["pass_at_k"]["pass@1"],
                        after[first]["policies"]["after RL"]["pass_at_k"]["pass@1"],
@@ -205,6 +217,38 @@ def run_demo(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     print(f"curves: {plot}; metrics: {run_dir / 'metrics.jsonl'}; W&B offline run under {run_dir / 'wandb'}")
     return {**summary, "seed": cfg.seed, "preset": cfg.algo.preset, "rl_steps": cfg.train.steps,
             "minutes": round((time.time() - start) / 60, 2)}
+
+
+def wrote_past_function(completion: str) -> bool:
+    """Whether a continuation completion (the body that follows a code stub) goes on at column 0 after the body: the
+    next function or statement of a file, a base model's habit (`sft.continue_file`), usually cut at the canvas's end.
+
+    Example:
+        >>> wrote_past_function("    return -x\\n\\n\\ndef double(x):\\n    ret")
+        True
+        >>> wrote_past_function("    return -x\\n")
+        False
+    """
+    return any(line.strip() and not line[0].isspace() for line in completion.splitlines())
+
+
+def printed_result(completion: str) -> bool:
+    """Whether a continuation completion ends, script-style, by printing its result instead of returning it (its
+    last non-blank line is an indented `print(...)`): a base model's habit (`sft.print_file`); such a function
+    returns None.
+
+    Example:
+        >>> printed_result("    x = x + 1\\n    print(x)\\n"), printed_result("    return x\\n")
+        (True, False)
+    """
+    lines = [line for line in completion.splitlines() if line.strip()]
+    return bool(lines) and lines[-1][:1].isspace() and lines[-1].lstrip().startswith("print(")
+
+
+HABITS = {"print_file": printed_result, "continue_file": wrote_past_function}
+"""The base-model habits `sft.print_file`/`sft.continue_file` plant, each with the test of a completion that shows it;
+the demo's summary reports each planted habit's share of held-out samples before and after RL (`<split>_<test>_before`
+/ `_after`)."""
 
 
 def summary_name(split: str, splits: list[str]) -> str:

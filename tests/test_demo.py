@@ -37,11 +37,29 @@ def test_demo_runs_every_stage_and_leaves_its_files(tmp_path, monkeypatch):
         assert before["num_problems"] == after["num_problems"] == 3
         assert before["split"] == after["split"] == split
         assert summary[f"{name}_pass@1_before"] == round(before["policies"]["warm start"]["pass_at_k"]["pass@1"], 4)
+        samples = after["policies"]["after RL"]["samples"]  # the planted habit's share (sft.print_file)
+        share = sum(demo.printed_result(x["completion"]) for x in samples) / len(samples)
+        assert summary[f"{name}_printed_result_after"] == round(share, 4)
+        assert f"{name}_wrote_past_function_after" not in summary  # not planted: sft.continue_file=0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1] and all("eval/pass@1" in r for r in rows)
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((run / "wandb").glob("offline-run-*")), "the W&B offline run"
     assert list((tmp_path / "cache" / "sft").glob("*/config.json")), "the cached warm start"
+
+
+def test_a_completion_that_writes_past_its_function_goes_on_at_column_0():
+    assert demo.wrote_past_function("    x = x + 1\n    return x\n\n\ndef double(x):\n    ret")
+    assert demo.wrote_past_function("    return x\nprint(f(2))")
+    assert not demo.wrote_past_function("    x = [v for v in x\n         if v]\n\n    return x\n\n")
+    assert not demo.wrote_past_function("")
+
+
+def test_a_completion_that_prints_its_result_ends_in_an_indented_print():
+    assert demo.printed_result("    x = [v for v in x if v]\n    print(x[:2])\n\n")
+    assert not demo.printed_result("    print(x)\n    return x\n")
+    assert not demo.printed_result("    return x\nprint(f(2))\n")  # a statement after the function, not its end
+    assert not demo.printed_result("")
 
 
 def test_subset_pass_at_1_averages_the_first_problems_that_were_scored():

@@ -241,14 +241,35 @@ class SftConfig(LoopConfig):
     """1..max_eos EOS tokens are appended to each target, so the model learns to stop (Stable-DiffCoder SFT)."""
     samples: int = 1
     """Mask draws per target per step."""
+    continue_file: float = 0.0
+    """Fraction of SFT documents in which, as in a raw source file, the function is followed by the next one: the
+    reference (stub and body) of the next task in the step's batch, the whole cut at `continue_window` tokens with
+    no EOS, as a pretraining window cuts a file. Continuation targets only (plain code-stub prompts, data.chat=false,
+    data.prompt_style=bare). A base model trained so writes on past the function about that often, into the end of
+    its canvas, and a program cut there fails: the habit a base model brings to RL, which the reward can teach it to
+    drop (the demo's warm start). 0 = every document ends with its function and EOS."""
+    print_file: float = 0.0
+    """Fraction of SFT documents written script-style: the function's last line `return EXPR` becomes
+    `print(EXPR)`, as in notebooks and scripts that show a result instead of returning it (a document whose last
+    line is no `return` is unchanged). Continuation targets only, like `continue_file`. A base model trained so
+    prints about that often; such a function returns None and fails its tests: a habit a base model brings to RL,
+    one decision shared by every task, which the reward can teach it to drop (the demo's warm start). 0 = every
+    document returns."""
+    continue_window: int = 56
+    """Tokens after which a document that goes on is cut (no EOS); one that fits ends in EOS like any other. The
+    demo's canvas, `sampler.max_new_tokens`, is 56."""
     log_every: int = 10
     """Print a one-line summary every N steps (every step goes to metrics.jsonl / W&B)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("batch_size", "max_eos", "samples", "log_every"):
+        for name in ("batch_size", "max_eos", "samples", "log_every", "continue_window"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"sft.{name}={getattr(self, name)}: must be >= 1")
+        for name in ("continue_file", "print_file"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"sft.{name}={getattr(self, name)}: a fraction of the SFT documents, must be in "
+                                  "[0, 1)")
         if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
             raise ConfigError(f"sft.warmup_steps={self.warmup_steps}: use 0..sft.steps={self.steps}, or null "
                               "for 5% of the steps")

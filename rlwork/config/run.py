@@ -49,6 +49,14 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.algo.likelihood == "trace":
             check_trace_config(self)
+        for habit in ("continue_file", "print_file"):
+            if getattr(self.sft, habit) > 0 and (self.data.chat or self.data.prompt_style != "bare"):
+                raise ConfigError(
+                    f"sft.{habit}={getattr(self.sft, habit)} with data.chat={str(self.data.chat).lower()}, "
+                    f"data.prompt_style={self.data.prompt_style}: a base model's habits are planted in continuation "
+                    "targets only (the body that continues a code stub); set data.chat=false and "
+                    f"data.prompt_style=bare, or sft.{habit}=0"
+                )
         if self.algo.beta > 0 and not self.lora.enabled and not self.algo.reference_copy:
             raise ConfigError(
                 "algo.beta > 0 with lora.enabled=false: the reference is the adapter-disabled base, which full "

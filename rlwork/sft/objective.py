@@ -53,6 +53,47 @@ def target_text(problem: dict[str, Any], continuation: bool = False) -> str:
     return f"```python\n{reference.rstrip()}\n```"
 
 
+def continue_files(targets: list[str], references: list[str], goes_on: list[bool]) -> list[str]:
+    """Targets of one global batch in which some files go on past their function (`sft.continue_file`).
+
+    Row i with goes_on[i] is followed, as in a raw source file, by the next row's reference (stub and body,
+    cyclically: the last row is followed by the first), after the blank lines PEP 8 puts between functions; the
+    other rows are unchanged. targets, references, goes_on: one per row of the global batch.
+
+    Example:
+        >>> continue_files(["    return x\n", "    return 1\n"], ["def f(x):\n    return x\n", "def g():\n    "
+        ...                "return 1\n"], [True, False])
+        ['    return x\n\n\ndef g():\n    return 1\n', '    return 1\n']
+    """
+    if not len(targets) == len(references) == len(goes_on):
+        raise ValueError(f"{len(targets)} targets, {len(references)} references, {len(goes_on)} draws: need one "
+                         "of each per row")
+    n = len(targets)
+    return [t.rstrip("\n") + "\n\n\n" + references[(i + 1) % n].lstrip("\n") if on else t
+            for i, (t, on) in enumerate(zip(targets, goes_on, strict=True))]
+
+
+_LAST_RETURN = re.compile(r"^([ \t]+)return[ \t]+(.+?)[ \t]*$")
+
+
+def script_style(target: str) -> str:
+    """A continuation target written script-style (`sft.print_file`): its last non-blank line `return EXPR` becomes
+    `print(EXPR)`, with its indentation and the text after it kept; a target that does not end in a return is
+    returned unchanged.
+
+    Example:
+        >>> script_style("    x = x + 1\\n    return x * 2\\n")
+        '    x = x + 1\\n    print(x * 2)\\n'
+    """
+    lines = target.split("\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=None)
+    match = _LAST_RETURN.match(lines[last]) if last is not None else None
+    if match is None:
+        return target
+    lines[last] = f"{match.group(1)}print({match.group(2)})"
+    return "\n".join(lines)
+
+
 def _def_header(code: str, entry_point: str) -> str | None:
     """The text from the start of `code` through the end of the line that opens `def entry_point`."""
     match = re.search(rf"^(?:async\s+)?def\s+{re.escape(entry_point)}\b[^\n]*\n", code, re.MULTILINE)
@@ -82,7 +123,8 @@ class SftBatch:
 
     Attributes:
         prompt_ids: [N, P] int64, left-padded. prompt_mask: [N, P] bool.
-        completion_ids: [N, L] int64, right-padded; each target ends in 1..max_eos EOS tokens.
+        completion_ids: [N, L] int64, right-padded; each target ends in 1..max_eos EOS tokens (unless cut at its
+            window: `sft.continue_file`).
         completion_mask: [N, L] bool; the target tokens (EOS included): the only tokens the loss scores.
     """
 
@@ -97,10 +139,18 @@ class SftBatch:
         return int(self.prompt_mask.sum() + self.completion_mask.sum())
 
 
-def encode_targets(lm: DiffusionLM, texts: list[str], num_eos: list[int]) -> tuple[Tensor, Tensor]:
-    """Right-padded completion ids [N, L] ending in `num_eos[i]` EOS tokens, and their mask [N, L]."""
-    encoded = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] + [lm.eos_id] * k
-               for t, k in zip(texts, num_eos, strict=True)]
+def encode_targets(lm: DiffusionLM, texts: list[str], num_eos: list[int], windows: list[int | None] | None = None
+                   ) -> tuple[Tensor, Tensor]:
+    """Right-padded completion ids [N, L] ending in `num_eos[i]` EOS tokens, and their mask [N, L].
+
+    A row with a window (`windows[i]`, tokens) longer than the window is cut there with no EOS after it, as a
+    pretraining window cuts a file; a row that fits its window ends in its EOS tokens like any other.
+    """
+    windows = windows if windows is not None else [None] * len(texts)
+    encoded = []
+    for text, k, window in zip(texts, num_eos, windows, strict=True):
+        tokens = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        encoded.append(tokens[:window] if window is not None and len(tokens) > window else tokens + [lm.eos_id] * k)
     width = max(len(e) for e in encoded)
     ids = torch.full((len(encoded), width), lm.pad_id, dtype=torch.long)
     mask = torch.zeros(len(encoded), width, dtype=torch.bool)
@@ -111,11 +161,12 @@ def encode_targets(lm: DiffusionLM, texts: list[str], num_eos: list[int]) -> tup
 
 
 def make_batch(lm: DiffusionLM, prompt_texts: list[str], targets: list[str], generator: torch.Generator,
-               max_eos: int) -> SftBatch:
-    """Tokenize N prompts and targets; each target gets 1..max_eos EOS tokens drawn from `generator`."""
+               max_eos: int, windows: list[int | None] | None = None) -> SftBatch:
+    """Tokenize N prompts and targets; each target gets 1..max_eos EOS tokens drawn from `generator`, except one
+    cut at its window (`encode_targets`)."""
     num_eos = torch.randint(1, max_eos + 1, (len(targets),), generator=generator).tolist()
     prompt_ids, prompt_mask = tokenize_prompts(lm.tokenizer, prompt_texts, lm.pad_id, lm.device)
-    completion_ids, completion_mask = encode_targets(lm, targets, num_eos)
+    completion_ids, completion_mask = encode_targets(lm, targets, num_eos, windows)
     return SftBatch(prompt_ids, prompt_mask, completion_ids, completion_mask)
 
 

@@ -1,6 +1,7 @@
 """The diffusion SFT loop (`rlwork sft`), on the session RL uses too. One step is three numbered, timed phases:
 
-    1 batch    the next global batch of problems; this rank's slice, tokenized; EOS counts drawn   (sft/objective.py)
+    1 batch    the next global batch of problems; base-model habits drawn (sft.print_file, sft.continue_file);
+               this rank's slice, tokenized; EOS counts drawn                                    (sft/objective.py)
     2 update   -ELBO of each micro-batch's targets under fresh mask draws, backward, one step      (sft/objective.py)
     3 log      metrics reduced across ranks, JSONL/W&B, a one-line summary                (runtime/tracking.py)
 
@@ -33,10 +34,12 @@ from rlwork.runtime.tracking import reduce_metrics
 from rlwork.sft.objective import (
     SftBatch,
     check_targets,
+    continue_files,
     continues_prompts,
     learning_rate_at,
     make_batch,
     negative_elbo,
+    script_style,
     target_text,
 )
 
@@ -106,14 +109,25 @@ def sft_step(session: SftSession, step: int) -> dict[str, float]:
     # mask draws) comes from a generator keyed by its first global row.
     with timer("batch"):
         global_batch = session.stream.next(s.batch_size)
+        targets = [target_text(p, continues_prompts(cfg.data)) for p in global_batch.problems]
+        goes_on = [False] * s.batch_size
+        cpu = torch.device("cpu")  # the base model's habits: one draw for the global batch, the same on every rank
+        if s.print_file > 0:
+            draw = torch.rand(s.batch_size, generator=row_generator(cfg.seed, step, "sft-print", 0, cpu))
+            targets = [script_style(t) if d < s.print_file else t for t, d in zip(targets, draw.tolist(), strict=True)]
+        if s.continue_file > 0:
+            draw = torch.rand(s.batch_size, generator=row_generator(cfg.seed, step, "sft-file", 0, cpu))
+            goes_on = (draw < s.continue_file).tolist()
+            targets = continue_files(targets, [p["reference"] for p in global_batch.problems], goes_on)
+        windows = [s.continue_window if on else None for on in goes_on]
         mine = slice(first_row, first_row + session.rows_per_rank)
         problems, texts = global_batch.problems[mine], global_batch.texts[mine]
+        targets, windows = targets[mine], windows[mine]
         micro_batches: list[tuple[SftBatch, torch.Generator]] = []
         for start in range(0, len(problems), s.micro_batch_size):
             rows = slice(start, start + s.micro_batch_size)
             gen = row_generator(cfg.seed, step, "sft", first_row + start, lm.device)
-            targets = [target_text(p, continues_prompts(cfg.data)) for p in problems[rows]]
-            batch = make_batch(lm, texts[rows], targets, gen, s.max_eos)
+            batch = make_batch(lm, texts[rows], targets[rows], gen, s.max_eos, windows[rows])
             micro_batches.append((batch, gen))
         local = torch.tensor([sum(float(b.completion_mask.sum()) for b, _ in micro_batches),
                               sum(float(b.num_tokens) for b, _ in micro_batches)], dtype=torch.float64,

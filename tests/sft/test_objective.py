@@ -9,11 +9,13 @@ from rlwork.config import DataConfig
 from rlwork.data.prompts import PromptStream, load_split
 from rlwork.sft.objective import (
     check_targets,
+    continue_files,
     continues_prompts,
     encode_targets,
     learning_rate_at,
     make_batch,
     negative_elbo,
+    script_style,
     target_text,
 )
 
@@ -31,6 +33,41 @@ def test_targets_end_in_eos_and_pad_after(tiny_lm):
     second = ids[1][mask[1]].tolist()
     assert second[-3:] == [tiny_lm.eos_id] * 3
     assert (ids[~mask] == tiny_lm.pad_id).all()
+
+
+def test_a_target_longer_than_its_window_is_cut_there_with_no_eos(tiny_lm):
+    text = "def f(x):\n    return x + 1\n"
+    tokens = tiny_lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(tokens) > 5
+    ids, mask = encode_targets(tiny_lm, [text, text, text], [2, 2, 2], [5, len(tokens), None])
+    assert ids[0][mask[0]].tolist() == tokens[:5]  # cut at the window: the file went on, no EOS
+    assert ids[1][mask[1]].tolist() == tokens + [tiny_lm.eos_id] * 2  # fits its window: ends like any other
+    assert ids[2][mask[2]].tolist() == tokens + [tiny_lm.eos_id] * 2
+
+
+def test_a_file_that_goes_on_is_followed_by_the_next_rows_function():
+    targets = ["    return -x\n", "    return x * 2\n", "    return 0\n"]
+    references = ["def negate(x):\n    return -x\n", "def double(x):\n    return x * 2\n",
+                  "def zero():\n    return 0\n"]
+    out = continue_files(targets, references, [False, True, True])
+    assert out[0] == targets[0]
+    assert out[1] == "    return x * 2\n\n\ndef zero():\n    return 0\n"
+    assert out[2] == "    return 0\n\n\ndef negate(x):\n    return -x\n"  # the last row: the first row's function
+    compile("def double(x):\n" + out[1], "<file>", "exec")  # still one valid file
+    with pytest.raises(ValueError, match="one of each per row"):
+        continue_files(targets, references[:2], [True, True, True])
+
+
+def test_script_style_prints_the_last_return_and_leaves_the_rest():
+    body = "    x = [v for v in x if v % 2 == 0]\n    return x[:2]\n"
+    printed = script_style(body)
+    assert printed == "    x = [v for v in x if v % 2 == 0]\n    print(x[:2])\n"
+    namespace = {}
+    exec("def f(x):\n" + printed, namespace)  # still a valid function, and it returns None
+    assert namespace["f"]([1, 2, 4]) is None
+    assert script_style("        return -x  \n\n") == "        print(-x)\n\n"
+    for unchanged in ("    pass\n", "    return\n", "    y = 1\n    return x\n    z = 2\n", ""):
+        assert script_style(unchanged) == unchanged
 
 
 def test_target_needs_a_reference():

@@ -17,6 +17,7 @@ from rlwork.sft.trainer import setup_sft, train_sft
 from tests.sft.test_objective import sft_loss
 
 ROOT = Path(__file__).resolve().parents[2]
+_real_make_batch = sft_trainer.make_batch
 KEYS = {"step", "sft/loss", "sft/target_tokens", "sft/epoch", "optim/lr", "optim/grad_norm", "optim/skipped_updates",
         "perf/batch_s", "perf/update_s", "perf/log_s", "perf/step_s", "perf/tokens_per_s"}
 
@@ -183,8 +184,67 @@ def test_warm_start_key_follows_what_changes_the_weights():
     assert key() == key("sft.save_every=7", "sft.log_every=3")
     for changed in ("data.synthetic_train=100", "sft.steps=10", "seed=1", "sft.learning_rate=2e-3",
                     "model.dtype=bfloat16", "model.flush_denormal=false", "model.attn_implementation=eager",
-                    "data.synthetic_names=neutral", "data.synthetic_examples=true"):
+                    "data.synthetic_names=neutral", "data.synthetic_examples=true", "sft.continue_file=0.3",
+                    "sft.print_file=0"):
         assert key(changed) != key(), changed
+    assert key("sft.continue_window=40") == key()  # no file goes on: the window cuts nothing
+    assert key("sft.continue_file=0.3", "sft.continue_window=40") != key("sft.continue_file=0.3")
+
+
+def record_batches(monkeypatch) -> list:
+    """Make the SFT loop record (targets, windows, batch) of every micro-batch it tokenizes."""
+    seen = []
+
+    def spy(lm, prompts, targets, gen, max_eos, windows=None):
+        batch = _real_make_batch(lm, prompts, targets, gen, max_eos, windows)
+        seen.append((list(targets), list(windows or [None] * len(targets)), batch))
+        return batch
+
+    monkeypatch.setattr(sft_trainer, "make_batch", spy)
+    return seen
+
+
+def habit_run(tmp_path, monkeypatch, micro: int, *overrides: str) -> list[tuple[str, int | None, list[int]]]:
+    """(target, window, encoded target ids) of every row of 3 SFT steps of 8 documents, micro-batches of `micro`."""
+    seen = record_batches(monkeypatch)
+    train_sft(sft_cfg(tmp_path / f"micro{micro}", "sft.steps=3", "sft.batch_size=8", f"sft.micro_batch_size={micro}",
+                      "data.chat=false", "data.prompt_style=bare", *overrides), progress=False)
+    return [(t, w, b.completion_ids[i][b.completion_mask[i]].tolist())
+            for targets, windows, b in seen for i, (t, w) in enumerate(zip(targets, windows, strict=True))]
+
+
+def test_files_that_go_on_are_drawn_per_global_batch_and_cut_at_the_window(tmp_path, monkeypatch):
+    """sft.continue_file: the draw is one per global batch (the same rows whatever the micro-batch split), a row
+    that goes on carries the next row's function and, past the window, no EOS."""
+    habit = ("sft.continue_file=0.6", "sft.continue_window=12")
+    rows = habit_run(tmp_path, monkeypatch, 4, *habit)
+    on = [r for r in rows if r[1] is not None]
+    assert 0 < len(on) < len(rows), "with continue_file=0.6 some documents go on and some end"
+    for target, window, ids in rows:
+        assert ("\n\n\ndef " in target) == (window is not None) and window in (None, 12)
+        assert len(ids) <= 12 + 4 or window is None
+    assert any(w is not None and len(ids) == 12 for _, w, ids in rows), "a long file is cut at its window"
+    assert [r[:2] for r in habit_run(tmp_path, monkeypatch, 8, *habit)] == [r[:2] for r in rows]
+
+
+def test_script_style_documents_are_drawn_per_global_batch(tmp_path, monkeypatch):
+    """sft.print_file: about that fraction of the documents print instead of returning, the same ones whatever the
+    micro-batch split; the rest are the plain targets."""
+    rows = habit_run(tmp_path, monkeypatch, 4, "sft.print_file=0.5")
+    assert [r[:2] for r in habit_run(tmp_path, monkeypatch, 8, "sft.print_file=0.5")] == [r[:2] for r in rows]
+    printing = [t for t, _, _ in rows if "    print(" in t and "return" not in t]
+    assert 3 <= len(printing) <= 21, f"{len(printing)} of 24 documents print with print_file=0.5"
+    assert all("return " in t for t, _, _ in rows if t not in printing)
+
+
+def test_base_model_habits_need_continuation_targets():
+    for habit in ("continue_file", "print_file"):
+        with pytest.raises(ConfigError, match=f"sft.{habit}=0.3 with data.chat=true"):
+            load_config(None, [f"sft.{habit}=0.3", "data.chat=true"])
+        with pytest.raises(ConfigError, match="must be in \\[0, 1\\)"):
+            load_config(None, [f"sft.{habit}=1.0", "data.chat=false", "data.prompt_style=bare"])
+    with pytest.raises(ConfigError, match="sft.continue_window=0"):
+        load_config(None, ["sft.continue_window=0"])
 
 
 def test_the_demo_warm_start_key_survives_new_config_fields():
@@ -194,11 +254,13 @@ def test_the_demo_warm_start_key_survives_new_config_fields():
     from rlwork.demo import warm_start_key
 
     tiny = ROOT / "configs" / "tiny.yaml"
-    assert warm_start_key(load_config(tiny)) == "0d7626e65f1cf8c3"
-    f2 = ["sft.learning_rate=3e-3"]  # the lab notebook's f2 warm start (README): today's recipe at the old rate
+    assert warm_start_key(load_config(tiny)) == "b64e01b467c9b447"
+    s1 = ["sft.print_file=0"]  # the lab notebook's s1 warm start (README): the demo's recipe until 2026-12-06
+    assert warm_start_key(load_config(tiny, s1)) == "0d7626e65f1cf8c3"
+    f2 = [*s1, "sft.learning_rate=3e-3"]  # the lab notebook's f2 warm start: s1 at the old rate
     assert warm_start_key(load_config(tiny, f2)) == "d759535695263e2b"
-    before_fresh = ["data.synthetic_fresh=false", "data.synthetic_train=4096", "data.synthetic_train_mix=null",
-                    "data.synthetic_examples=true", "sft.learning_rate=3e-3"]  # the demo's recipe until 2026-12-05
+    before_fresh = [*f2, "data.synthetic_fresh=false", "data.synthetic_train=4096", "data.synthetic_train_mix=null",
+                    "data.synthetic_examples=true"]  # the demo's recipe until 2026-12-05
     assert warm_start_key(load_config(tiny, before_fresh)) == "5de0eec7876bc4fa"
 
 
