@@ -29,7 +29,7 @@ def test_demo_runs_every_stage_and_leaves_its_files(tmp_path, monkeypatch):
     # the headline is the i.i.d. split (heldout_*), the compositional split is reported beside it
     assert {f"{name}_pass@{k}_{when}" for name in ("heldout", "compositional") for k in (1, 2)
             for when in ("before", "after")} | {"seed", "preset", "rl_steps", "minutes"} <= set(summary)
-    assert summary["rl_steps"] == 2 and summary["preset"] == "coupled_grpo"
+    assert summary["rl_steps"] == 2 and summary["preset"] == "trace_grpo"
     run = tmp_path / "run"
     for name, split, suffix in (("heldout", "iid", ""), ("compositional", "heldout", "_heldout")):
         before = json.loads((run / f"eval_before{suffix}.json").read_text())

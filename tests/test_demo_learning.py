@@ -1,15 +1,16 @@
-"""Does the RL loop learn? The demo's pipeline on the tiny coder: its diffusion-SFT warm start (seed 0), then
-coupled-GRPO on LoRA with the binary all-tests reward from the sandbox. Slow: a few minutes each when `make demo`
-has cached the warm start under $RLWORK_CACHE; otherwise the first test trains it, like the demo (~13 min on two
-cores). A shorter warm start (800 steps) solves almost nothing, so there would be nothing to learn from.
+"""Does the RL loop learn? The demo's pipeline on the tiny coder: its diffusion-SFT warm start (seed 0), then RL
+on LoRA (the demo's preset, trace_grpo) with the binary all-tests reward from the sandbox. Slow: minutes each when
+`make demo` has cached the warm start under $RLWORK_CACHE; otherwise the first test trains it, like the demo (~13
+min on two cores). A shorter warm start (800 steps) solves almost nothing, so there would be nothing to learn from.
 
 Two checks:
 - held out: half the demo's RL budget (20 steps on the `rl` split's prompts) must raise pass@1 on 64 tasks of the
   i.i.d. held-out split by 5 points. The demo's warm start prints its result instead of returning it in ~16% of
-  samples (`sft.print_file`, a base model's habit); RL teaches it to return, which carries to unseen tasks.
+  samples (`sft.print_file`, a base model's habit); RL teaches it to return, which carries to unseen tasks
+  (measured at 1 torch thread with a warm start built at 2: 0.752 -> 0.846, printing 12.1% -> 0%).
 - on the tasks RL trains on: the 12 training tasks (of the first 256) that the warm start solves least often but at
-  least once in 8 samples; their pass@1 must rise by 10 points. A sign error, a stale sampler, adapters that never
-  reach the sampler or broken advantages fail both.
+  least once in 8 samples; their pass@1 must rise by 10 points (measured: 0.229 -> 0.755). A sign error, a stale
+  sampler, adapters that never reach the sampler or broken advantages fail both.
 """
 
 import json
