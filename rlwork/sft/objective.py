@@ -61,9 +61,9 @@ def continue_files(targets: list[str], references: list[str], goes_on: list[bool
     other rows are unchanged. targets, references, goes_on: one per row of the global batch.
 
     Example:
-        >>> continue_files(["    return x\n", "    return 1\n"], ["def f(x):\n    return x\n", "def g():\n    "
-        ...                "return 1\n"], [True, False])
-        ['    return x\n\n\ndef g():\n    return 1\n', '    return 1\n']
+        >>> continue_files(["    return x\\n", "    return 1\\n"], ["def f(x):\\n    return x\\n", "def g():\\n    "
+        ...                "return 1\\n"], [True, False])
+        ['    return x\\n\\n\\ndef g():\\n    return 1\\n', '    return 1\\n']
     """
     if not len(targets) == len(references) == len(goes_on):
         raise ValueError(f"{len(targets)} targets, {len(references)} references, {len(goes_on)} draws: need one "
