@@ -175,13 +175,18 @@ def run_demo(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     output_dir is refused unless `overwrite` (`runtime.session.claim_run_dir`)."""
     from rlwork.evaluation.eval import run_eval
     from rlwork.rl.trainer import train
-    from rlwork.runtime.session import claim_run_dir
+    from rlwork.runtime.session import RunDirError, claim_run_dir, used_by_a_run
     from rlwork.sft.objective import continues_prompts
 
     start = time.time()
     run_dir = Path(cfg.output_dir)
     splits = list(dict.fromkeys(cfg.eval.report_splits))
     planted = cfg.model.warm_start and continues_prompts(cfg.data)  # the warm start was trained with sft.*_file
+    seed_runs = sorted(p.name for p in run_dir.glob("seed*") if p.is_dir() and used_by_a_run(p))
+    if seed_runs:  # checked with --overwrite too: that deletes this folder's run files, not the seeds' folders
+        raise RunDirError(f"output_dir={run_dir} holds the runs of a --seeds demo ({', '.join(seed_runs)}), and a "
+                          "one-seed demo there would sit beside them: set output_dir to a new folder, or run "
+                          "--seeds again (with --overwrite to start those over)")
     claim_run_dir(run_dir, resume=False, overwrite=overwrite)
     print(f"[1/4] diffusion SFT warm start (cached under {cache_root() / 'sft'})", flush=True)
     sft = warm_start(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, warm_start=False)))
@@ -270,7 +275,15 @@ def _report_file(when: str, split: str, splits: list[str]) -> str:
 def run_demo_seeds(cfg: RunConfig, seeds: list[int], overwrite: bool = False) -> dict[str, Any]:
     """The demo once per seed (own warm start, split draw, RL and eval), each in `output_dir/seed<N>`; prints each
     seed's summary and returns the means and the rise of held-out pass@1 in points."""
+    from rlwork.runtime.session import RunDirError, claim_run_dir, used_by_a_run
+
     start = time.time()
+    folders = [Path(cfg.output_dir)] + [Path(cfg.output_dir) / f"seed{seed}" for seed in seeds]
+    used = [f"{folder} ({', '.join(found)})" for folder in folders if (found := used_by_a_run(folder))]
+    if used and not overwrite:  # refuse now, not after the earlier seeds' runs: a late refusal loses no work but hours
+        raise RunDirError(f"--seeds writes OUTPUT_DIR/seed<N>, and a run already trained in {'; '.join(used)}: "
+                          "set output_dir to a new folder, or start over with --overwrite (deletes those run files)")
+    claim_run_dir(folders[0], resume=False, overwrite=overwrite)  # a one-seed run there would sit beside the seeds'
     runs = []
     for seed in seeds:
         summary = run_demo(dataclasses.replace(cfg, seed=seed, output_dir=str(Path(cfg.output_dir) / f"seed{seed}")),

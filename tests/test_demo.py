@@ -88,6 +88,55 @@ def test_the_seeds_summary_is_the_mean_rise_of_the_iid_split_with_its_standard_e
     assert out["compositional_pass@1_before_mean"] == 0.3
 
 
+def _used(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.jsonl").write_text('{"step": 0}\n')
+    return folder
+
+
+def test_seeds_refuse_a_used_folder_before_any_seed_runs(tmp_path, monkeypatch):
+    """A used seed2/ used to be found after seeds 0 and 1 had run (hours on 2 cores), and the summary was lost."""
+    ran = []
+
+    def fake_demo(cfg, overwrite=False):
+        ran.append(cfg.seed)
+        return {"heldout_pass@1_before": 0.1, "heldout_pass@1_after": 0.2, "seed": cfg.seed}
+
+    monkeypatch.setattr(demo, "run_demo", fake_demo)
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"output_dir={tmp_path}"])
+    _used(tmp_path / "seed2")
+    with pytest.raises(ValueError, match=r"seed2 \(metrics.jsonl\).*--overwrite"):
+        demo.run_demo_seeds(cfg, [0, 1, 2])
+    assert ran == []
+    demo.run_demo_seeds(cfg, [0, 1, 2], overwrite=True)  # run_demo itself starts seed2/ over
+    assert ran == [0, 1, 2]
+
+
+def test_seeds_refuse_a_one_seed_run_in_their_folder_and_overwrite_removes_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "run_demo", lambda cfg, overwrite=False: {"heldout_pass@1_before": 0.1,
+                                                                         "heldout_pass@1_after": 0.2})
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"output_dir={tmp_path}"])
+    _used(tmp_path)
+    (tmp_path / "eval_after_heldout.json").write_text("{}")
+    with pytest.raises(ValueError, match="already trained in"):
+        demo.run_demo_seeds(cfg, [0, 1])
+    demo.run_demo_seeds(cfg, [0, 1], overwrite=True)
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "eval_after_heldout.json").exists()
+
+
+def test_a_one_seed_demo_refuses_a_folder_holding_a_seeds_demo(tmp_path, monkeypatch):
+    def no_warm_start(*args, **kwargs):
+        raise AssertionError("the folder is refused before the warm start")
+
+    monkeypatch.setattr(demo, "warm_start", no_warm_start)
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"output_dir={tmp_path}"])
+    _used(tmp_path / "seed0")
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match=r"holds the runs of a --seeds demo \(seed0\)"):
+            demo.run_demo(cfg, overwrite=overwrite)
+    assert (tmp_path / "seed0" / "metrics.jsonl").exists()
+
+
 def test_a_warm_start_from_a_folder_that_cannot_be_exported_fails_before_training(tmp_path, monkeypatch):
     """An rlwork run folder as model.path used to train the whole SFT (19 min) and then fail in the export, which
     needs the base as an HF model folder."""

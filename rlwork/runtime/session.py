@@ -34,7 +34,9 @@ from rlwork.runtime.tracking import METRICS_FILE, ROLLOUT_DIR, TABLE_DIR, WANDB_
 KINDS = ("rl", "sft")
 RUN_FILES = (METRICS_FILE, ROLLOUT_DIR, TABLE_DIR, ckpt.CHECKPOINTS, WANDB_DIR, "curves.png", "eval_before.json",
              "eval_after.json")
-"""What rlwork writes into a run folder; `--overwrite` removes exactly these, nothing else."""
+RUN_GLOBS = ("eval_before_*.json", "eval_after_*.json")
+"""What rlwork writes into a run folder (the demo's reports of further splits by pattern); `--overwrite` removes
+exactly these, nothing else."""
 
 
 @dataclass
@@ -89,8 +91,8 @@ def used_by_a_run(run_dir: Path) -> list[str]:
 
 def claim_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
     """Make `run_dir` this run's folder. A new run (neither `resume` nor `overwrite`) refuses a folder where
-    another run trained; `overwrite` first removes that run's files (`RUN_FILES`, nothing else). Call it on every
-    rank: every rank checks, rank 0 removes, and all wait for it."""
+    another run trained; `overwrite` first removes that run's files (`RUN_FILES`, `RUN_GLOBS`, nothing else). Call
+    it on every rank: every rank checks, rank 0 removes, and all wait for it."""
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise RunDirError("--resume continues the run in output_dir and --overwrite deletes it: choose one")
@@ -102,8 +104,7 @@ def claim_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> None
     if used and dist.is_main_process():
         import shutil
 
-        for name in RUN_FILES:
-            path = run_dir / name
+        for path in [run_dir / name for name in RUN_FILES] + [p for g in RUN_GLOBS for p in run_dir.glob(g)]:
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():

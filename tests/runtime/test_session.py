@@ -17,6 +17,8 @@ def test_a_used_folder_is_refused_unless_resumed_or_overwritten(tmp_path):
     (run / "checkpoints" / "step_000001").mkdir(parents=True)
     (run / "metrics.jsonl").write_text('{"step": 0}\n')
     (run / "my_notes.md").write_text("keep me")
+    (run / "eval_my_own.json").write_text("{}")  # not a name rlwork writes
+    (run / "eval_after_heldout.json").write_text("{}")  # the demo's report of a further split
     assert used_by_a_run(run) == ["metrics.jsonl", "checkpoints/"]
     with pytest.raises(ValueError, match="output_dir=.*already holds a run"):
         claim_run_dir(run, resume=False, overwrite=False)
@@ -25,5 +27,5 @@ def test_a_used_folder_is_refused_unless_resumed_or_overwritten(tmp_path):
     with pytest.raises(ValueError, match="choose one"):
         claim_run_dir(run, resume=True, overwrite=True)
     claim_run_dir(run, resume=False, overwrite=True)
-    assert sorted(p.name for p in run.iterdir()) == ["my_notes.md"]
+    assert sorted(p.name for p in run.iterdir()) == ["eval_my_own.json", "my_notes.md"]
     assert "metrics.jsonl" in RUN_FILES and "checkpoints" in RUN_FILES
