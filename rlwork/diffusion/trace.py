@@ -75,11 +75,26 @@ class TraceOutput:
         per_token: [N, L] float32; log-prob of each real completion token at the step that committed it; 0 elsewhere.
         sequence: [N] float32; their sum: the log-probability of the trajectory's tokens, positions given.
         model_calls: model forward calls made.
+        entropy: 0-d float32, detached; the mean entropy (nats) of the sampler's distribution at each scored
+            token's decision (the state that committed it; mask token removed, temperature, top-k/top-p, as the
+            likelihood scores it); NaN when nothing was scored. The trace's counterpart of the ELBO's `entropy`.
     """
 
     per_token: Tensor
     sequence: Tensor
     model_calls: int
+    entropy: Tensor
+
+
+def _scaled(logits: Tensor, mask_id: int, temperature: float, top_k: int | None, top_p: float | None) -> Tensor:
+    """The sampler's distribution as float32 logits: [M, V] -> [M, V], -inf where the sampler cannot draw (the mask
+    token, tokens the top-k/top-p filters remove, decided in float64 on detached logits as the sampler decides)."""
+    filtered = temperature > 0 and (top_k is not None or (top_p is not None and top_p < 1))
+    if filtered:
+        drop = ~torch.isfinite(sampling_logits(logits.detach().double(), mask_id, temperature, top_k, top_p))
+    else:
+        drop = (torch.arange(logits.shape[-1], device=logits.device) == mask_id).expand_as(logits)
+    return (logits.float() / (temperature if temperature > 0 else 1.0)).masked_fill(drop, float("-inf"))
 
 
 def token_logps(
@@ -91,13 +106,24 @@ def token_logps(
     top-k/top-p filters keep is decided in float64 on detached logits, as the sampler decides it; the log-softmax
     runs in float32. A target the filters remove gets -inf.
     """
-    filtered = temperature > 0 and (top_k is not None or (top_p is not None and top_p < 1))
-    if filtered:
-        drop = ~torch.isfinite(sampling_logits(logits.detach().double(), mask_id, temperature, top_k, top_p))
-    else:
-        drop = (torch.arange(logits.shape[-1], device=logits.device) == mask_id).expand_as(logits)
-    scaled = (logits.float() / (temperature if temperature > 0 else 1.0)).masked_fill(drop, float("-inf"))
+    scaled = _scaled(logits, mask_id, temperature, top_k, top_p)
     return scaled.gather(-1, targets[:, None]).squeeze(-1) - scaled.logsumexp(-1)
+
+
+@torch.no_grad()
+def sampling_entropy_sum(logits: Tensor, mask_id: int, temperature: float, top_k: int | None,
+                         top_p: float | None, chunk: int = 2048) -> Tensor:
+    """Sum over rows of the entropy (nats) of the sampler's distribution of the given logits, `chunk` rows at a
+    time (bounded memory for large vocabularies). logits: [M, V]. Returns a 0-d float32 tensor."""
+    total = torch.zeros((), dtype=torch.float32, device=logits.device)
+    for start in range(0, logits.shape[0], chunk):
+        logp = torch.log_softmax(_scaled(logits[start:start + chunk], mask_id, temperature, top_k, top_p), dim=-1)
+        total = total - torch.where(torch.isfinite(logp), logp.exp() * logp, 0.0).sum()
+    return total
+
+
+def _mean(total: Tensor, count: int) -> Tensor:
+    return total / count if count else torch.tensor(float("nan"), device=total.device)
 
 
 def local_steps(trace_step: Tensor, block_offset: Tensor, block_size: int) -> Tensor:
@@ -151,7 +177,7 @@ def trace_logps_loop(
     _check(lm, prompt_mask, trace_ids, trace_step, completion_mask)
     per_token = torch.zeros(trace_ids.shape, dtype=torch.float32, device=trace_ids.device)
     completion_keys = torch.ones_like(completion_mask, dtype=torch.bool)  # the sampler's canvas spans all L columns
-    calls = 0
+    calls, entropy, scored_tokens = 0, torch.zeros((), device=trace_ids.device), 0
     for step in range(int(trace_step.max()) + 1 if trace_step.numel() else 0):
         rows = ((trace_step == step) & completion_mask.bool()).any(1).nonzero().squeeze(1)  # [n]
         if rows.numel() == 0:
@@ -166,7 +192,9 @@ def trace_logps_loop(
         index = scored.nonzero(as_tuple=True)
         logp = token_logps(logits[index], trace_ids[rows][index], lm.mask_id, temperature, top_k, top_p)  # [M]
         per_token = per_token.index_put((rows[index[0]], index[1]), logp)
-    return TraceOutput(per_token, per_token.sum(-1), calls)
+        entropy = entropy + sampling_entropy_sum(logits[index], lm.mask_id, temperature, top_k, top_p)
+        scored_tokens += logp.numel()
+    return TraceOutput(per_token, per_token.sum(-1), calls, _mean(entropy, scored_tokens))
 
 
 def trace_logps_one_forward(
@@ -196,7 +224,8 @@ def trace_logps_one_forward(
     picked = logits[index[0], local[index], index[1]]  # [M, V]
     logp = token_logps(picked, trace_ids[index], lm.mask_id, temperature, top_k, top_p)
     per_token = torch.zeros(trace_ids.shape, dtype=torch.float32, device=trace_ids.device).index_put(index, logp)
-    return TraceOutput(per_token, per_token.sum(-1), 1)
+    entropy = _mean(sampling_entropy_sum(picked, lm.mask_id, temperature, top_k, top_p), logp.numel())
+    return TraceOutput(per_token, per_token.sum(-1), 1, entropy)
 
 
 def trace_logps(

@@ -108,8 +108,9 @@ def policy_updates(algo: AlgoConfig, sampler: SamplerConfig, lm: DiffusionLM, en
             if empty:
                 continue
             elbo_per_token.extend((out.sequence.detach() / mask.sum(1).clamp_min(1)).tolist())
-            # ELBO: the entropy at the masked positions of this micro-batch's draw; the trace reports none (NaN)
-            m["policy/entropy"] = getattr(out, "entropy", math.nan)
+            # ELBO: the entropy at the masked positions of this micro-batch's draw; trace: the sampler's
+            # distribution's entropy at each scored token's decision
+            m["policy/entropy"] = out.entropy
             tokens = float(mask.sum()) / global_tokens
             acc.add(m, share=share, rows=rows.numel() / global_rows, tokens=tokens,
                     token_level=algo.importance_sampling_level == "token", iterations=algo.num_iterations)

@@ -12,7 +12,8 @@ tracker logs these aliases beside our own `section/name` keys (metrics.jsonl kee
     policy/kl                            kl
     policy/entropy                       entropy                       (ours: at the masked positions of the ELBO
                                                                         forward, the diffusion policy's predictions;
-                                                                        NaN with algo.likelihood=trace)
+                                                                        with algo.likelihood=trace, the sampler's
+                                                                        distribution at each token's decision)
     policy/clipfrac_low|high             clip_ratio/low_mean, clip_ratio/high_mean
     policy/clipfrac                      clip_ratio/region_mean
     policy/loss, sft/loss                loss

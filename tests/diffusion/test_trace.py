@@ -14,7 +14,14 @@ import torch
 from torch import nn
 
 from rlwork.diffusion.sampler import SamplerConfig, generate
-from rlwork.diffusion.trace import local_steps, token_logps, trace_logps, trace_logps_loop, trace_logps_one_forward
+from rlwork.diffusion.trace import (
+    local_steps,
+    sampling_entropy_sum,
+    token_logps,
+    trace_logps,
+    trace_logps_loop,
+    trace_logps_one_forward,
+)
 from rlwork.models.lm import DiffusionLM, FamilySpec
 from rlwork.runtime.engine import apply_lora
 
@@ -159,6 +166,21 @@ def test_token_logps_known_answer():
     torch.testing.assert_close(token_logps(logits, targets, 4, 1.0, None, 0.6)[:2], top2)
 
 
+def test_sampling_entropy_known_answer():
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05, 0.0]]).log().expand(3, 5)  # token 4 plays the mask (p = 0)
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
+
+    def h(q: torch.Tensor) -> torch.Tensor:
+        return -(q * q.log()).sum()
+
+    torch.testing.assert_close(sampling_entropy_sum(logits, 4, 1.0, None, None), 3 * h(p))
+    torch.testing.assert_close(sampling_entropy_sum(logits, 4, 0.5, None, None), 3 * h(p ** 2 / (p ** 2).sum()))
+    torch.testing.assert_close(sampling_entropy_sum(logits, 4, 1.0, 2, None), 3 * h(torch.tensor([0.625, 0.375])))
+    torch.testing.assert_close(sampling_entropy_sum(logits, 4, 1.0, None, None, chunk=2), 3 * h(p))  # chunked
+    masked_out = torch.tensor([[0.0, 0.0, 5.0]])  # all mass on the mask token, which the sampler never draws
+    torch.testing.assert_close(sampling_entropy_sum(masked_out, 2, 1.0, None, None), torch.tensor(math.log(2)))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Recomputed == recorded, and one forward == loop, on the tiny coder
 
@@ -186,6 +208,7 @@ def test_recomputed_equals_recorded_and_fast_equals_loop(tiny_lm, name):
         loop = score(trace_logps_loop, tiny_lm, ids, mask, out, config)
     assert max_diff(fast.per_token, out.sampling_per_token_logps) <= 1e-4
     assert max_diff(fast.per_token, loop.per_token) <= 1e-5
+    assert float(fast.entropy) > 0 and abs(float(fast.entropy) - float(loop.entropy)) <= 1e-4
     assert fast.model_calls == 1 and loop.model_calls == int(out.row_steps.max())
     assert (fast.per_token[out.completion_mask] < 0).all() and (fast.per_token[~out.completion_mask] == 0).all()
     torch.testing.assert_close(fast.sequence, fast.per_token.sum(-1))
@@ -209,6 +232,7 @@ def test_eos_mid_block_keeps_the_tokens_after_it(eos_lm):
                                         out.completion_mask, temperature=1.0)
     assert max_diff(fast.per_token, out.sampling_per_token_logps) <= 1e-4
     assert max_diff(fast.per_token, loop.per_token) <= 1e-5
+    assert float(fast.entropy) > 0 and abs(float(fast.entropy) - float(loop.entropy)) <= 1e-4
     assert max_diff(blind.per_token, out.sampling_per_token_logps) > 1e-3  # the ghosts were seen by the sampler
 
 

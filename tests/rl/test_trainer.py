@@ -103,6 +103,7 @@ def test_trace_grpo_trains_end_to_end_through_resampling(tmp_path, reward_module
         assert m["trace/sampler_abs_diff_max"] <= 1e-4
         for key in ("policy/ratio_mean", "policy/ratio_min", "policy/kl", "elbo/mean_per_token", "optim/grad_norm"):
             assert math.isfinite(m[key]), key
+        assert m["policy/entropy"] > 0  # the sampler's distribution at each decision (NaN before it was computed)
     assert metrics[1]["policy/kl"] > 0  # the first update moved the policy away from the reference
 
 
