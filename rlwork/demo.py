@@ -173,6 +173,7 @@ def subset_pass_at_1(report: dict[str, Any], policy: str, num_problems: int | No
 def run_demo(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     """Warm start, evaluate, train, evaluate; returns the summary printed as the demo's last line. A used
     output_dir is refused unless `overwrite` (`runtime.session.claim_run_dir`)."""
+    from rlwork.data.prompts import load_split
     from rlwork.evaluation.eval import run_eval
     from rlwork.rl.trainer import train
     from rlwork.runtime.session import RunDirError, claim_run_dir, used_by_a_run
@@ -201,6 +202,7 @@ def run_demo(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     after = {s: run_eval(_on(cfg, s), [str(run_dir)], ["after RL"],
                          out_path=run_dir / _report_file("after", s, splits)) for s in splits}
     summary: dict[str, Any] = {}
+    trained = training_programs(cfg)
     for s in splits:
         scores_before = before[s]["policies"]["warm start"]["pass_at_k"]
         scores_after = after[s]["policies"]["after RL"]["pass_at_k"]
@@ -208,6 +210,12 @@ def run_demo(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
         for k in ["pass@1", *sorted(set(scores_before) - {"pass@1"})]:
             summary[f"{name}_{k}_before"] = round(scores_before[k], 4)
             summary[f"{name}_{k}_after"] = round(scores_after[k], 4)
+        if trained is not None:  # memorising: a held-out sample that is a program SFT trained on
+            stubs = {row["task_id"]: row["prompt"] for row in load_split(cfg.data, s, cfg.seed)}
+            for when, report, policy in (("before", before[s], "warm start"), ("after", after[s], "after RL")):
+                samples = report["policies"][policy]["samples"]
+                copies = sum(program_key(stubs[x["task_id"]], x["completion"]) in trained for x in samples)
+                summary[f"{name}_copied_training_{when}"] = round(copies / max(len(samples), 1), 4)
         for habit, shows in HABITS.items():  # what RL is to teach away, where the warm start was given the habit
             if planted and getattr(cfg.sft, habit) > 0:
                 for when, report, policy in (("before", before[s], "warm start"), ("after", after[s], "after RL")):
@@ -248,6 +256,41 @@ def printed_result(completion: str) -> bool:
     """
     lines = [line for line in completion.splitlines() if line.strip()]
     return bool(lines) and lines[-1][:1].isspace() and lines[-1].lstrip().startswith("print(")
+
+
+def program_key(stub: str, body: str) -> tuple[str, ...]:
+    """A program as `training_programs` compares it: the stub's signature without the function's name, then the body's
+    lines, stripped, blank lines dropped, up to the first `return` line (what follows it never runs). Two tasks
+    with one body text and different types (`return x[:3]` on a str and on a list) are different programs.
+
+    Example:
+        >>> program_key("def head(x: str) -> str:\\n", "    x = x + 1\\n\\n    return x  \\n    print(x)\\n")
+        ('(x: str) -> str:', 'x = x + 1', 'return x')
+    """
+    signature = next((line.strip() for line in stub.splitlines() if line.lstrip().startswith("def ")), "")
+    lines = [signature[signature.find("("):]]
+    for line in body.splitlines():
+        if line.strip():
+            lines.append(line.strip())
+            if line.strip().startswith("return"):
+                break
+    return tuple(lines)
+
+
+def training_programs(cfg: RunConfig) -> set[tuple[str, ...]] | None:
+    """The programs the run trained on, the SFT's tasks and the RL prompts (`program_key` of each one's reference),
+    for the demo's share of held-out samples that reproduce one (`<split>_copied_training_*`, one set before and
+    after RL): such a sample is a memorised training program, since no held-out program is a training one. None
+    (not counted) unless the completions are bodies that follow a code stub: the synthetic family, base-model
+    prompts."""
+    data = cfg.data
+    if data.dataset != "synthetic" or data.chat or data.prompt_style != "bare":
+        return None
+    from rlwork.data.prompts import load_split
+
+    splits = dict.fromkeys([data.split, data.rl_split or data.split])
+    return {program_key(*row["reference"].split("\n", 1)) for split in splits
+            for row in load_split(data, split, cfg.seed)}
 
 
 HABITS = {"print_file": printed_result, "continue_file": wrote_past_function}

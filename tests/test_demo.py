@@ -11,6 +11,7 @@ import pytest
 
 from rlwork import demo
 from rlwork.config import load_config
+from rlwork.data.prompts import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,11 +42,36 @@ def test_demo_runs_every_stage_and_leaves_its_files(tmp_path, monkeypatch):
         share = sum(demo.printed_result(x["completion"]) for x in samples) / len(samples)
         assert summary[f"{name}_printed_result_after"] == round(share, 4)
         assert f"{name}_wrote_past_function_after" not in summary  # not planted: sft.continue_file=0
+        trained = demo.training_programs(cfg)
+        stubs = {r["task_id"]: r["prompt"] for r in load_split(cfg.data, split, cfg.seed)}
+        copies = sum(demo.program_key(stubs[x["task_id"]], x["completion"]) in trained for x in samples) / len(samples)
+        assert summary[f"{name}_copied_training_after"] == round(copies, 4)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1] and all("eval/pass@1" in r for r in rows)
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((run / "wandb").glob("offline-run-*")), "the W&B offline run"
     assert list((tmp_path / "cache" / "sft").glob("*/config.json")), "the cached warm start"
+
+
+def test_the_training_programs_are_the_sft_and_rl_tasks_and_no_heldout_program_is_one():
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["data.synthetic_train=400", "data.synthetic_heldout=64"])
+    trained = demo.training_programs(cfg)
+    assert len(trained) > 50 and all(key[-1].startswith("return") for key in trained)
+    stub, body = load_split(cfg.data, "train", cfg.seed)[0]["reference"].split("\n", 1)  # as a sample writes it
+    assert demo.program_key(stub, body + "\n\ndef other(x):\n    ret") in trained  # after the return: ignored
+    renamed = stub.replace("def ", "def another_name_", 1)
+    assert demo.program_key(renamed, body) in trained  # the function's name is not the program
+    rl_stub, rl_body = load_split(cfg.data, "rl", cfg.seed)[0]["reference"].split("\n", 1)
+    assert demo.program_key(rl_stub, rl_body) in trained  # the RL prompts are training programs too
+    for split in ("iid", "heldout"):  # a held-out task's own program is never counted as a copy
+        rows = load_split(cfg.data, split, cfg.seed)
+        assert not [r for r in rows if demo.program_key(*r["reference"].split("\n", 1)) in trained]
+        # ...although some share a body's text with a training program (other types: another program)
+        texts = {key[1:] for key in trained}
+        shared = [r for r in rows if demo.program_key(*r["reference"].split("\n", 1))[1:] in texts]
+        assert split != "iid" or shared
+    assert demo.training_programs(load_config(ROOT / "configs" / "tiny.yaml", ["data.chat=true",
+                                                                           "sft.print_file=0"])) is None
 
 
 def test_a_completion_that_writes_past_its_function_goes_on_at_column_0():
