@@ -284,7 +284,8 @@ def training_programs(cfg: RunConfig) -> set[tuple[str, ...]] | None:
     (not counted) unless the completions are bodies that follow a code stub: the synthetic family, base-model
     prompts."""
     data = cfg.data
-    if data.dataset != "synthetic" or data.chat or data.prompt_style != "bare":
+    evaluated = cfg.eval.dataset in (None, data.dataset) and cfg.eval.path is None  # the same generator's splits
+    if data.dataset != "synthetic" or not evaluated or data.chat or data.prompt_style != "bare":
         return None
     from rlwork.data.prompts import load_split
 
