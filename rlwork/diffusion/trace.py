@@ -106,20 +106,19 @@ def token_logps(
     top-k/top-p filters keep is decided in float64 on detached logits, as the sampler decides it; the log-softmax
     runs in float32. A target the filters remove gets -inf.
     """
-    scaled = _scaled(logits, mask_id, temperature, top_k, top_p)
-    return scaled.gather(-1, targets[:, None]).squeeze(-1) - scaled.logsumexp(-1)
+    return token_logps_and_entropy(logits, targets, mask_id, temperature, top_k, top_p)[0]
 
 
-@torch.no_grad()
-def sampling_entropy_sum(logits: Tensor, mask_id: int, temperature: float, top_k: int | None,
-                         top_p: float | None, chunk: int = 2048) -> Tensor:
-    """Sum over rows of the entropy (nats) of the sampler's distribution of the given logits, `chunk` rows at a
-    time (bounded memory for large vocabularies). logits: [M, V]. Returns a 0-d float32 tensor."""
-    total = torch.zeros((), dtype=torch.float32, device=logits.device)
-    for start in range(0, logits.shape[0], chunk):
-        logp = torch.log_softmax(_scaled(logits[start:start + chunk], mask_id, temperature, top_k, top_p), dim=-1)
-        total = total - torch.where(torch.isfinite(logp), logp.exp() * logp, 0.0).sum()
-    return total
+def token_logps_and_entropy(
+    logits: Tensor, targets: Tensor, mask_id: int, temperature: float, top_k: int | None, top_p: float | None
+) -> tuple[Tensor, Tensor]:
+    """`token_logps`, and the sum over rows of the entropy (nats) of the same distribution (0-d float32, detached),
+    from one filtering of the logits. logits: [M, V]; targets: [M]."""
+    scaled = _scaled(logits, mask_id, temperature, top_k, top_p)  # [M, V]
+    with torch.no_grad():
+        every = scaled.log_softmax(-1)
+        entropy = -torch.where(torch.isfinite(every), every.exp() * every, 0.0).sum()
+    return scaled.gather(-1, targets[:, None]).squeeze(-1) - scaled.logsumexp(-1), entropy
 
 
 def _mean(total: Tensor, count: int) -> Tensor:
@@ -190,9 +189,10 @@ def trace_logps_loop(
         calls += 1
         scored = (trace_step[rows] == step) & completion_mask[rows].bool()  # [n, L]
         index = scored.nonzero(as_tuple=True)
-        logp = token_logps(logits[index], trace_ids[rows][index], lm.mask_id, temperature, top_k, top_p)  # [M]
+        logp, step_entropy = token_logps_and_entropy(logits[index], trace_ids[rows][index], lm.mask_id, temperature,
+                                                     top_k, top_p)  # [M], 0-d
         per_token = per_token.index_put((rows[index[0]], index[1]), logp)
-        entropy = entropy + sampling_entropy_sum(logits[index], lm.mask_id, temperature, top_k, top_p)
+        entropy = entropy + step_entropy
         scored_tokens += logp.numel()
     return TraceOutput(per_token, per_token.sum(-1), calls, _mean(entropy, scored_tokens))
 
@@ -222,9 +222,9 @@ def trace_logps_one_forward(
     logits = logits.unflatten(1, (copies, width))[:, :, block - 1:]  # [N, R, L, V]
     index = scored.nonzero(as_tuple=True)
     picked = logits[index[0], local[index], index[1]]  # [M, V]
-    logp = token_logps(picked, trace_ids[index], lm.mask_id, temperature, top_k, top_p)
+    logp, entropy = token_logps_and_entropy(picked, trace_ids[index], lm.mask_id, temperature, top_k, top_p)
     per_token = torch.zeros(trace_ids.shape, dtype=torch.float32, device=trace_ids.device).index_put(index, logp)
-    entropy = _mean(sampling_entropy_sum(picked, lm.mask_id, temperature, top_k, top_p), logp.numel())
+    entropy = _mean(entropy, logp.numel())
     return TraceOutput(per_token, per_token.sum(-1), 1, entropy)
 
 

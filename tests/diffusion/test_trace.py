@@ -16,8 +16,8 @@ from torch import nn
 from rlwork.diffusion.sampler import SamplerConfig, generate
 from rlwork.diffusion.trace import (
     local_steps,
-    sampling_entropy_sum,
     token_logps,
+    token_logps_and_entropy,
     trace_logps,
     trace_logps_loop,
     trace_logps_one_forward,
@@ -168,17 +168,23 @@ def test_token_logps_known_answer():
 
 def test_sampling_entropy_known_answer():
     logits = torch.tensor([[0.5, 0.3, 0.15, 0.05, 0.0]]).log().expand(3, 5)  # token 4 plays the mask (p = 0)
+    targets = torch.tensor([0, 1, 2])
     p = torch.tensor([0.5, 0.3, 0.15, 0.05])
 
     def h(q: torch.Tensor) -> torch.Tensor:
         return -(q * q.log()).sum()
 
-    torch.testing.assert_close(sampling_entropy_sum(logits, 4, 1.0, None, None), 3 * h(p))
-    torch.testing.assert_close(sampling_entropy_sum(logits, 4, 0.5, None, None), 3 * h(p ** 2 / (p ** 2).sum()))
-    torch.testing.assert_close(sampling_entropy_sum(logits, 4, 1.0, 2, None), 3 * h(torch.tensor([0.625, 0.375])))
-    torch.testing.assert_close(sampling_entropy_sum(logits, 4, 1.0, None, None, chunk=2), 3 * h(p))  # chunked
+    def entropy(*args) -> torch.Tensor:
+        return token_logps_and_entropy(logits, targets, 4, *args)[1]
+
+    torch.testing.assert_close(entropy(1.0, None, None), 3 * h(p))
+    torch.testing.assert_close(entropy(0.5, None, None), 3 * h(p ** 2 / (p ** 2).sum()))
+    torch.testing.assert_close(entropy(1.0, 2, None), 3 * h(torch.tensor([0.625, 0.375])))
+    torch.testing.assert_close(token_logps_and_entropy(logits, targets, 4, 0.5, None, None)[0],
+                               token_logps(logits, targets, 4, 0.5, None, None))
     masked_out = torch.tensor([[0.0, 0.0, 5.0]])  # all mass on the mask token, which the sampler never draws
-    torch.testing.assert_close(sampling_entropy_sum(masked_out, 2, 1.0, None, None), torch.tensor(math.log(2)))
+    torch.testing.assert_close(token_logps_and_entropy(masked_out, torch.tensor([0]), 2, 1.0, None, None)[1],
+                               torch.tensor(math.log(2)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
